@@ -1,0 +1,160 @@
+"""Configuration, read from the environment (and an optional `.env` file) by pydantic-settings.
+
+Every setting is `CALLBOT_<NAME>` in the environment, except the OpenAI and Twilio credentials,
+which use the names their SDKs and consoles already use (`OPENAI_API_KEY`, `OPENAI_BASE_URL`,
+`TWILIO_ACCOUNT_SID`, `TWILIO_AUTH_TOKEN`). `deploy/env.example` lists them all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+AudioMode = Literal["pcm24k", "pcmu"]
+
+DEFAULT_INSTRUCTIONS = (
+    "You are the friendly phone assistant of our support line. Speak in short, natural sentences: "
+    "this is a phone call, not a chat. Ask one question at a time. Confirm names, numbers and dates "
+    "by repeating them back. If you cannot help, say that a colleague will call back."
+)
+
+
+class SettingsError(ValueError):
+    """A setting is missing or wrong; the message says what to set."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CALLBOT_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- OpenAI (names the SDK reads) ---
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "CALLBOT_OPENAI_API_KEY")
+    )
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "CALLBOT_OPENAI_BASE_URL")
+    )
+
+    # --- Twilio ---
+    twilio_account_sid: str | None = Field(
+        default=None, validation_alias=AliasChoices("TWILIO_ACCOUNT_SID", "CALLBOT_TWILIO_ACCOUNT_SID")
+    )
+    twilio_auth_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("TWILIO_AUTH_TOKEN", "CALLBOT_TWILIO_AUTH_TOKEN")
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="Public https origin Twilio reaches this server at, e.g. https://bot.example.com",
+    )
+    validate_twilio_signatures: bool = Field(
+        default=True, description="Development only: false skips X-Twilio-Signature checks."
+    )
+    stream_token_ttl_s: int = Field(default=120, ge=10, description="Lifetime of the per-call stream token.")
+
+    # --- Realtime agent ---
+    model: str = "gpt-realtime-1.5"
+    voice: str = "marin"
+    instructions: str = DEFAULT_INSTRUCTIONS
+    instructions_file: Path | None = None
+    greeting: str = "Greet the caller warmly in one short sentence and ask how you can help."
+    audio_mode: AudioMode = "pcm24k"
+    transcription_model: str = "gpt-4o-mini-transcribe"
+    transcription_language: str | None = None
+    vad_type: Literal["server_vad", "semantic_vad"] = "server_vad"
+    vad_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    vad_prefix_padding_ms: int = Field(default=300, ge=0)
+    vad_silence_duration_ms: int = Field(default=500, ge=0)
+    vad_eagerness: Literal["low", "medium", "high", "auto"] = "auto"
+    noise_reduction: Literal["near_field", "far_field", "off"] = "near_field"
+    truncation_retention_ratio: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="GA truncation safety net; unset leaves the server default."
+    )
+    session_ready_timeout_s: float = Field(default=10.0, gt=0)
+
+    # --- Playback to Twilio ---
+    playback_lead_ms: int = Field(
+        default=100, ge=20, description="How far ahead of real time audio is sent to Twilio."
+    )
+    mark_interval_ms: int = Field(default=60, ge=20, description="A Twilio mark every this much audio.")
+
+    # --- Summariser (in-call context) ---
+    summary_enabled: bool = True
+    summary_model: str = "gpt-4.1-mini"
+    summary_trigger_tokens: int = Field(default=12_000, ge=100)
+    keep_last_turns: int = Field(default=2, ge=1)
+    summary_language: str = "the caller's language"
+    summary_style: str = "concise bullet points"
+    summary_prompt_file: Path | None = None
+    summary_timeout_s: float = Field(default=20.0, gt=0)
+    summary_retry_after_s: float = Field(default=15.0, ge=0)
+    transcript_wait_ms: int = Field(default=3000, ge=0)
+
+    # --- Tickets ---
+    database_url: str = "sqlite+aiosqlite:///./callbot.db"
+    ticket_model: str = "gpt-4.1-mini"
+    ticket_prompt_file: Path | None = None
+    ticket_schema_file: Path | None = None
+    ticket_timeout_s: float = Field(default=60.0, gt=0)
+    ticket_retry_interval_s: float = Field(default=300.0, gt=0)
+    spool_dir: Path = Path("./var/spool")
+    ticket_webhook_url: str | None = None
+    admin_user: str = "admin"
+    admin_password: SecretStr | None = None
+    redact_patterns: list[str] = Field(default_factory=list)
+
+    # --- Process ---
+    max_concurrent_calls: int = Field(default=200, ge=1)
+    drain_timeout_s: float = Field(default=300.0, ge=0)
+    max_message_bytes: int = Field(default=256 * 1024, ge=4096)
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @model_validator(mode="after")
+    def _read_instructions_file(self) -> Settings:
+        if self.instructions_file is not None:
+            try:
+                self.instructions = self.instructions_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(f"CALLBOT_INSTRUCTIONS_FILE {self.instructions_file}: {exc}") from exc
+        if self.public_url is not None:
+            self.public_url = self.public_url.rstrip("/")
+        return self
+
+    # ----- derived values -----
+    @property
+    def media_ws_url(self) -> str:
+        """The `wss://` URL of the media websocket, exactly as written into the TwiML."""
+        origin = self.require_public_url()
+        if origin.startswith("https://"):
+            return "wss://" + origin[len("https://") :] + "/twilio/media"
+        if origin.startswith("http://"):
+            return "ws://" + origin[len("http://") :] + "/twilio/media"
+        return origin + "/twilio/media"
+
+    @property
+    def voice_webhook_url(self) -> str:
+        return self.require_public_url() + "/twilio/voice"
+
+    def require_public_url(self) -> str:
+        if not self.public_url:
+            raise SettingsError("set CALLBOT_PUBLIC_URL to the https origin Twilio reaches this server at")
+        return self.public_url
+
+    def check_serving(self) -> None:
+        """Fail fast, naming every missing setting the server needs to take calls."""
+        missing = []
+        if self.openai_api_key is None:
+            missing.append("OPENAI_API_KEY (your OpenAI API key)")
+        if not self.public_url:
+            missing.append("CALLBOT_PUBLIC_URL (the public https origin of this server)")
+        if self.validate_twilio_signatures and self.twilio_auth_token is None:
+            missing.append(
+                "TWILIO_AUTH_TOKEN (to check Twilio's request signatures; "
+                "or CALLBOT_VALIDATE_TWILIO_SIGNATURES=false in development)"
+            )
+        if missing:
+            raise SettingsError("missing settings: " + "; ".join(missing))
