@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     instructions_file: Path | None = None
     greeting: str = "Greet the caller warmly in one short sentence and ask how you can help."
     audio_mode: AudioMode = "pcm24k"
-    transcription_model: str = "gpt-4o-mini-transcribe"
+    transcription_model: str = "gpt-realtime-whisper"
     transcription_language: str | None = None
     vad_type: Literal["server_vad", "semantic_vad"] = "server_vad"
     vad_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
@@ -83,7 +83,7 @@ class Settings(BaseSettings):
 
     # --- Summariser (in-call context) ---
     summary_enabled: bool = True
-    summary_model: str = "gpt-4.1-mini"
+    summary_model: str = "gpt-5.4-mini"
     summary_trigger_tokens: int = Field(default=12_000, ge=100)
     keep_last_turns: int = Field(default=2, ge=1)
     summary_language: str = "the caller's language"
@@ -95,7 +95,7 @@ class Settings(BaseSettings):
 
     # --- Tickets ---
     database_url: str = "sqlite+aiosqlite:///./callbot.db"
-    ticket_model: str = "gpt-4.1-mini"
+    ticket_model: str = "gpt-5.4-mini"
     ticket_prompt_file: Path | None = None
     ticket_schema_file: Path | None = None
     ticket_timeout_s: float = Field(default=60.0, gt=0)
