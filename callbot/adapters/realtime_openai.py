@@ -1,0 +1,87 @@
+"""The OpenAI Realtime adapter: one GA websocket session per call through the official SDK.
+
+Events travel as plain dicts. Incoming frames are read raw (`recv_bytes`) and parsed with
+orjson instead of the SDK's pydantic union: the audio deltas are most of the traffic and the
+typed parse costs more than the rest of the bridge (audio.md section 5). Outgoing events go
+through `send_raw` for the same reason; their shapes are checked against the SDK's
+client-event models in the tests (the fake Realtime server validates every event it gets).
+SDK and websocket exceptions are translated into `UpstreamError` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import orjson
+from openai import AsyncOpenAI, OpenAIError
+
+
+class UpstreamError(Exception):
+    """The Realtime connection failed or closed; the message says how."""
+
+
+class RealtimeLink(Protocol):
+    async def send(self, event: dict[str, Any]) -> None: ...
+    async def recv(self) -> dict[str, Any]: ...
+    async def close(self) -> None: ...
+
+
+class RealtimeConnector(Protocol):
+    async def connect(self) -> RealtimeLink: ...
+
+
+class OpenAIRealtimeLink:
+    def __init__(self, manager: Any, connection: Any) -> None:
+        self._manager = manager
+        self._conn = connection
+        self._closed = False
+
+    async def send(self, event: dict[str, Any]) -> None:
+        try:
+            await self._conn.send_raw(orjson.dumps(event).decode())
+        except Exception as exc:  # websockets and SDK errors alike end the upstream
+            raise UpstreamError(f"send failed: {exc!r}") from exc
+
+    async def recv(self) -> dict[str, Any]:
+        try:
+            raw = await self._conn.recv_bytes()
+        except Exception as exc:
+            raise UpstreamError(f"connection closed: {exc!r}") from exc
+        try:
+            event = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamError("Realtime sent a frame that is not JSON") from exc
+        if not isinstance(event, dict):
+            raise UpstreamError("Realtime sent a JSON frame that is not an object")
+        return event
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._conn.close()
+        except Exception:  # closing a dead socket is not worth a traceback
+            pass
+
+
+class OpenAIRealtimeConnector:
+    """Opens `client.realtime.connect(model=...)` sessions; reconnect is ours, not the SDK's."""
+
+    def __init__(self, client: AsyncOpenAI, model: str, open_timeout_s: float = 10.0) -> None:
+        self._client = client
+        self._model = model
+        self._open_timeout_s = open_timeout_s
+
+    async def connect(self) -> OpenAIRealtimeLink:
+        manager = self._client.realtime.connect(
+            model=self._model,
+            websocket_connection_options={"open_timeout": self._open_timeout_s, "max_size": 16 * 1024 * 1024},
+        )
+        try:
+            connection = await manager.enter()
+        except (OpenAIError, OSError, TimeoutError) as exc:
+            raise UpstreamError(f"could not open the Realtime session: {exc!r}") from exc
+        except Exception as exc:  # websockets.InvalidStatus and friends
+            raise UpstreamError(f"could not open the Realtime session: {exc!r}") from exc
+        return OpenAIRealtimeLink(manager, connection)

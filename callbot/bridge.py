@@ -1,0 +1,303 @@
+"""Runs one phone call: pumps Twilio and Realtime events through the core and performs its actions.
+
+Two pumps (Twilio in, Realtime in) run in an `asyncio.TaskGroup`; a process-wide `Pacer` ticks
+every 20 ms and lets each call send the outbound frames that are due. Any failure inside a
+call ends that call cleanly (both sockets closed, the record handed to the observer) and never
+the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Protocol
+
+from callbot.adapters.realtime_openai import RealtimeConnector, RealtimeLink, UpstreamError
+from callbot.adapters.summariser_openai import Summariser, SummaryUnavailable
+from callbot.adapters.twilio_ws import TwilioSocket
+from callbot.core import twilio as tw
+from callbot.core.call import (
+    Action,
+    CallConfig,
+    CallSession,
+    Checkpoint,
+    ConnectRealtime,
+    EndCall,
+    RequestSummary,
+    SendRealtime,
+    SendTwilio,
+)
+from callbot.core.record import CallRecord
+
+log = logging.getLogger("callbot.bridge")
+
+call_sid_var: ContextVar[str] = ContextVar("call_sid", default="-")
+"""The call sid of the call a log line belongs to (read by the JSON log formatter)."""
+
+TICK_S = 0.020
+
+
+class CallObserver(Protocol):
+    """Receives the call's record as it grows: the ticket service implements this."""
+
+    async def call_started(self, record: CallRecord) -> None: ...
+    async def call_progress(self, record: CallRecord) -> None: ...
+    async def call_ended(self, record: CallRecord) -> int | None: ...
+
+
+StartCheck = Callable[[tw.Start], str | None]
+"""Returns a reason to refuse the stream (e.g. a bad per-call token), or None to accept."""
+
+
+class Pacer:
+    """One 20 ms clock for every call in the process, instead of a timer task per call."""
+
+    def __init__(self) -> None:
+        self._calls: set[CallBridge] = set()
+        self._task: asyncio.Task[None] | None = None
+        self.max_lag_ms = 0.0
+
+    def add(self, bridge: CallBridge) -> None:
+        self._calls.add(bridge)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="pacer")
+
+    def discard(self, bridge: CallBridge) -> None:
+        self._calls.discard(bridge)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while self._calls:
+            next_at += TICK_S
+            delay = next_at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                self.max_lag_ms = max(self.max_lag_ms, -delay * 1000)
+                next_at = loop.time()
+            for bridge in list(self._calls):
+                await bridge.on_tick()
+
+    async def stop(self) -> None:
+        self._calls.clear()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+class CallBridge:
+    """One call. Build it per Twilio websocket and `await run()`."""
+
+    def __init__(
+        self,
+        twilio: TwilioSocket,
+        connector: RealtimeConnector,
+        config: CallConfig,
+        pacer: Pacer,
+        *,
+        observer: CallObserver | None = None,
+        start_check: StartCheck | None = None,
+        summariser: Summariser | None = None,
+        summary_model: str = "",
+    ) -> None:
+        self.twilio = twilio
+        self.connector = connector
+        self.session = CallSession(config)
+        self.pacer = pacer
+        self.observer = observer
+        self.start_check = start_check
+        self.summariser = summariser
+        self.summary_model = summary_model
+        self.realtime: RealtimeLink | None = None
+        self.started_at = datetime.now(UTC)
+        self._t0 = time.monotonic()
+        self._ended = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._tg: asyncio.TaskGroup | None = None
+        self._saving: asyncio.Task[None] | None = None
+        self._save_again = False
+        self.ticket_id: int | None = None
+
+    def now_ms(self) -> int:
+        return int((time.monotonic() - self._t0) * 1000)
+
+    def record(self, *, final: bool = False) -> CallRecord:
+        s = self.session
+        assert s.info is not None
+        conv = s.conversation
+        return CallRecord(
+            info=s.info,
+            started_at=self.started_at,
+            ended_at=datetime.now(UTC) if final else None,
+            transcript=conv.transcript(),
+            summaries=tuple(conv.summaries),
+            usage=conv.usage,
+            realtime_model=s.config.agent.model,
+            summary_model=self.summary_model,
+            end_reason=s.end_reason or "",
+        )
+
+    # ----- lifecycle -----
+    async def run(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                self._spawn(self._twilio_pump(), "twilio-in")
+                await self._ended.wait()
+                for task in self._tasks:
+                    task.cancel()
+        finally:
+            await self._shutdown()
+
+    def _spawn(self, coro: object, name: str) -> None:
+        assert self._tg is not None
+        task = self._tg.create_task(self._guard(coro, name), name=name)  # type: ignore[arg-type]
+        self._tasks.append(task)
+
+    async def _guard(self, coro: object, name: str) -> None:
+        """Run a pump; an unexpected error ends this call (with its traceback logged), not the process."""
+        try:
+            await coro  # type: ignore[misc]
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s failed; ending the call", name)
+            await self._perform(self.session.end(f"internal error in {name}"))
+            self._ended.set()
+
+    async def _shutdown(self) -> None:
+        self.pacer.discard(self)
+        if self.realtime is not None:
+            await self.realtime.close()
+        await self.twilio.close()
+        if self.session.phase != "ended":
+            self.session.end("connection closed")
+        if self._saving is not None:
+            with contextlib.suppress(Exception):
+                await self._saving
+        if self.observer is not None and self.session.info is not None:
+            try:
+                self.ticket_id = await self.observer.call_ended(self.record(final=True))
+            except Exception:
+                log.exception("could not hand the finished call to the ticket service")
+        log.info(
+            "call ended: %s (%d turns, %d barge-ins, %d invalid Twilio messages)",
+            self.session.end_reason,
+            len(self.session.conversation.turns()),
+            self.session.stats.barge_ins,
+            self.session.stats.invalid_twilio,
+        )
+
+    # ----- pumps -----
+    async def _twilio_pump(self) -> None:
+        while not self._ended.is_set():
+            text = await self.twilio.recv()
+            if text is None:
+                await self._perform(self.session.end("Twilio websocket closed"))
+                return
+            event = tw.parse(text)
+            if isinstance(event, tw.Start):
+                call_sid_var.set(event.call_sid)
+                refusal = self.start_check(event) if self.start_check else None
+                if refusal is not None:
+                    log.warning("refusing media stream: %s", refusal)
+                    self.session.phase = "ended"
+                    self.session.end_reason = refusal
+                    self.session.info = None  # no ticket for a stream we did not accept
+                    self._ended.set()
+                    return
+            await self._perform(self.session.receive_twilio(event, self.now_ms()))
+
+    async def _realtime_pump(self, link: RealtimeLink) -> None:
+        while not self._ended.is_set():
+            try:
+                event = await link.recv()
+            except UpstreamError as exc:
+                await self._perform(self.session.realtime_closed(str(exc)))
+                return
+            await self._perform(self.session.receive_realtime(event, self.now_ms()))
+
+    async def _connect_realtime(self) -> None:
+        try:
+            link = await self.connector.connect()
+        except UpstreamError as exc:
+            log.error("%s", exc)
+            await self._perform(self.session.end(f"could not reach the Realtime API: {exc}"))
+            return
+        self.realtime = link
+        if self._ended.is_set():
+            return
+        self._spawn(self._realtime_pump(link), "realtime-in")
+        self.pacer.add(self)
+        if self.observer is not None and self.session.info is not None:
+            try:
+                await self.observer.call_started(self.record())
+            except Exception:
+                log.exception("ticket service failed at call start; the call goes on")
+        await self._perform(self.session.realtime_connected(self.now_ms()))
+
+    async def on_tick(self) -> None:
+        if not self._ended.is_set():
+            await self._perform(self.session.tick(self.now_ms()))
+
+    # ----- actions -----
+    async def _perform(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, SendTwilio):
+                await self.twilio.send(action.text)
+            elif isinstance(action, SendRealtime):
+                if self.realtime is not None:
+                    try:
+                        await self.realtime.send(action.event)
+                    except UpstreamError as exc:
+                        await self._perform(self.session.realtime_closed(str(exc)))
+            elif isinstance(action, ConnectRealtime):
+                self._spawn(self._connect_realtime(), "realtime-connect")
+            elif isinstance(action, Checkpoint):
+                self._checkpoint()
+            elif isinstance(action, RequestSummary):
+                self._spawn(self._summarise(action), "summariser")
+            elif isinstance(action, EndCall):
+                log.info("ending call: %s", action.reason)
+                self._ended.set()
+
+    async def _summarise(self, action: RequestSummary) -> None:
+        """Runs beside the pumps: audio keeps flowing and the caller never waits for it."""
+        request = action.request
+        if self.summariser is None:
+            await self._perform(self.session.summary_failed(request.summary_id, "no summariser", self.now_ms()))
+            return
+        try:
+            text = await self.summariser.summarise(request)
+        except SummaryUnavailable as exc:
+            await self._perform(self.session.summary_failed(request.summary_id, str(exc), self.now_ms()))
+            return
+        log.info("summary %s ready: folding %d turns", request.summary_id, request.turns_folded)
+        await self._perform(self.session.receive_summary(request.summary_id, text, self.now_ms()))
+
+    def _checkpoint(self) -> None:
+        """Save the transcript so far without blocking the call; coalesce bursts of turns."""
+        if self.observer is None or self.session.info is None:
+            return
+        if self._saving is not None and not self._saving.done():
+            self._save_again = True
+            return
+        self._saving = asyncio.get_running_loop().create_task(self._save_progress())
+
+    async def _save_progress(self) -> None:
+        assert self.observer is not None
+        while True:
+            self._save_again = False
+            try:
+                await self.observer.call_progress(self.record())
+            except Exception:
+                log.exception("could not save call progress; will retry at the next turn")
+            if not self._save_again:
+                return

@@ -1,0 +1,58 @@
+"""The `callbot` command line: serve, demo, phone, tickets, db."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from callbot.logs import setup_logging
+    from callbot.settings import Settings, SettingsError
+    from callbot.web.app import create_app
+
+    try:
+        settings = Settings()
+        settings.check_serving()
+    except (SettingsError, ValueError) as exc:
+        print(f"callbot: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, json_lines=settings.log_json)
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        ws_max_size=settings.max_message_bytes,
+        proxy_headers=True,
+        log_config=None,
+        timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="callbot",
+        description="Answer phone calls with an OpenAI Realtime agent over Twilio Media Streams.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    serve = sub.add_parser("serve", help="run the server (Twilio webhook + media websocket)")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    serve.set_defaults(func=_cmd_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,530 @@
+"""The per-call state machine: Twilio and Realtime events in, actions out. No I/O, no clock.
+
+The bridge feeds every event in with the current time and performs the returned actions in
+order. Because this object never awaits, every tricky moment of a call (barge-in at a given
+millisecond, a transcript that arrives after the reply, a mark for audio that was cleared)
+is a plain, deterministic unit test.
+
+Phases: awaiting_start -> connecting (bridge opens Realtime) -> configuring (session.update
+sent, waiting for session.updated) -> active -> ended.
+"""
+
+from __future__ import annotations
+
+import binascii
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from callbot.core import realtime as rt
+from callbot.core import twilio as tw
+from callbot.core.audio import Framer, InboundConverter, OutboundConverter
+from callbot.core.conversation import ConversationState
+from callbot.core.playback import FRAME_BYTES, PlaybackTracker
+from callbot.core.record import CallInfo, SummaryEvent
+from callbot.core.summary import SummaryPolicy, SummaryRequest, plan_summary, summary_item_text
+
+log = logging.getLogger("callbot.call")
+
+Phase = Literal["awaiting_start", "connecting", "configuring", "active", "ended"]
+
+
+# ----- actions -----
+@dataclass(frozen=True, slots=True)
+class SendTwilio:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendRealtime:
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectRealtime:
+    """Open this call's Realtime session, then call `realtime_connected`."""
+
+
+@dataclass(frozen=True, slots=True)
+class EndCall:
+    """Close both sides of the call; `reason` goes on the ticket."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A turn completed: persist the transcript so far (a crash leaves a partial ticket)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSummary:
+    """Summarise these turns in the background; answer with receive_summary/summary_failed."""
+
+    request: SummaryRequest
+
+
+Action = SendTwilio | SendRealtime | ConnectRealtime | EndCall | Checkpoint | RequestSummary
+
+
+@dataclass(frozen=True, slots=True)
+class CallConfig:
+    agent: rt.AgentConfig = field(default_factory=rt.AgentConfig)
+    playback_lead_ms: int = 100
+    mark_interval_ms: int = 60
+    session_ready_timeout_ms: int = 10_000
+    summary: SummaryPolicy = field(default_factory=SummaryPolicy)
+
+
+@dataclass(slots=True)
+class CallStats:
+    twilio_messages: int = 0
+    inbound_frames: int = 0
+    inbound_dropped_not_ready: int = 0
+    invalid_twilio: int = 0
+    realtime_events: int = 0
+    unknown_realtime: int = 0
+    realtime_errors: int = 0
+    late_deltas_dropped: int = 0
+    barge_ins: int = 0
+    dtmf_digits: str = ""
+
+
+# Realtime events we know and deliberately ignore (PROTOCOLS.md 7).
+_IGNORED = frozenset(
+    {
+        "session.created",
+        "conversation.created",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "input_audio_buffer.cleared",
+        "input_audio_buffer.timeout_triggered",
+        "conversation.item.input_audio_transcription.delta",
+        "conversation.item.input_audio_transcription.segment",
+        "conversation.item.truncated",
+        "conversation.item.retrieved",
+        "response.output_item.added",
+        "response.output_item.done",
+        "response.content_part.added",
+        "response.content_part.done",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "rate_limits.updated",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+    }
+)
+
+# Errors that are expected in races and harmless (PROTOCOLS.md 6, 8.4, 11.10).
+_BENIGN_ERROR_CODES = frozenset({"response_cancel_not_active", "conversation_already_has_active_response"})
+
+
+class CallSession:
+    """One phone call. Owns its conversation, playback tracker and audio converters."""
+
+    def __init__(self, config: CallConfig) -> None:
+        self.config = config
+        self.phase: Phase = "awaiting_start"
+        self.info: CallInfo | None = None
+        self.custom_parameters: dict[str, str] = {}
+        self.conversation = ConversationState()
+        self.playback = PlaybackTracker(config.playback_lead_ms, config.mark_interval_ms)
+        mode = config.agent.audio_mode
+        self._inbound = InboundConverter(mode)
+        self._outbound = OutboundConverter(mode)
+        self._framer = Framer(FRAME_BYTES)
+        self._framer_item: str | None = None
+        self._generated_bytes: dict[str, int] = {}
+        self._active_response: str | None = None
+        self._cancelled_responses: set[str] = set()
+        self._dropped_items: set[str] = set()
+        self._ready_deadline_ms: int | None = None
+        self._unknown_logged: set[str] = set()
+        self.end_reason: str | None = None
+        self.stats = CallStats()
+        # summariser state: one request in flight, applied only once its item is confirmed
+        self._summary_in_flight: SummaryRequest | None = None
+        self._summary_inserting: dict[str, tuple[SummaryRequest, str, int]] = {}
+        self._summary_retry_at_ms = 0
+        self._summary_count = 0
+        self._done_at: dict[str, int] = {}
+        self._next_summary_check_ms = 0
+
+    # ----- helpers -----
+    @property
+    def stream_sid(self) -> str:
+        return self.info.stream_sid if self.info else ""
+
+    def generated_ms(self, item_id: str) -> int:
+        return self._generated_bytes.get(item_id, 0) // self._outbound.bytes_per_ms
+
+    def end(self, reason: str) -> list[Action]:
+        if self.phase == "ended":
+            return []
+        self.phase = "ended"
+        self.end_reason = reason
+        return [EndCall(reason)]
+
+    def _send_due(self, now_ms: int, out: list[Action]) -> None:
+        sid = self.stream_sid
+        for _item, frame, mark in self.playback.take_due(now_ms):
+            out.append(SendTwilio(tw.encode_media(sid, frame)))
+            if mark is not None:
+                out.append(SendTwilio(tw.encode_mark(sid, mark)))
+
+    # ----- Twilio side -----
+    def receive_twilio(self, event: tw.TwilioEvent, now_ms: int) -> list[Action]:
+        self.stats.twilio_messages += 1
+        if isinstance(event, tw.Media):
+            return self._on_media(event)
+        if isinstance(event, tw.Mark):
+            self.playback.mark_echoed(event.name)
+            return []
+        if isinstance(event, tw.Start):
+            return self._on_start(event)
+        if isinstance(event, tw.Stop):
+            return self.end("caller hung up")
+        if isinstance(event, tw.Dtmf):
+            return self._on_dtmf(event, now_ms)
+        if isinstance(event, tw.Invalid):
+            self.stats.invalid_twilio += 1
+            log.warning("ignoring Twilio message: %s", event.reason)
+        return []
+
+    def _on_start(self, event: tw.Start) -> list[Action]:
+        if self.phase != "awaiting_start":
+            log.warning("ignoring a second Twilio start for stream %s", event.stream_sid)
+            return []
+        params = event.custom_parameters
+        self.custom_parameters = params
+        self.info = CallInfo(
+            call_sid=event.call_sid,
+            stream_sid=event.stream_sid,
+            account_sid=event.account_sid,
+            from_number=params.get("from", ""),
+            to_number=params.get("to", ""),
+        )
+        if event.encoding != "audio/x-mulaw" or event.sample_rate != 8000:
+            return self.end(f"unsupported Twilio media format {event.encoding} {event.sample_rate} Hz")
+        self.phase = "connecting"
+        return [ConnectRealtime()]
+
+    def _on_media(self, event: tw.Media) -> list[Action]:
+        self.stats.inbound_frames += 1
+        if self.phase != "active":
+            # Nothing is relayed before the session confirmed our formats (issue: bridge).
+            self.stats.inbound_dropped_not_ready += 1
+            return []
+        if self._inbound.passthrough:
+            return [SendRealtime(rt.append(event.payload))]
+        pcm = self._inbound.convert(event.audio)
+        return [SendRealtime(rt.append(binascii.b2a_base64(pcm, newline=False).decode("ascii")))]
+
+    def _on_dtmf(self, event: tw.Dtmf, now_ms: int) -> list[Action]:
+        """Keypad digits reach the model as a user text item (PROTOCOLS.md 11.20)."""
+        self.stats.dtmf_digits += event.digit
+        if self.phase != "active":
+            return []
+        item_id = f"dtmf_{len(self.stats.dtmf_digits):04d}_{now_ms}"
+        return [SendRealtime(rt.user_text(item_id, f"[The caller pressed the key {event.digit}]"))]
+
+    # ----- Realtime side -----
+    def realtime_connected(self, now_ms: int) -> list[Action]:
+        if self.phase != "connecting":
+            return []
+        self.phase = "configuring"
+        self._ready_deadline_ms = now_ms + self.config.session_ready_timeout_ms
+        return [SendRealtime(rt.session_update(self.config.agent))]
+
+    def realtime_closed(self, reason: str) -> list[Action]:
+        return self.end(f"Realtime connection closed: {reason}")
+
+    def receive_realtime(self, event: dict[str, Any], now_ms: int) -> list[Action]:
+        self.stats.realtime_events += 1
+        kind = event.get("type")
+        if kind == "response.output_audio.delta":
+            return self._on_audio_delta(event, now_ms)
+        handler = _HANDLERS.get(kind) if isinstance(kind, str) else None
+        if handler is not None:
+            return handler(self, event, now_ms)
+        if kind not in _IGNORED:
+            self.stats.unknown_realtime += 1
+            if kind not in self._unknown_logged:
+                self._unknown_logged.add(str(kind))
+                log.warning("unhandled Realtime event type %r", kind)
+        return []
+
+    def _on_session_updated(self, event: dict[str, Any], now_ms: int) -> list[Action]:
+        if self.phase != "configuring":
+            return []
+        problem = rt.formats_problem(event.get("session") or {}, self.config.agent.audio_mode)
+        if problem:
+            log.error("%s", problem)
+            return self.end(problem)
+        self.phase = "active"
+        self._ready_deadline_ms = None
+        agent = self.config.agent
+        if not agent.greeting:
+            return []
+        instructions = f"{agent.instructions}\n\n{agent.greeting}".strip()
+        return [SendRealtime(rt.response_create(instructions, event_id="evt_greeting"))]
+
+    def _on_speech_started(self, event: dict[str, Any], now_ms: int) -> list[Action]:
+        """Barge-in (PROTOCOLS.md 8.4): clear Twilio, cancel, truncate at what was heard."""
+        playing = self.playback.is_playing(now_ms) or self._framer.pending > 0
+        if not playing and self._active_response is None:
+            return []
+        self.stats.barge_ins += 1
+        out: list[Action] = []
+        cut = self.playback.interrupt(now_ms)
+        if cut.twilio_had_audio:
+            out.append(SendTwilio(tw.encode_clear(self.stream_sid)))
+        item_id = cut.item_id or self._framer_item
+        self._framer.clear()
+        self._outbound.reset()
+        self._framer_item = None
+        response_id = self._active_response
+        if response_id is not None and response_id not in self._cancelled_responses:
+            self._cancelled_responses.add(response_id)
+            out.append(SendRealtime(rt.response_cancel(response_id)))
+        if item_id is not None and item_id not in self._dropped_items:
+            self._dropped_items.add(item_id)
+            generated = self.generated_ms(item_id)
+            heard = min(cut.heard_ms, generated)
+            if generated > 0:
+                out.append(SendRealtime(rt.truncate(item_id, heard)))
+            self.conversation.interrupted(item_id, heard, generated)
+        return out
+
+    def _on_audio_delta(self, event: dict[str, Any], now_ms: int) -> list[Action]:
+        item_id = event.get("item_id")
+        if (
+            not isinstance(item_id, str)
+            or item_id in self._dropped_items
+            or event.get("response_id") in self._cancelled_responses
+        ):
+            self.stats.late_deltas_dropped += 1
+            return []
+        try:
+            audio = binascii.a2b_base64(event.get("delta") or "")
+        except binascii.Error:
+            log.warning("ignoring an audio delta with invalid base64 for item %s", item_id)
+            return []
+        self._generated_bytes[item_id] = self._generated_bytes.get(item_id, 0) + len(audio)
+        if self._framer_item is not None and self._framer_item != item_id:
+            self._finish_item_audio()
+        self._framer_item = item_id
+        frames = self._framer.push(self._outbound.convert(audio))
+        self.playback.enqueue(item_id, frames)
+        out: list[Action] = []
+        self._send_due(now_ms, out)
+        return out
+
+    def _finish_item_audio(self) -> None:
+        """End of an item's audio: flush the filter tail and pad the last partial frame."""
+        item_id = self._framer_item
+        if item_id is None:
+            return
+        frames = self._framer.push(self._outbound.flush())
+        last = self._framer.flush()
+        if last is not None:
+            frames.append(last)
+        self.playback.enqueue(item_id, frames)
+        self._outbound.reset()
+        self._framer_item = None
+
+    def _on_audio_done(self, event: dict[str, Any], now_ms: int) -> list[Action]:
+        if event.get("item_id") != self._framer_item:
+            return []
+        self._finish_item_audio()
+        out: list[Action] = []
+        self._send_due(now_ms, out)
+        return out
+
+    def _on_response_created(self, event: dict[str, Any], now_ms: int) -> list[Action]:
+        response = event.get("response") or {}
+        if not rt.is_out_of_band(response):
+            self._active_response = response.get("id")
+        return []
+
+    def _on_response_done(self, event: dict[str, Any], now_ms: int) -> list[Action]:
+        response = event.get("response") or {}
+        if rt.is_out_of_band(response):
+            return []
+        if response.get("id") == self._active_response:
+            self._active_response = None
+        usage = response.get("usage")
+        if isinstance(usage, dict):
+            self.conversation.response_usage(usage)
+            self._note_tokens_after()
+        out: list[Action] = [Checkpoint()]
+        out.extend(self._maybe_summarise(now_ms))
+        return out
+
+    def _on_item_added(self, event: dict[str, Any], now_ms: int) -> list[Action]:
+        item = event.get("item")
+        if not isinstance(item, dict):
+            return []
+        item_id = str(item.get("id"))
+        inserting = self._summary_inserting.pop(item_id, None)
+        self.conversation.item_added(item, event.get("previous_item_id"), now_ms, is_summary=inserting is not None)
+        if inserting is not None:
+            return self._summary_inserted(*inserting, now_ms)
+        return []
+
+    def _on_item_done(self, event: dict[str, Any], now_ms: int) -> list[Action]:
+        item = event.get("item")
+        if isinstance(item, dict):
+            if self.conversation.get(str(item.get("id"))) is None:
+                out = self._on_item_added(event, now_ms)
+            else:
+                out = []
+            self.conversation.item_done(item)
+            self._done_at.setdefault(str(item.get("id")), now_ms)
+            return out
+        return []
+
+    def _on_item_deleted(self, event: dict[str, Any], now_ms: int) -> list[Action]:
+        item_id = event.get("item_id")
+        if isinstance(item_id, str):
+            self.conversation.item_deleted(item_id)
+        return []
+
+    def _on_transcription_completed(self, event: dict[str, Any], now_ms: int) -> list[Action]:
+        self.conversation.user_transcript(str(event.get("item_id")), str(event.get("transcript") or ""))
+        out: list[Action] = [Checkpoint()]
+        out.extend(self._maybe_summarise(now_ms))
+        return out
+
+    def _on_transcription_failed(self, event: dict[str, Any], now_ms: int) -> list[Action]:
+        item_id = str(event.get("item_id"))
+        error = event.get("error") or {}
+        log.warning("caller transcription failed for %s: %s", item_id, error.get("message"))
+        self.conversation.user_transcript_failed(item_id)
+        return []
+
+    def _on_transcript_delta(self, event: dict[str, Any], now_ms: int) -> list[Action]:
+        self.conversation.assistant_transcript_delta(str(event.get("item_id")), str(event.get("delta") or ""))
+        return []
+
+    def _on_transcript_done(self, event: dict[str, Any], now_ms: int) -> list[Action]:
+        self.conversation.assistant_transcript_done(
+            str(event.get("item_id")), str(event.get("transcript") or "")
+        )
+        return []
+
+    def _on_error(self, event: dict[str, Any], now_ms: int) -> list[Action]:
+        error = event.get("error") or {}
+        code = error.get("code")
+        if code in _BENIGN_ERROR_CODES:
+            log.info("Realtime reported %s (a harmless race)", code)
+            return []
+        failed_event = str(error.get("event_id") or "")
+        for summary_id in list(self._summary_inserting):
+            if failed_event == f"evt_create_{summary_id}":
+                self._summary_inserting.pop(summary_id)
+                return self.summary_failed(summary_id, f"inserting the summary failed: {error.get('message')}", now_ms)
+        self.stats.realtime_errors += 1
+        log.warning(
+            "Realtime error %s/%s for event %s: %s",
+            error.get("type"),
+            code,
+            error.get("event_id"),
+            error.get("message"),
+        )
+        if code == "session_expired":
+            return self.end("Realtime session expired")
+        return []
+
+    # ----- summaries (policy in core/summary.py) -----
+    def _maybe_summarise(self, now_ms: int) -> list[Action]:
+        if (
+            self.phase != "active"
+            or self._summary_in_flight is not None
+            or now_ms < self._summary_retry_at_ms
+        ):
+            return []
+        request = plan_summary(
+            self.conversation, self.config.summary, now_ms, self._done_at, self._summary_count + 1
+        )
+        if request is None:
+            return []
+        self._summary_count += 1
+        self._summary_in_flight = request
+        return [RequestSummary(request)]
+
+    def receive_summary(self, summary_id: str, text: str, now_ms: int) -> list[Action]:
+        """The summary model answered: insert the summary at the root, then (on confirmation) delete."""
+        request = self._summary_in_flight
+        if request is None or request.summary_id != summary_id or self.phase == "ended":
+            return []
+        if not text.strip():
+            return self.summary_failed(summary_id, "the summary model returned nothing", now_ms)
+        item_text = summary_item_text(text)
+        self._summary_inserting[summary_id] = (request, item_text, now_ms)
+        return [SendRealtime(rt.system_message(summary_id, item_text, previous_item_id="root"))]
+
+    def summary_failed(self, summary_id: str, reason: str, now_ms: int) -> list[Action]:
+        """Nothing was deleted; try again later. The call goes on."""
+        if self._summary_in_flight is None or self._summary_in_flight.summary_id != summary_id:
+            return []
+        log.warning("summary %s failed (%s); retrying later", summary_id, reason)
+        self._summary_in_flight = None
+        self._summary_retry_at_ms = now_ms + self.config.summary.retry_after_ms
+        return []
+
+    def _summary_inserted(self, request: SummaryRequest, text: str, requested_ms: int, now_ms: int) -> list[Action]:
+        """The summary item exists server-side: now (and only now) delete exactly the snapshot."""
+        self.conversation.fold(
+            SummaryEvent(
+                summary_id=request.summary_id,
+                at_ms=now_ms,
+                text=text,
+                tokens_before=request.tokens_before,
+                turns_folded=request.turns_folded,
+                folded_item_ids=request.folded_item_ids,
+            )
+        )
+        self._summary_in_flight = None
+        in_context = set(self.conversation.context)
+        return [SendRealtime(rt.delete(i)) for i in request.folded_item_ids if i in in_context]
+
+    def _note_tokens_after(self) -> None:
+        """The first usage after a summary shows what it saved."""
+        summaries = self.conversation.summaries
+        if summaries and summaries[-1].tokens_after is None:
+            summaries[-1] = replace(summaries[-1], tokens_after=self.conversation.context_tokens)
+
+    # ----- time -----
+    def tick(self, now_ms: int) -> list[Action]:
+        """Called every 20 ms by the bridge's pacer: send due frames, enforce deadlines."""
+        if self.phase == "configuring" and self._ready_deadline_ms is not None and now_ms >= self._ready_deadline_ms:
+            return self.end("Realtime session was not ready in time")
+        out: list[Action] = []
+        if self.phase != "ended" and self.playback.queued_frames:
+            self._send_due(now_ms, out)
+        if now_ms >= self._next_summary_check_ms:
+            # re-check now and then: a pending transcript may have arrived or its wait expired
+            self._next_summary_check_ms = now_ms + 500
+            out.extend(self._maybe_summarise(now_ms))
+        return out
+
+
+_Handler = Callable[[CallSession, dict[str, Any], int], list[Action]]
+_HANDLERS: dict[str, _Handler] = {
+    "session.updated": CallSession._on_session_updated,
+    "input_audio_buffer.speech_started": CallSession._on_speech_started,
+    "response.output_audio.done": CallSession._on_audio_done,
+    "response.created": CallSession._on_response_created,
+    "response.done": CallSession._on_response_done,
+    "conversation.item.added": CallSession._on_item_added,
+    "conversation.item.created": CallSession._on_item_added,
+    "conversation.item.done": CallSession._on_item_done,
+    "conversation.item.deleted": CallSession._on_item_deleted,
+    "conversation.item.input_audio_transcription.completed": CallSession._on_transcription_completed,
+    "conversation.item.input_audio_transcription.failed": CallSession._on_transcription_failed,
+    "response.output_audio_transcript.delta": CallSession._on_transcript_delta,
+    "response.output_audio_transcript.done": CallSession._on_transcript_done,
+    "error": CallSession._on_error,
+}

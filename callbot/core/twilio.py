@@ -1,0 +1,165 @@
+"""Twilio Media Streams messages: parse what Twilio sends, encode what we send back.
+
+Parsing never raises: a peer's odd message becomes `Invalid` with a reason the bridge logs, so
+one bad frame cannot end a call (PROTOCOLS.md 3.1-3.3). Numbers Twilio sends as strings
+(`timestamp`, `chunk`, `sequenceNumber`) are converted to int here, once.
+"""
+
+from __future__ import annotations
+
+import binascii
+from dataclasses import dataclass, field
+
+import orjson
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    protocol: str
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    stream_sid: str
+    call_sid: str
+    account_sid: str
+    custom_parameters: dict[str, str] = field(default_factory=dict)
+    encoding: str = "audio/x-mulaw"
+    sample_rate: int = 8000
+    channels: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Media:
+    """One chunk of caller audio. `payload` is Twilio's base64 text, `audio` the decoded mu-law."""
+
+    stream_sid: str
+    payload: str
+    audio: bytes
+    timestamp_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    stream_sid: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Dtmf:
+    stream_sid: str
+    digit: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    stream_sid: str
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """A message we could not use; `reason` says why, for the log."""
+
+    reason: str
+    event: str = ""
+
+
+TwilioEvent = Connected | Start | Media | Mark | Dtmf | Stop | Invalid
+
+
+def _str(obj: object) -> str:
+    return obj if isinstance(obj, str) else ""
+
+
+def _int(obj: object, default: int = 0) -> int:
+    try:
+        return int(obj)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return default
+
+
+def _parse_media(msg: dict, sid: str) -> TwilioEvent:
+    media = msg.get("media")
+    if not isinstance(media, dict):
+        return Invalid("media event without a media object", "media")
+    payload = media.get("payload")
+    if not isinstance(payload, str):
+        return Invalid("media event without a string payload", "media")
+    try:
+        audio = binascii.a2b_base64(payload, strict_mode=True)
+    except (binascii.Error, ValueError):
+        return Invalid("media payload is not valid base64", "media")
+    return Media(sid, payload, audio, _int(media.get("timestamp")))
+
+
+def _parse_start(msg: dict, sid: str) -> TwilioEvent:
+    start = msg.get("start")
+    if not isinstance(start, dict):
+        return Invalid("start event without a start object", "start")
+    stream_sid = _str(start.get("streamSid")) or sid
+    call_sid = _str(start.get("callSid"))
+    if not stream_sid or not call_sid:
+        return Invalid("start event without streamSid or callSid", "start")
+    params = start.get("customParameters")
+    custom = {str(k): str(v) for k, v in params.items()} if isinstance(params, dict) else {}
+    fmt = start.get("mediaFormat") if isinstance(start.get("mediaFormat"), dict) else {}
+    assert isinstance(fmt, dict)
+    return Start(
+        stream_sid=stream_sid,
+        call_sid=call_sid,
+        account_sid=_str(start.get("accountSid")),
+        custom_parameters=custom,
+        encoding=_str(fmt.get("encoding")) or "audio/x-mulaw",
+        sample_rate=_int(fmt.get("sampleRate"), 8000),
+        channels=_int(fmt.get("channels"), 1),
+    )
+
+
+def parse(raw: str | bytes) -> TwilioEvent:
+    """Turn one websocket text frame from Twilio into an event (never raises)."""
+    try:
+        msg = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return Invalid("not JSON")
+    if not isinstance(msg, dict):
+        return Invalid("JSON message is not an object")
+    event = msg.get("event")
+    sid = _str(msg.get("streamSid"))
+    if event == "media":
+        return _parse_media(msg, sid)
+    if event == "mark":
+        mark = msg.get("mark")
+        name = mark.get("name") if isinstance(mark, dict) else None
+        if not isinstance(name, str):
+            return Invalid("mark event without a name", "mark")
+        return Mark(sid, name)
+    if event == "start":
+        return _parse_start(msg, sid)
+    if event == "connected":
+        return Connected(_str(msg.get("protocol")), _str(msg.get("version")))
+    if event == "dtmf":
+        dtmf = msg.get("dtmf")
+        digit = dtmf.get("digit") if isinstance(dtmf, dict) else None
+        if not isinstance(digit, str):
+            return Invalid("dtmf event without a digit", "dtmf")
+        return Dtmf(sid, digit)
+    if event == "stop":
+        return Stop(sid)
+    return Invalid(f"unknown event {event!r}", _str(event))
+
+
+# --- what we send (PROTOCOLS.md 3.3); the stream sid is echoed on every message ---
+
+
+def encode_media(stream_sid: str, ulaw: bytes) -> str:
+    payload = binascii.b2a_base64(ulaw, newline=False).decode("ascii")
+    return orjson.dumps({"event": "media", "streamSid": stream_sid, "media": {"payload": payload}}).decode()
+
+
+def encode_mark(stream_sid: str, name: str) -> str:
+    return orjson.dumps({"event": "mark", "streamSid": stream_sid, "mark": {"name": name}}).decode()
+
+
+def encode_clear(stream_sid: str) -> str:
+    return orjson.dumps({"event": "clear", "streamSid": stream_sid}).decode()

@@ -1,0 +1,230 @@
+"""The FastAPI application: Twilio's voice webhook, the media websocket, health and review routes.
+
+`create_app(settings)` is the composition root: the OpenAI client, the Realtime connector, the
+pacer and the ticket service are built in the lifespan, never at import time. Tests pass their
+own connector/observer to run the real app against the fake Realtime server.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request, Response, WebSocket
+from fastapi.responses import JSONResponse
+from twilio.request_validator import RequestValidator
+from twilio.twiml.voice_response import VoiceResponse
+
+from callbot.adapters.realtime_openai import OpenAIRealtimeConnector, RealtimeConnector
+from callbot.adapters.summariser_openai import OpenAISummariser, Summariser
+from callbot.adapters.twilio_ws import TwilioSocket
+from callbot.bridge import CallBridge, CallObserver, Pacer
+from callbot.core import realtime as rt
+from callbot.core import stream_token
+from callbot.core import twilio as tw
+from callbot.core.call import CallConfig
+from callbot.core.summary import DEFAULT_PROMPT, SummaryPolicy
+from callbot.settings import Settings
+
+log = logging.getLogger("callbot.web")
+
+
+def call_config(settings: Settings) -> CallConfig:
+    agent = rt.AgentConfig(
+        model=settings.model,
+        voice=settings.voice,
+        instructions=settings.instructions,
+        greeting=settings.greeting,
+        audio_mode=settings.audio_mode,
+        transcription_model=settings.transcription_model or None,
+        transcription_language=settings.transcription_language,
+        vad_type=settings.vad_type,
+        vad_threshold=settings.vad_threshold,
+        vad_prefix_padding_ms=settings.vad_prefix_padding_ms,
+        vad_silence_duration_ms=settings.vad_silence_duration_ms,
+        vad_eagerness=settings.vad_eagerness,
+        noise_reduction=None if settings.noise_reduction == "off" else settings.noise_reduction,
+        truncation_retention_ratio=settings.truncation_retention_ratio,
+    )
+    return CallConfig(
+        agent=agent,
+        playback_lead_ms=settings.playback_lead_ms,
+        mark_interval_ms=settings.mark_interval_ms,
+        session_ready_timeout_ms=int(settings.session_ready_timeout_s * 1000),
+        summary=SummaryPolicy(
+            enabled=settings.summary_enabled,
+            trigger_tokens=settings.summary_trigger_tokens,
+            keep_last_turns=settings.keep_last_turns,
+            transcript_wait_ms=settings.transcript_wait_ms,
+            retry_after_ms=int(settings.summary_retry_after_s * 1000),
+        ),
+    )
+
+
+def summary_template(settings: Settings) -> str:
+    if settings.summary_prompt_file is None:
+        return DEFAULT_PROMPT
+    return settings.summary_prompt_file.read_text(encoding="utf-8")
+
+
+@dataclass
+class Services:
+    """What the routes need, built in the lifespan (or injected by tests)."""
+
+    settings: Settings
+    connector: RealtimeConnector
+    pacer: Pacer = field(default_factory=Pacer)
+    observer: CallObserver | None = None
+    summariser: Summariser | None = None
+    stream_secret: bytes = b""
+    active_calls: set[CallBridge] = field(default_factory=set)
+    calls_total: int = 0
+    ready: bool = True
+
+
+def _stream_secret(settings: Settings) -> bytes:
+    if settings.twilio_auth_token is not None:
+        return settings.twilio_auth_token.get_secret_value().encode()
+    log.warning("no TWILIO_AUTH_TOKEN: stream tokens use a per-process secret (one replica only)")
+    return secrets.token_bytes(32)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    connector: RealtimeConnector | None = None,
+    observer: CallObserver | None = None,
+    summariser: Summariser | None = None,
+    extra_setup: Callable[[FastAPI], Any] | None = None,
+) -> FastAPI:
+    """Build the app. What is not injected (tests inject fakes) is built in the lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        real_connector, real_summariser = connector, summariser
+        if real_connector is None or (real_summariser is None and settings.summary_enabled):
+            from openai import AsyncOpenAI
+
+            if real_connector is None:
+                settings.check_serving()
+            api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+            client = AsyncOpenAI(api_key=api_key, base_url=settings.openai_base_url)
+            real_connector = real_connector or OpenAIRealtimeConnector(client, settings.model)
+            if real_summariser is None and settings.summary_enabled:
+                real_summariser = OpenAISummariser(
+                    client,
+                    settings.summary_model,
+                    language=settings.summary_language,
+                    style=settings.summary_style,
+                    template=summary_template(settings),
+                    timeout_s=settings.summary_timeout_s,
+                )
+        services = Services(
+            settings=settings,
+            connector=real_connector,
+            observer=observer,
+            summariser=real_summariser,
+            stream_secret=_stream_secret(settings),
+        )
+        app.state.services = services
+        try:
+            yield
+        finally:
+            services.ready = False
+            await services.pacer.stop()
+
+    app = FastAPI(title="callbot", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    @app.get("/healthz")
+    async def healthz(request: Request) -> JSONResponse:
+        services: Services = request.app.state.services
+        status = 200 if services.ready else 503
+        body = {"status": "ok" if services.ready else "draining", "active_calls": len(services.active_calls)}
+        return JSONResponse(body, status_code=status)
+
+    @app.post("/twilio/voice")
+    async def voice(request: Request) -> Response:
+        services: Services = request.app.state.services
+        form = await request.form()
+        params = {key: str(value) for key, value in form.items()}
+        if not _signature_ok(services.settings, request, params):
+            log.warning("rejecting a voice webhook with a bad or missing X-Twilio-Signature")
+            return Response("invalid signature", status_code=403, media_type="text/plain")
+        return Response(_twiml(services, params), media_type="text/xml")
+
+    @app.websocket("/twilio/media")
+    async def media(ws: WebSocket) -> None:
+        services: Services = ws.app.state.services
+        settings = services.settings
+        signature = ws.headers.get("x-twilio-signature")
+        if settings.validate_twilio_signatures and signature is not None:
+            validator = RequestValidator(settings.twilio_auth_token.get_secret_value())  # type: ignore[union-attr]
+            if not validator.validate(settings.media_ws_url, {}, signature):
+                log.warning("refusing a media websocket with a bad X-Twilio-Signature")
+                await ws.close(code=1008)
+                return
+        await ws.accept()
+        bridge = CallBridge(
+            TwilioSocket(ws, settings.max_message_bytes),
+            services.connector,
+            call_config(settings),
+            services.pacer,
+            observer=services.observer,
+            start_check=lambda start: _check_start(services, start),
+            summariser=services.summariser,
+            summary_model=settings.summary_model if settings.summary_enabled else "",
+        )
+        services.active_calls.add(bridge)
+        services.calls_total += 1
+        try:
+            await bridge.run()
+        finally:
+            services.active_calls.discard(bridge)
+
+    if extra_setup is not None:
+        extra_setup(app)
+    return app
+
+
+def _signature_ok(settings: Settings, request: Request, params: dict[str, str]) -> bool:
+    """Validate against the public URL Twilio called, not the one we see behind a proxy (PROTOCOLS.md 2.2)."""
+    if not settings.validate_twilio_signatures:
+        return True
+    signature = request.headers.get("x-twilio-signature")
+    if not signature or settings.twilio_auth_token is None:
+        return False
+    url = settings.voice_webhook_url
+    if request.url.query:
+        url += "?" + request.url.query
+    validator = RequestValidator(settings.twilio_auth_token.get_secret_value())
+    return bool(validator.validate(url, params, signature))
+
+
+def _twiml(services: Services, params: dict[str, str]) -> str:
+    settings = services.settings
+    response = VoiceResponse()
+    if not services.ready:
+        response.say("Sorry, we are not taking calls right now. Please call again in a few minutes.")
+        response.hangup()
+        return str(response)
+    if len(services.active_calls) >= settings.max_concurrent_calls:
+        response.say("All our lines are busy right now. Please call again in a few minutes.")
+        response.hangup()
+        return str(response)
+    call_sid = params.get("CallSid", "")
+    token = stream_token.mint(services.stream_secret, call_sid, int(time.time()), settings.stream_token_ttl_s)
+    stream = response.connect().stream(url=settings.media_ws_url, name=f"callbot-{call_sid}"[:64])
+    stream.parameter(name="token", value=token)
+    stream.parameter(name="from", value=params.get("From", ""))
+    stream.parameter(name="to", value=params.get("To", ""))
+    return str(response)
+
+
+def _check_start(services: Services, start: tw.Start) -> str | None:
+    token = start.custom_parameters.get("token", "")
+    return stream_token.check(services.stream_secret, start.call_sid, token, int(time.time()))

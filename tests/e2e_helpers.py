@@ -1,0 +1,92 @@
+"""Shared pieces for end-to-end tests: the real app on loopback, the fake Realtime server, a caller."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from openai import AsyncOpenAI
+
+from callbot.adapters.realtime_openai import OpenAIRealtimeConnector
+from callbot.adapters.summariser_openai import Summariser
+from callbot.core.record import CallRecord
+from callbot.settings import Settings
+from callbot.sim.caller import TwilioCaller
+from callbot.sim.fake_realtime import FakeRealtimeServer, Script
+from callbot.sim.serving import serve_app
+from callbot.sim.speech import synth_speech
+from callbot.web.app import create_app
+
+AUTH_TOKEN = "test-auth-token-0123456789abcdef"
+PUBLIC_URL = "https://bot.example.test"
+
+
+@dataclass
+class RecordingObserver:
+    """An in-memory ticket sink: keeps every record the bridge hands over."""
+
+    started: list[CallRecord] = field(default_factory=list)
+    progress: list[CallRecord] = field(default_factory=list)
+    ended: list[CallRecord] = field(default_factory=list)
+
+    async def call_started(self, record: CallRecord) -> None:
+        self.started.append(record)
+
+    async def call_progress(self, record: CallRecord) -> None:
+        self.progress.append(record)
+
+    async def call_ended(self, record: CallRecord) -> int | None:
+        self.ended.append(record)
+        return len(self.ended)
+
+
+def speech(ms: int, seed: int) -> np.ndarray:
+    return synth_speech(ms, 8000, seed=seed)
+
+
+def make_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "public_url": PUBLIC_URL,
+        "twilio_auth_token": AUTH_TOKEN,
+        "openai_api_key": "fake",
+        "summary_enabled": False,
+        "vad_silence_duration_ms": 400,
+        "log_json": False,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@dataclass
+class Rig:
+    fake: FakeRealtimeServer
+    base_url: str
+    observer: RecordingObserver
+    settings: Settings
+
+    def caller(self, **kwargs: Any) -> TwilioCaller:
+        return TwilioCaller(self.base_url, auth_token=AUTH_TOKEN, public_base_url=PUBLIC_URL, **kwargs)
+
+
+@contextlib.asynccontextmanager
+async def running_rig(
+    script: Script | None = None,
+    *,
+    summariser: Summariser | None = None,
+    **setting_overrides: Any,
+) -> AsyncIterator[Rig]:
+    settings = make_settings(**setting_overrides)
+    async with FakeRealtimeServer(script or Script()) as fake:
+        client = AsyncOpenAI(api_key="fake", base_url=fake.base_url)
+        observer = RecordingObserver()
+        app = create_app(
+            settings,
+            connector=OpenAIRealtimeConnector(client, settings.model),
+            observer=observer,
+            summariser=summariser,
+        )
+        async with serve_app(app) as base_url:
+            yield Rig(fake, base_url, observer, settings)

@@ -1,0 +1,109 @@
+"""Whole calls through the real server over loopback sockets: Twilio caller -> callbot -> fake Realtime."""
+
+from __future__ import annotations
+
+import pytest
+
+from callbot.sim.caller import HangUp, Say, SayDuringAssistant, Silence, WaitForAssistant
+from callbot.sim.fake_realtime import Script
+from tests.e2e_helpers import running_rig, speech
+
+
+TWO_TURNS = Script(
+    greeting="Hello, thanks for calling Acme support.",
+    user_transcripts=["My order 4417 has not arrived.", "Yes, please send a new one."],
+    replies=["Sorry to hear that. Shall I send a replacement?", "Done, a new one ships today."],
+)
+
+
+@pytest.mark.parametrize("audio_mode", ["pcm24k", "pcmu"])
+async def test_two_turn_call_has_greeting_and_transcripts_on_both_sides(audio_mode: str) -> None:
+    async with running_rig(TWO_TURNS, audio_mode=audio_mode) as rig:
+        result = await rig.caller().run(
+            [
+                WaitForAssistant(timeout_s=10),
+                Say(speech(1200, seed=1)),
+                Silence(100),
+                WaitForAssistant(timeout_s=10),
+                Say(speech(1000, seed=2)),
+                Silence(100),
+                WaitForAssistant(timeout_s=10),
+                HangUp(),
+            ]
+        )
+        assert rig.fake.violations == []
+    assert result.outcome == "completed", result.summary()
+    assert result.violations == []
+    # The greeting, then one reply per caller turn, reached the caller's ear.
+    intervals = result.assistant_speech_intervals()
+    assert len(intervals) >= 3
+    first_caller_speech = result.caller_speech_intervals()[0][0]
+    assert intervals[0][0] < first_caller_speech
+    # Pacing is measured properly by bench/ in separate processes; here, with caller, server and
+    # fake all sharing one event loop on a shared machine, only gross underruns would fail.
+    assert result.late_frames <= result.frames_played // 20
+    # The ticket sink got exactly one final record with every turn, in order.
+    assert len(rig.observer.ended) == 1
+    record = rig.observer.ended[0]
+    roles_and_text = [(e.role, e.text) for e in record.transcript]
+    assert roles_and_text == [
+        ("assistant", "Hello, thanks for calling Acme support."),
+        ("user", "My order 4417 has not arrived."),
+        ("assistant", "Sorry to hear that. Shall I send a replacement?"),
+        ("user", "Yes, please send a new one."),
+        ("assistant", "Done, a new one ships today."),
+    ]
+    assert record.end_reason == "caller hung up"
+    assert record.usage.responses == 3
+    assert record.info.from_number == "+15551230000"
+
+
+async def test_session_is_configured_before_audio_is_relayed() -> None:
+    async with running_rig(TWO_TURNS) as rig:
+        await rig.caller().run([WaitForAssistant(timeout_s=10), HangUp()])
+        received = rig.fake.sessions[0].received
+    types = [e["type"] for e in received]
+    assert types[0] == "session.update"
+    session = received[0]["session"]
+    assert session["type"] == "realtime"
+    assert session["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
+    assert session["audio"]["output"]["voice"] == "marin"
+    assert "response.create" in types  # the assistant speaks first
+    assert types.index("response.create") > 0
+
+
+async def test_barge_in_clears_twilio_cancels_and_truncates_at_heard_audio() -> None:
+    script = Script(
+        greeting="Welcome to Acme support. " * 8,  # about 14 s of speech: long enough to interrupt
+        user_transcripts=["Sorry, I need to stop you there."],
+        replies=["Of course, go ahead."],
+        realtime_factor=2.0,  # still generating when the caller talks over it
+    )
+    async with running_rig(script) as rig:
+        result = await rig.caller().run(
+            [
+                SayDuringAssistant(speech(1200, seed=3), after_ms=1500, timeout_s=10),
+                Silence(100),
+                WaitForAssistant(timeout_s=10),
+                HangUp(),
+            ]
+        )
+        received = rig.fake.sessions[0].received
+        assert rig.fake.violations == []
+    assert len(result.clears) >= 1
+    cancels = [e for e in received if e["type"] == "response.cancel"]
+    truncates = [e for e in received if e["type"] == "conversation.item.truncate"]
+    assert len(cancels) == 1 and len(truncates) == 1
+    heard_ms = truncates[0]["audio_end_ms"]
+    # The caller heard ~1.5 s before talking; VAD needs ~100-300 ms more to notice. Marks every 60 ms.
+    assert 1200 <= heard_ms <= 2400, heard_ms
+    record = rig.observer.ended[0]
+    greeting = record.transcript[0]
+    assert greeting.role == "assistant" and greeting.interrupted
+    assert greeting.heard_ms == heard_ms
+    assert greeting.text and len(greeting.text) < len(script.greeting)
+    # After the clear, the assistant's audio stopped quickly and the reply played later.
+    clear_ms = result.clears[0]
+    intervals = result.assistant_speech_intervals()
+    assert any(start > clear_ms for start, _ in intervals)
+    assert record.transcript[-1].text == "Of course, go ahead."
