@@ -95,6 +95,7 @@ class Settings(BaseSettings):
 
     # --- Tickets ---
     database_url: str = "sqlite+aiosqlite:///./callbot.db"
+    migrate_on_start: bool = Field(default=True, description="Apply database migrations at server start.")
     ticket_model: str = "gpt-5.4-mini"
     ticket_prompt_file: Path | None = None
     ticket_schema_file: Path | None = None

@@ -150,6 +150,7 @@ class CallSession:
         self._summary_count = 0
         self._done_at: dict[str, int] = {}
         self._next_summary_check_ms = 0
+        self._usage_stale = False  # a summary changed the context since the last usage report
 
     # ----- helpers -----
     @property
@@ -242,6 +243,8 @@ class CallSession:
 
     def receive_realtime(self, event: dict[str, Any], now_ms: int) -> list[Action]:
         self.stats.realtime_events += 1
+        if self.phase == "ended":
+            return []  # nothing goes to Twilio after stop (PROTOCOLS.md 11.11)
         kind = event.get("type")
         if kind == "response.output_audio.delta":
             return self._on_audio_delta(event, now_ms)
@@ -358,6 +361,7 @@ class CallSession:
         if isinstance(usage, dict):
             self.conversation.response_usage(usage)
             self._note_tokens_after()
+            self._usage_stale = False
         out: list[Action] = [Checkpoint()]
         out.extend(self._maybe_summarise(now_ms))
         return out
@@ -442,6 +446,7 @@ class CallSession:
         if (
             self.phase != "active"
             or self._summary_in_flight is not None
+            or self._usage_stale
             or now_ms < self._summary_retry_at_ms
         ):
             return []
@@ -487,6 +492,7 @@ class CallSession:
             )
         )
         self._summary_in_flight = None
+        self._usage_stale = True
         in_context = set(self.conversation.context)
         return [SendRealtime(rt.delete(i)) for i in request.folded_item_ids if i in in_context]
 

@@ -54,13 +54,18 @@ def _cut_to_heard(text: str, heard_ms: int, generated_ms: int) -> str:
     The transcript is not time-aligned, so this assumes an even speaking rate: good enough
     for a person reading the ticket, and it never claims more than was played.
     """
+    if heard_ms <= 0:
+        return ""
     if generated_ms <= 0 or heard_ms >= generated_ms:
         return text
     keep = int(len(text) * heard_ms / generated_ms)
+    if keep >= len(text):
+        return text
     cut = text[:keep]
-    if keep < len(text) and " " in cut:
-        cut = cut[: cut.rfind(" ")]
-    return cut.rstrip() + "…" if cut else ""
+    if text[keep] != " ":
+        cut = cut[: cut.rfind(" ")] if " " in cut else ""  # never end inside a word
+    cut = cut.rstrip()
+    return cut + "…" if cut else ""
 
 
 def _content_text(item: dict[str, Any]) -> str | None:
@@ -125,9 +130,8 @@ class ConversationState:
         existing = self._turns.get(item_id)
         if existing is not None:
             return existing
-        role = item.get("role") if item.get("type") == "message" else "assistant"
-        if role not in ("user", "assistant", "system"):
-            role = "system"
+        raw_role = item.get("role") if item.get("type") == "message" else "assistant"
+        role: Role = raw_role if raw_role in ("user", "assistant", "system") else "system"  # type: ignore[assignment]
         turn = Turn(item_id=item_id, role=role, at_ms=at_ms, kind=str(item.get("type", "message")))
         turn.is_summary = is_summary
         text = _content_text(item)

@@ -21,7 +21,7 @@ def mint(secret: bytes, call_sid: str, now_s: int, ttl_s: int) -> str:
 def check(secret: bytes, call_sid: str, token: str, now_s: int) -> str | None:
     """None if the token is valid for this call now, else the reason it is not."""
     expiry_text, _, mac = token.partition(".")
-    if not expiry_text.isdigit() or not mac:
+    if not (expiry_text.isascii() and expiry_text.isdigit() and mac.isascii() and mac):
         return "malformed stream token"
     expected = hmac.new(secret, f"{call_sid}:{expiry_text}".encode(), hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected, mac):

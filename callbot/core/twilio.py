@@ -72,11 +72,19 @@ def _str(obj: object) -> str:
     return obj if isinstance(obj, str) else ""
 
 
+class _NotANumber(ValueError):
+    pass
+
+
 def _int(obj: object, default: int = 0) -> int:
-    try:
-        return int(obj)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
+    """Twilio sends numbers as strings of digits (or JSON ints); anything else is the peer's error."""
+    if obj is None:
         return default
+    if isinstance(obj, int) and not isinstance(obj, bool):
+        return obj
+    if isinstance(obj, str) and obj.isascii() and obj.isdigit():
+        return int(obj)
+    raise _NotANumber(repr(obj)[:40])
 
 
 def _parse_media(msg: dict, sid: str) -> TwilioEvent:
@@ -90,7 +98,11 @@ def _parse_media(msg: dict, sid: str) -> TwilioEvent:
         audio = binascii.a2b_base64(payload, strict_mode=True)
     except (binascii.Error, ValueError):
         return Invalid("media payload is not valid base64", "media")
-    return Media(sid, payload, audio, _int(media.get("timestamp")))
+    try:
+        timestamp = _int(media.get("timestamp"))
+    except _NotANumber as exc:
+        return Invalid(f"media timestamp is not a number: {exc}", "media")
+    return Media(sid, payload, audio, timestamp)
 
 
 def _parse_start(msg: dict, sid: str) -> TwilioEvent:
@@ -103,16 +115,22 @@ def _parse_start(msg: dict, sid: str) -> TwilioEvent:
         return Invalid("start event without streamSid or callSid", "start")
     params = start.get("customParameters")
     custom = {str(k): str(v) for k, v in params.items()} if isinstance(params, dict) else {}
-    fmt = start.get("mediaFormat") if isinstance(start.get("mediaFormat"), dict) else {}
-    assert isinstance(fmt, dict)
+    fmt = start.get("mediaFormat")
+    if not isinstance(fmt, dict):
+        fmt = {}
+    try:
+        sample_rate = _int(fmt.get("sampleRate"), 8000)
+        channels = _int(fmt.get("channels"), 1)
+    except _NotANumber as exc:
+        return Invalid(f"start mediaFormat has a field that is not a number: {exc}", "start")
     return Start(
         stream_sid=stream_sid,
         call_sid=call_sid,
         account_sid=_str(start.get("accountSid")),
         custom_parameters=custom,
         encoding=_str(fmt.get("encoding")) or "audio/x-mulaw",
-        sample_rate=_int(fmt.get("sampleRate"), 8000),
-        channels=_int(fmt.get("channels"), 1),
+        sample_rate=sample_rate,
+        channels=channels,
     )
 
 

@@ -1,0 +1,331 @@
+"""Script, session configuration and the server-side conversation of the fake Realtime server.
+
+Kept apart from the networking code so the rules that tests depend on — which reply text is
+chosen, how the session config merges, how items are ordered and how tokens are counted — can
+be read in one place.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from callbot.sim.fake_realtime_audio import AudioFormat
+
+USER_AUDIO_TOKENS_PER_S = 10
+"""1 token per 100 ms of caller audio (OpenAI cost guide)."""
+ASSISTANT_AUDIO_TOKENS_PER_S = 20
+"""1 token per 50 ms of assistant audio (OpenAI cost guide)."""
+
+DEFAULT_INSTRUCTIONS = (
+    "You are a helpful, witty, and friendly AI. Act like a human, but remember that you aren't a human. "
+    "Your voice and personality should be warm and engaging. Talk quickly."
+)
+
+
+@dataclass
+class Script:
+    """What the fake 'model' says and hears.
+
+    * `greeting`: spoken for the first client `response.create` carrying `instructions` (or any
+      response before the caller has said something).
+    * `user_transcripts[n]`: transcript of the n-th committed user utterance (0-based); beyond
+      the list, `"Utterance <n+1>."`.
+    * `replies[n]`: text of the n-th non-greeting in-conversation response; beyond the list,
+      `"You said: <transcript of the last user item>"`.
+    * `out_of_band_reply`: text of `conversation:"none"` responses; None builds
+      `"Summary: ..."` from the text of the items in the response's context.
+    * `transcript_after_response`: hold input transcription events until the `response.done` of
+      the response that the utterance triggered (real servers often do this).
+    * `fail_transcription_for`: utterance indices whose transcription emits `.failed` instead.
+    * `realtime_factor`: how much faster than real time audio deltas are paced; 0 = no pacing.
+    * `delta_ms`: audio per `response.output_audio.delta`.
+    * `first_delta_delay_ms`: wall-clock delay before the first delta (model latency), unscaled.
+    """
+
+    greeting: str = "Hello! Thanks for calling. How can I help you today?"
+    user_transcripts: list[str] = field(
+        default_factory=lambda: [
+            "I'd like to book an appointment.",
+            "Friday afternoon works.",
+            "Thank you, bye.",
+        ]
+    )
+    replies: list[str] = field(default_factory=list)
+    transcript_after_response: bool = False
+    fail_transcription_for: set[int] = field(default_factory=set)
+    realtime_factor: float = 4.0
+    delta_ms: int = 100
+    first_delta_delay_ms: float = 0.0
+    out_of_band_reply: str | None = None
+
+    def transcript_for(self, n: int) -> str:
+        return self.user_transcripts[n] if n < len(self.user_transcripts) else f"Utterance {n + 1}."
+
+
+def split_words(text: str, groups: int) -> list[str]:
+    """Split `text` into `groups` consecutive pieces at word boundaries; "".join() gives it back.
+
+    Used to spread transcript deltas over audio chunks (some pieces may be empty).
+    """
+    words = text.split(" ")
+    words = [w + " " for w in words[:-1]] + words[-1:]
+    pieces = [""] * max(1, groups)
+    for j, word in enumerate(words):
+        pieces[j * len(pieces) // len(words)] += word
+    return pieces
+
+
+def text_tokens(text: str | None) -> int:
+    """~4 characters per token."""
+    return math.ceil(len(text) / 4) if text else 0
+
+
+@dataclass
+class SessionContext:
+    """What a session shares with its server (one per server, passed to every session)."""
+
+    script: Script
+    validate: bool = True
+    record_audio: bool = True
+    violations: list[str] = field(default_factory=list)
+    synth_cache: dict[tuple[str, int, int, int], list[str]] = field(default_factory=dict)
+
+    def synth_chunks(self, fmt: AudioFormat, duration_ms: int, seed: int, delta_ms: int) -> list[str]:
+        """Base64 audio chunks of `delta_ms` each, cached because many sessions say the same lines."""
+        key = (fmt.type, duration_ms, seed, delta_ms)
+        chunks = self.synth_cache.get(key)
+        if chunks is None:
+            audio = fmt.synth(duration_ms, seed)
+            step = fmt.nbytes(delta_ms)
+            chunks = [
+                base64.b64encode(audio[i : i + step]).decode("ascii") for i in range(0, len(audio), step)
+            ]
+            if len(self.synth_cache) >= 256:
+                self.synth_cache.pop(next(iter(self.synth_cache)))
+            self.synth_cache[key] = chunks
+        return chunks
+
+
+# ----------------------------------------------------------------------------- session config
+
+SERVER_VAD_DEFAULTS: dict[str, Any] = {
+    "type": "server_vad",
+    "threshold": 0.5,
+    "prefix_padding_ms": 300,
+    "silence_duration_ms": 500,
+    "idle_timeout_ms": None,
+    "create_response": True,
+    "interrupt_response": True,
+}
+SEMANTIC_VAD_DEFAULTS: dict[str, Any] = {
+    "type": "semantic_vad",
+    "eagerness": "auto",
+    "create_response": True,
+    "interrupt_response": True,
+}
+
+
+def default_session(model: str) -> dict[str, Any]:
+    """The effective config a fresh session starts with (GA `RealtimeSessionCreateRequest` shape).
+
+    The real `session.created` also carries `id`, `object` and `expires_at`; the SDK's session
+    model does not declare them, so the strict validator would flag them and the fake leaves
+    them out.
+    """
+    return {
+        "type": "realtime",
+        "model": model,
+        "output_modalities": ["audio"],
+        "instructions": DEFAULT_INSTRUCTIONS,
+        "tools": [],
+        "tool_choice": "auto",
+        "max_output_tokens": "inf",
+        "tracing": None,
+        "truncation": "auto",
+        "prompt": None,
+        "include": None,
+        "audio": {
+            "input": {
+                "format": {"type": "audio/pcm", "rate": 24000},
+                "transcription": None,
+                "noise_reduction": None,
+                "turn_detection": dict(SERVER_VAD_DEFAULTS),
+            },
+            "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "marin", "speed": 1.0},
+        },
+    }
+
+
+def _normalize_format(spec: dict[str, Any]) -> dict[str, Any]:
+    kind = spec.get("type") or "audio/pcm"
+    return {"type": kind, "rate": 24000} if kind == "audio/pcm" else {"type": kind}
+
+
+def merge_session(config: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Return a new effective config with `update` (a validated `session` object) applied.
+
+    Top-level fields replace; `audio.input.*` / `audio.output.*` merge key by key; objects such
+    as `turn_detection` are replaced and filled with server defaults. `model` and `type` never
+    change (the model is fixed at connect time).
+    """
+    merged = copy.deepcopy(config)
+    for key, value in update.items():
+        if key in ("type", "model"):
+            continue
+        if key != "audio":
+            merged[key] = copy.deepcopy(value)
+            continue
+        for direction in ("input", "output"):
+            for sub, subval in ((value or {}).get(direction) or {}).items():
+                target = merged["audio"][direction]
+                if sub == "format":
+                    target[sub] = _normalize_format(subval or {})
+                elif sub == "turn_detection" and subval is not None:
+                    defaults = (
+                        SEMANTIC_VAD_DEFAULTS if subval.get("type") == "semantic_vad" else SERVER_VAD_DEFAULTS
+                    )
+                    target[sub] = {**defaults, **{k: v for k, v in subval.items() if v is not None}}
+                elif sub == "noise_reduction" and subval is not None:
+                    strength = subval.get("strength")
+                    target[sub] = {
+                        "type": subval.get("type"),
+                        "strength": 1.0 if strength is None else strength,
+                    }
+                else:
+                    target[sub] = copy.deepcopy(subval)
+    return merged
+
+
+# ----------------------------------------------------------------------------- conversation
+
+
+@dataclass(slots=True)
+class ConvItem:
+    """One server-side conversation item plus what the fake needs to bill and retrieve it.
+
+    `data` is the GA item without audio. Audio is kept as `audio_bytes` for caller audio (may
+    be dropped to save memory, duration is kept) and regenerated from `synth_seed` for the
+    assistant (deterministic), so hundreds of sessions do not hold megabytes each.
+    """
+
+    data: dict[str, Any]
+    audio_ms: float = 0.0
+    audio_format: AudioFormat | None = None
+    audio_bytes: bytes | None = None
+    synth_seed: int | None = None
+    synth_ms: int = 0
+    heard_text: str = ""
+    """What the fake 'model' understood from this item (scripted transcript for caller audio)."""
+
+    @property
+    def id(self) -> str:
+        return str(self.data["id"])
+
+    def tokens(self) -> tuple[int, int]:
+        """(text_tokens, audio_tokens) this item adds to a response's input."""
+        data = self.data
+        text = 0
+        for part in data.get("content") or []:
+            text += text_tokens(part.get("text"))
+            if data.get("role") == "assistant":
+                text += text_tokens(part.get("transcript"))
+        for key in ("arguments", "output", "name"):
+            text += text_tokens(data.get(key))
+        if not self.audio_ms:
+            return text, 0
+        rate = ASSISTANT_AUDIO_TOKENS_PER_S if data.get("role") == "assistant" else USER_AUDIO_TOKENS_PER_S
+        return text, math.ceil(self.audio_ms * rate / 1000)
+
+    def with_audio(self) -> dict[str, Any]:
+        """The item as `conversation.item.retrieved` shows it: including base64 audio."""
+        item = copy.deepcopy(self.data)
+        audio = self.audio_bytes
+        if audio is None and self.synth_seed is not None and self.audio_format is not None:
+            full = self.audio_format.synth(self.synth_ms, self.synth_seed)
+            audio = full[: self.audio_format.nbytes(self.audio_ms)]
+        if audio is not None:
+            for part in item.get("content") or []:
+                if part.get("type") in ("input_audio", "output_audio"):
+                    part["audio"] = base64.b64encode(audio).decode("ascii")
+        return item
+
+
+class Conversation:
+    """Ordered items with the GA insertion rules (append, `"root"`, after a given id)."""
+
+    def __init__(self) -> None:
+        self.items: list[ConvItem] = []
+
+    def index(self, item_id: str) -> int:
+        for i, item in enumerate(self.items):
+            if item.id == item_id:
+                return i
+        return -1
+
+    def get(self, item_id: str) -> ConvItem | None:
+        i = self.index(item_id)
+        return self.items[i] if i >= 0 else None
+
+    def last_id(self) -> str | None:
+        return self.items[-1].id if self.items else None
+
+    def insert(self, item: ConvItem, previous_item_id: str | None = None) -> str | None:
+        """Insert and return the id of the item now before it. Caller checks the id exists."""
+        if previous_item_id is None:
+            prev = self.last_id()
+            self.items.append(item)
+            return prev
+        if previous_item_id == "root":
+            self.items.insert(0, item)
+            return None
+        i = self.index(previous_item_id)
+        self.items.insert(i + 1, item)
+        return previous_item_id
+
+    def previous_of(self, item_id: str) -> str | None:
+        i = self.index(item_id)
+        return self.items[i - 1].id if i > 0 else None
+
+    def delete(self, item_id: str) -> bool:
+        i = self.index(item_id)
+        if i < 0:
+            return False
+        del self.items[i]
+        return True
+
+
+def context_tokens(instructions: str | None, items: list[ConvItem]) -> dict[str, Any]:
+    """`input_tokens` and `input_token_details` for a response that sees `items`."""
+    text = text_tokens(instructions)
+    audio = 0
+    for item in items:
+        t, a = item.tokens()
+        text += t
+        audio += a
+    return {
+        "input_tokens": text + audio,
+        "input_token_details": {
+            "text_tokens": text,
+            "audio_tokens": audio,
+            "image_tokens": 0,
+            "cached_tokens": 0,
+            "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0, "image_tokens": 0},
+        },
+    }
+
+
+def usage(context: dict[str, Any], out_text_tokens: int, out_audio_ms: float) -> dict[str, Any]:
+    """A complete `RealtimeResponseUsage` dict."""
+    out_audio = math.ceil(out_audio_ms * ASSISTANT_AUDIO_TOKENS_PER_S / 1000)
+    output = out_text_tokens + out_audio
+    return {
+        "total_tokens": context["input_tokens"] + output,
+        "input_tokens": context["input_tokens"],
+        "output_tokens": output,
+        "input_token_details": context["input_token_details"],
+        "output_token_details": {"text_tokens": out_text_tokens, "audio_tokens": out_audio},
+    }
