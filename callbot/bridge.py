@@ -12,10 +12,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from callbot.adapters.realtime_openai import RealtimeConnector, RealtimeLink, UpstreamError
 from callbot.adapters.summariser_openai import Summariser, SummaryUnavailable
@@ -156,15 +156,15 @@ class CallBridge:
         finally:
             await self._shutdown()
 
-    def _spawn(self, coro: object, name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         assert self._tg is not None
-        task = self._tg.create_task(self._guard(coro, name), name=name)  # type: ignore[arg-type]
+        task = self._tg.create_task(self._guard(coro, name), name=name)
         self._tasks.append(task)
 
-    async def _guard(self, coro: object, name: str) -> None:
+    async def _guard(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         """Run a pump; an unexpected error ends this call (with its traceback logged), not the process."""
         try:
-            await coro  # type: ignore[misc]
+            await coro
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -272,7 +272,9 @@ class CallBridge:
         """Runs beside the pumps: audio keeps flowing and the caller never waits for it."""
         request = action.request
         if self.summariser is None:
-            await self._perform(self.session.summary_failed(request.summary_id, "no summariser", self.now_ms()))
+            await self._perform(
+                self.session.summary_failed(request.summary_id, "no summariser", self.now_ms())
+            )
             return
         try:
             text = await self.summariser.summarise(request)

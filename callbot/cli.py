@@ -44,7 +44,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     serve.set_defaults(func=_cmd_serve)
+
+    from callbot import cli_tickets, demo
+
+    demo.add_parser(sub)
+    cli_tickets.register(sub)
+    fake = sub.add_parser("fake-realtime", help="run the fake OpenAI Realtime server (tests, benchmarks)")
+    fake.add_argument("--host", default="127.0.0.1")
+    fake.add_argument("--port", type=int, default=8765)
+    fake.set_defaults(func=_cmd_fake_realtime)
     return parser
+
+
+def _cmd_fake_realtime(args: argparse.Namespace) -> int:
+    from callbot.sim.fake_realtime import main as fake_main
+
+    fake_main(["--host", args.host, "--port", str(args.port)])
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

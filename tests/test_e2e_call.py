@@ -8,7 +8,6 @@ from callbot.sim.caller import HangUp, Say, SayDuringAssistant, Silence, WaitFor
 from callbot.sim.fake_realtime import Script
 from tests.e2e_helpers import running_rig, speech
 
-
 TWO_TURNS = Script(
     greeting="Hello, thanks for calling Acme support.",
     user_transcripts=["My order 4417 has not arrived.", "Yes, please send a new one."],

@@ -10,6 +10,8 @@ SDK and websocket exceptions are translated into `UpstreamError` here and nowher
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any, Protocol
 
 import orjson
@@ -59,10 +61,8 @@ class OpenAIRealtimeLink:
         if self._closed:
             return
         self._closed = True
-        try:
+        with contextlib.suppress(Exception):  # closing a dead socket is not worth a traceback
             await self._conn.close()
-        except Exception:  # closing a dead socket is not worth a traceback
-            pass
 
 
 class OpenAIRealtimeConnector:
@@ -75,11 +75,10 @@ class OpenAIRealtimeConnector:
 
     async def connect(self) -> OpenAIRealtimeLink:
         manager = self._client.realtime.connect(
-            model=self._model,
-            websocket_connection_options={"open_timeout": self._open_timeout_s, "max_size": 16 * 1024 * 1024},
+            model=self._model, websocket_connection_options={"max_size": 16 * 1024 * 1024}
         )
         try:
-            connection = await manager.enter()
+            connection = await asyncio.wait_for(manager.enter(), timeout=self._open_timeout_s)
         except (OpenAIError, OSError, TimeoutError) as exc:
             raise UpstreamError(f"could not open the Realtime session: {exc!r}") from exc
         except Exception as exc:  # websockets.InvalidStatus and friends

@@ -41,7 +41,9 @@ class OpenAISummariser:
         self._timeout_s = timeout_s
 
     async def summarise(self, request: SummaryRequest) -> str:
-        messages = prompt_messages(request, language=self._language, style=self._style, template=self._template)
+        messages = prompt_messages(
+            request, language=self._language, style=self._style, template=self._template
+        )
         try:
             completion = await asyncio.wait_for(
                 self._client.chat.completions.create(model=self.model, messages=messages),  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ when the Realtime pump and the pacer both send.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -55,9 +56,11 @@ class TwilioSocket:
                 self.closed = True
 
     async def close(self, code: int = 1000) -> None:
-        if self._ws.application_state == WebSocketState.CONNECTED and self._ws.client_state != WebSocketState.DISCONNECTED:
-            try:
+        if (
+            self._ws.application_state == WebSocketState.CONNECTED
+            and self._ws.client_state != WebSocketState.DISCONNECTED
+        ):
+            # Twilio closes right after `stop`; closing a closed socket is fine.
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
                 await self._ws.close(code)
-            except (WebSocketDisconnect, RuntimeError, OSError):
-                pass  # Twilio closes right after `stop`; closing a closed socket is fine
         self.closed = True

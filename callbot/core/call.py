@@ -372,7 +372,9 @@ class CallSession:
             return []
         item_id = str(item.get("id"))
         inserting = self._summary_inserting.pop(item_id, None)
-        self.conversation.item_added(item, event.get("previous_item_id"), now_ms, is_summary=inserting is not None)
+        self.conversation.item_added(
+            item, event.get("previous_item_id"), now_ms, is_summary=inserting is not None
+        )
         if inserting is not None:
             return self._summary_inserted(*inserting, now_ms)
         return []
@@ -428,7 +430,9 @@ class CallSession:
         for summary_id in list(self._summary_inserting):
             if failed_event == f"evt_create_{summary_id}":
                 self._summary_inserting.pop(summary_id)
-                return self.summary_failed(summary_id, f"inserting the summary failed: {error.get('message')}", now_ms)
+                return self.summary_failed(
+                    summary_id, f"inserting the summary failed: {error.get('message')}", now_ms
+                )
         self.stats.realtime_errors += 1
         log.warning(
             "Realtime error %s/%s for event %s: %s",
@@ -479,7 +483,9 @@ class CallSession:
         self._summary_retry_at_ms = now_ms + self.config.summary.retry_after_ms
         return []
 
-    def _summary_inserted(self, request: SummaryRequest, text: str, requested_ms: int, now_ms: int) -> list[Action]:
+    def _summary_inserted(
+        self, request: SummaryRequest, text: str, requested_ms: int, now_ms: int
+    ) -> list[Action]:
         """The summary item exists server-side: now (and only now) delete exactly the snapshot."""
         self.conversation.fold(
             SummaryEvent(
@@ -505,7 +511,11 @@ class CallSession:
     # ----- time -----
     def tick(self, now_ms: int) -> list[Action]:
         """Called every 20 ms by the bridge's pacer: send due frames, enforce deadlines."""
-        if self.phase == "configuring" and self._ready_deadline_ms is not None and now_ms >= self._ready_deadline_ms:
+        if (
+            self.phase == "configuring"
+            and self._ready_deadline_ms is not None
+            and now_ms >= self._ready_deadline_ms
+        ):
             return self.end("Realtime session was not ready in time")
         out: list[Action] = []
         if self.phase != "ended" and self.playback.queued_frames:

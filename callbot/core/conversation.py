@@ -75,7 +75,9 @@ def _content_text(item: dict[str, Any]) -> str | None:
     for part in parts:
         if not isinstance(part, dict):
             continue
-        value = part.get("text") if part.get("type") in ("input_text", "output_text") else part.get("transcript")
+        value = (
+            part.get("text") if part.get("type") in ("input_text", "output_text") else part.get("transcript")
+        )
         if isinstance(value, str) and value:
             texts.append(value)
     return " ".join(texts) if texts else None

@@ -142,7 +142,12 @@ def user_text(item_id: str, text: str) -> dict[str, Any]:
     return {
         "type": "conversation.item.create",
         "event_id": f"evt_create_{item_id}",
-        "item": {"id": item_id, "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]},
+        "item": {
+            "id": item_id,
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": text}],
+        },
     }
 
 

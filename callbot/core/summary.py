@@ -104,7 +104,9 @@ def prompt_messages(
     parts = []
     if request.previous_summary:
         parts.append("Previous summary:\n" + request.previous_summary)
-    transcript = "\n".join(f"{'Caller' if role == 'user' else role.capitalize()}: {text}" for role, text in request.lines)
+    transcript = "\n".join(
+        f"{'Caller' if role == 'user' else role.capitalize()}: {text}" for role, text in request.lines
+    )
     parts.append("Transcript to summarise:\n<<<\n" + transcript + "\n>>>")
     return [{"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(parts)}]
 

@@ -11,7 +11,9 @@ import uvicorn
 
 
 @contextlib.asynccontextmanager
-async def serve_app(app: Any, *, host: str = "127.0.0.1", port: int = 0, **options: Any) -> AsyncIterator[str]:
+async def serve_app(
+    app: Any, *, host: str = "127.0.0.1", port: int = 0, **options: Any
+) -> AsyncIterator[str]:
     """Run `app` with uvicorn until the block exits; yields its base URL (http://host:port)."""
     config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="on", **options)
     server = uvicorn.Server(config)

@@ -7,29 +7,41 @@ own connector/observer to run the real app against the fake Realtime server.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, Response, WebSocket
 from fastapi.responses import JSONResponse
+from openai import AsyncOpenAI
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import VoiceResponse
 
 from callbot.adapters.realtime_openai import OpenAIRealtimeConnector, RealtimeConnector
+from callbot.adapters.spool import Spool
+from callbot.adapters.store_migrate import upgrade_database
+from callbot.adapters.store_sql import SqlTicketStore, StoreUnavailable
 from callbot.adapters.summariser_openai import OpenAISummariser, Summariser
+from callbot.adapters.ticket_summariser_openai import OpenAITicketSummariser
 from callbot.adapters.twilio_ws import TwilioSocket
+from callbot.adapters.webhook import TicketWebhook
 from callbot.bridge import CallBridge, CallObserver, Pacer
 from callbot.core import realtime as rt
 from callbot.core import stream_token
 from callbot.core import twilio as tw
 from callbot.core.call import CallConfig
 from callbot.core.summary import DEFAULT_PROMPT, SummaryPolicy
+from callbot.core.ticket import load_prompt, load_schema
 from callbot.settings import Settings
+from callbot.ticketing import TicketService
+from callbot.web.review import review_router
 
 log = logging.getLogger("callbot.web")
 
@@ -81,6 +93,7 @@ class Services:
     pacer: Pacer = field(default_factory=Pacer)
     observer: CallObserver | None = None
     summariser: Summariser | None = None
+    store: SqlTicketStore | None = None
     stream_secret: bytes = b""
     active_calls: set[CallBridge] = field(default_factory=set)
     calls_total: int = 0
@@ -106,24 +119,20 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        real_connector, real_summariser = connector, summariser
-        if real_connector is None or (real_summariser is None and settings.summary_enabled):
-            from openai import AsyncOpenAI
-
-            if real_connector is None:
-                settings.check_serving()
-            api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
-            client = AsyncOpenAI(api_key=api_key, base_url=settings.openai_base_url)
-            real_connector = real_connector or OpenAIRealtimeConnector(client, settings.model)
-            if real_summariser is None and settings.summary_enabled:
-                real_summariser = OpenAISummariser(
-                    client,
-                    settings.summary_model,
-                    language=settings.summary_language,
-                    style=settings.summary_style,
-                    template=summary_template(settings),
-                    timeout_s=settings.summary_timeout_s,
-                )
+        if connector is None:
+            settings.check_serving()
+        client = _openai_client(settings)
+        real_connector = connector or OpenAIRealtimeConnector(client, settings.model)
+        real_summariser = summariser
+        if real_summariser is None and settings.summary_enabled:
+            real_summariser = OpenAISummariser(
+                client,
+                settings.summary_model,
+                language=settings.summary_language,
+                style=settings.summary_style,
+                template=summary_template(settings),
+                timeout_s=settings.summary_timeout_s,
+            )
         services = Services(
             settings=settings,
             connector=real_connector,
@@ -131,12 +140,18 @@ def create_app(
             summariser=real_summariser,
             stream_secret=_stream_secret(settings),
         )
+        tickets = None
+        if observer is None:
+            tickets = await Ticketing.open(settings, client)
+            services.observer, services.store = tickets.service, tickets.store
         app.state.services = services
         try:
             yield
         finally:
             services.ready = False
             await services.pacer.stop()
+            if tickets is not None:
+                await tickets.close()
 
     app = FastAPI(title="callbot", lifespan=lifespan, docs_url=None, redoc_url=None)
 
@@ -186,9 +201,70 @@ def create_app(
         finally:
             services.active_calls.discard(bridge)
 
+    def current_store() -> SqlTicketStore:
+        store: SqlTicketStore | None = app.state.services.store
+        if store is None:
+            raise StoreUnavailable("this server has no ticket store")
+        return store
+
+    password = settings.admin_password.get_secret_value() if settings.admin_password else None
+    app.include_router(review_router(current_store, settings.admin_user, password))
     if extra_setup is not None:
         extra_setup(app)
     return app
+
+
+def _openai_client(settings: Settings) -> AsyncOpenAI:
+    api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "not-configured"
+    return AsyncOpenAI(api_key=api_key, base_url=settings.openai_base_url)
+
+
+class Ticketing:
+    """The ticket store, the ticket service and its background retry loop, for one app."""
+
+    def __init__(self, store: SqlTicketStore, service: TicketService, retry_interval_s: float) -> None:
+        self.store = store
+        self.service = service
+        self._background = asyncio.get_running_loop().create_task(
+            service.run_background(retry_interval_s), name="ticket-retries"
+        )
+
+    @classmethod
+    async def open(cls, settings: Settings, client: AsyncOpenAI) -> Ticketing:
+        if settings.migrate_on_start:
+            try:
+                await upgrade_database(settings.database_url)
+            except Exception:
+                # The server still takes calls: finished tickets are spooled to disk meanwhile.
+                log.exception("could not apply database migrations at start-up")
+        store = await SqlTicketStore.open(settings.database_url)
+        schema = load_schema(_read(settings.ticket_schema_file))
+        prompt = load_prompt(_read(settings.ticket_prompt_file))
+        summariser = OpenAITicketSummariser(
+            client, settings.ticket_model, schema, prompt, settings.ticket_timeout_s
+        )
+        webhook = TicketWebhook(settings.ticket_webhook_url) if settings.ticket_webhook_url else None
+        service = TicketService(
+            store,
+            summariser,
+            Spool(settings.spool_dir),
+            webhook,
+            settings.redact_patterns,
+            settings.ticket_timeout_s,
+        )
+        return cls(store, service, settings.ticket_retry_interval_s)
+
+    async def close(self) -> None:
+        self._background.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._background
+        await self.service.drain()
+        await self.service.aclose()
+        await self.store.close()
+
+
+def _read(path: Path | None) -> str | None:
+    return path.read_text(encoding="utf-8") if path is not None else None
 
 
 def _signature_ok(settings: Settings, request: Request, params: dict[str, str]) -> bool:

@@ -1,0 +1,401 @@
+"""Tickets in SQLite or PostgreSQL through SQLAlchemy's asyncio engine.
+
+The store speaks to one outside system, the database, and turns every driver or SQLAlchemy
+failure into `StoreUnavailable` here, so callers (the ticket service, the review pages) handle
+one exception and decide what a missing database means for them: spool, retry, or a 503 page.
+
+It never creates tables: the schema belongs to the Alembic migrations (`callbot db upgrade`),
+so two processes can never race to create a different table than the migration would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from callbot.adapters.store_models import TicketFilters, TicketListItem, TicketPage, TicketView, tickets
+from callbot.core.record import CallRecord, UsageTotals
+from callbot.core.record_json import (
+    RecordJsonError,
+    entry_from_json,
+    entry_to_json,
+    summary_event_from_json,
+    summary_event_to_json,
+)
+from callbot.core.ticket import (
+    STATUS_RANK,
+    StructuredSummary,
+    TicketStatus,
+    summary_from_dict,
+    transcript_as_text,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_PAGE_SIZE = 500
+MAX_ERROR_CHARS = 2000
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be reached or used right now; the message says what failed."""
+
+
+class TicketNotFound(LookupError):
+    """No ticket exists for the given call sid."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _describe(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    hint = ""
+    if "no such table" in text or ("relation" in text and "does not exist" in text):
+        hint = " (the schema is missing: run `callbot db upgrade`)"
+    return f"{type(orig).__name__}: {text[:300]}{hint}"
+
+
+class SqlTicketStore:
+    """Ticket rows keyed by call sid; writes are idempotent so retries and duplicates are safe."""
+
+    def __init__(self, engine: AsyncEngine, *, op_timeout_s: float = 10.0) -> None:
+        self._engine = engine
+        self._op_timeout_s = op_timeout_s
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls, database_url: str, *, connect_timeout_s: float = 5.0, op_timeout_s: float = 10.0
+    ) -> SqlTicketStore:
+        """An engine for `sqlite+aiosqlite:///...` or `postgresql+asyncpg://...` (no I/O yet)."""
+        return cls(
+            create_engine(database_url, connect_timeout_s=connect_timeout_s), op_timeout_s=op_timeout_s
+        )
+
+    async def close(self) -> None:
+        self._closed = True
+        await self._engine.dispose()
+
+    @property
+    def dialect(self) -> str:
+        return self._engine.dialect.name
+
+    async def _run(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run `work` in one transaction, translating every database failure at this boundary."""
+        if self._closed:
+            raise StoreUnavailable("the ticket store is closed")
+        try:
+            async with asyncio.timeout(self._op_timeout_s), self._engine.begin() as conn:
+                return await work(conn)
+        except TimeoutError as exc:
+            raise StoreUnavailable(f"database did not answer within {self._op_timeout_s:g} s") from exc
+        except (sa.exc.SQLAlchemyError, OSError) as exc:
+            raise StoreUnavailable(_describe(exc)) from exc
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the database answers and the schema is in place."""
+
+        async def work(conn: AsyncConnection) -> None:
+            await conn.execute(sa.select(tickets.c.id).limit(1))
+
+        await self._run(work)
+
+    # ----- writes -----
+
+    async def upsert_call(self, record: CallRecord, status: TicketStatus | str) -> int:
+        """Create or update the call's ticket from its record; return the ticket id.
+
+        Never moves a ticket back: a late progress save cannot reopen a ticket whose call
+        ended, and nothing here touches a complete ticket.
+        """
+        status = TicketStatus(status)
+        if status is TicketStatus.COMPLETE:
+            raise ValueError("upsert_call saves the call; use complete() to store the summary")
+        values = _record_values(record)
+        now = _now()
+        allowed_from = [s.value for s in TicketStatus if STATUS_RANK[s] <= STATUS_RANK[status]]
+
+        async def work(conn: AsyncConnection) -> int:
+            insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+            new = insert(tickets).values(**values, status=status.value, created_at=now, updated_at=now)
+            update = {name: new.excluded[name] for name in (*values, "status", "updated_at")}
+            stmt = new.on_conflict_do_update(
+                index_elements=[tickets.c.call_sid], set_=update, where=tickets.c.status.in_(allowed_from)
+            ).returning(tickets.c.id)
+            row = (await conn.execute(stmt)).first()
+            if row is not None:
+                return int(row[0])
+            # The ticket exists but is further along: leave it as it is, report its id.
+            found = await conn.scalar(
+                sa.select(tickets.c.id).where(tickets.c.call_sid == record.info.call_sid)
+            )
+            if found is None:
+                raise StoreUnavailable(f"ticket for call {record.info.call_sid} vanished during the save")
+            return int(found)
+
+        return await self._run(work)
+
+    async def complete(self, call_sid: str, summary: StructuredSummary | Mapping[str, Any]) -> int:
+        """Store the structured summary and mark the ticket complete; the first summary wins."""
+        if not isinstance(summary, StructuredSummary):
+            summary = summary_from_dict(summary)
+        now = _now()
+        values = {
+            "status": TicketStatus.COMPLETE.value,
+            "summary": summary.to_dict(),
+            "title": summary.title[:300],
+            "category": summary.category[:32] or None,
+            "priority": summary.priority[:16] or None,
+            "sentiment": summary.sentiment[:16] or None,
+            "follow_up_needed": summary.follow_up_needed,
+            "summary_attempts": tickets.c.summary_attempts + 1,
+            "last_error": None,
+            "search_text": tickets.c.search_text + ("\n" + _summary_search_text(summary)),
+            "updated_at": now,
+        }
+
+        async def work(conn: AsyncConnection) -> int:
+            stmt = (
+                sa.update(tickets)
+                .where(tickets.c.call_sid == call_sid, tickets.c.status != TicketStatus.COMPLETE.value)
+                .values(**values)
+                .returning(tickets.c.id)
+            )
+            row = (await conn.execute(stmt)).first()
+            if row is not None:
+                return int(row[0])
+            found = await conn.scalar(sa.select(tickets.c.id).where(tickets.c.call_sid == call_sid))
+            if found is None:
+                raise TicketNotFound(f"no ticket for call {call_sid}")
+            return int(found)
+
+        return await self._run(work)
+
+    async def mark_summary_failed(self, call_sid: str, error: str) -> int:
+        """Count a failed summary attempt and keep its reason for the review page; the ticket id."""
+
+        async def work(conn: AsyncConnection) -> int:
+            stmt = (
+                sa.update(tickets)
+                .where(tickets.c.call_sid == call_sid, tickets.c.status != TicketStatus.COMPLETE.value)
+                .values(
+                    summary_attempts=tickets.c.summary_attempts + 1,
+                    last_error=error[:MAX_ERROR_CHARS],
+                    updated_at=_now(),
+                )
+                .returning(tickets.c.id)
+            )
+            row = (await conn.execute(stmt)).first()
+            if row is not None:
+                return int(row[0])
+            found = await conn.scalar(sa.select(tickets.c.id).where(tickets.c.call_sid == call_sid))
+            if found is None:
+                raise TicketNotFound(f"no ticket for call {call_sid}")
+            return int(found)
+
+        return await self._run(work)
+
+    # ----- reads -----
+
+    async def get(self, ticket_id: int) -> TicketView | None:
+        return await self._get_one(tickets.c.id == ticket_id)
+
+    async def get_by_call_sid(self, call_sid: str) -> TicketView | None:
+        return await self._get_one(tickets.c.call_sid == call_sid)
+
+    async def _get_one(self, where: sa.ColumnElement[bool]) -> TicketView | None:
+        async def work(conn: AsyncConnection) -> Mapping[str, Any] | None:
+            row = (await conn.execute(sa.select(tickets).where(where))).mappings().first()
+            return dict(row) if row is not None else None
+
+        row = await self._run(work)
+        return _view(row) if row is not None else None
+
+    async def list(self, filters: TicketFilters, page: int = 1, page_size: int = 50) -> TicketPage:
+        """One page of tickets, newest call first."""
+        page = max(1, page)
+        page_size = min(max(1, page_size), MAX_PAGE_SIZE)
+        where = _where(filters)
+
+        async def work(conn: AsyncConnection) -> tuple[int, builtins.list[Mapping[str, Any]]]:
+            total = await conn.scalar(sa.select(sa.func.count()).select_from(tickets).where(*where))
+            stmt = (
+                sa.select(*_LIST_COLUMNS)
+                .where(*where)
+                .order_by(tickets.c.started_at.desc(), tickets.c.id.desc())
+                .limit(page_size)
+                .offset((page - 1) * page_size)
+            )
+            rows = (await conn.execute(stmt)).mappings().all()
+            return int(total or 0), [dict(r) for r in rows]
+
+        total, rows = await self._run(work)
+        return TicketPage(items=[_list_item(r) for r in rows], total=total, page=page, page_size=page_size)
+
+    async def pending_summaries(self, limit: int = 50) -> builtins.list[TicketView]:
+        """Ended calls still waiting for their summary, least recently tried first."""
+
+        async def work(conn: AsyncConnection) -> builtins.list[Mapping[str, Any]]:
+            stmt = (
+                sa.select(tickets)
+                .where(tickets.c.status == TicketStatus.PENDING_SUMMARY.value)
+                .order_by(tickets.c.updated_at, tickets.c.id)
+                .limit(limit)
+            )
+            return [dict(r) for r in (await conn.execute(stmt)).mappings().all()]
+
+        return [_view(r) for r in await self._run(work)]
+
+
+# ----- engine -----
+
+
+def create_engine(database_url: str, *, connect_timeout_s: float = 5.0) -> AsyncEngine:
+    """An async engine with per-backend settings that keep a down database from hanging a call."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        memory = url.database in (None, "", ":memory:")
+        engine = create_async_engine(
+            url,
+            connect_args={"timeout": 30},
+            **({"poolclass": StaticPool} if memory else {}),
+        )
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    if url.get_backend_name() == "postgresql":
+        return create_async_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=5,
+            max_overflow=10,
+            pool_timeout=connect_timeout_s,
+            connect_args={"timeout": connect_timeout_s},
+        )
+    raise ValueError(f"unsupported database URL {url.render_as_string(hide_password=True)!r}")
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets the review pages read while a call's ticket is written; busy_timeout makes
+    # concurrent writers wait for each other instead of failing with "database is locked".
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+# ----- row mapping -----
+
+
+def _record_values(record: CallRecord) -> dict[str, Any]:
+    info, usage = record.info, record.usage
+    return {
+        "call_sid": info.call_sid,
+        "stream_sid": info.stream_sid,
+        "account_sid": info.account_sid,
+        "from_number": info.from_number,
+        "to_number": info.to_number,
+        "started_at": record.started_at,
+        "ended_at": record.ended_at,
+        "duration_s": record.duration_s,
+        "end_reason": record.end_reason[:200],
+        "realtime_model": record.realtime_model,
+        "summary_model": record.summary_model,
+        "responses": usage.responses,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "total_tokens": usage.total_tokens,
+        "input_text_tokens": usage.input_text_tokens,
+        "input_audio_tokens": usage.input_audio_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "output_text_tokens": usage.output_text_tokens,
+        "output_audio_tokens": usage.output_audio_tokens,
+        "last_context_tokens": usage.last_context_tokens,
+        "transcript": [entry_to_json(e) for e in record.transcript],
+        "in_call_summaries": [summary_event_to_json(s) for s in record.summaries],
+        "search_text": "\n".join(
+            [info.call_sid, info.from_number, info.to_number, transcript_as_text(record)]
+        ).lower(),
+    }
+
+
+def _summary_search_text(summary: StructuredSummary) -> str:
+    parts = [summary.title, summary.summary, summary.caller_request, summary.outcome]
+    parts += [f"{f.label} {f.value}" for f in summary.facts]
+    parts += [a.description for a in summary.action_items]
+    return "\n".join(parts).lower()
+
+
+def _where(filters: TicketFilters) -> builtins.list[sa.ColumnElement[bool]]:
+    where: builtins.list[sa.ColumnElement[bool]] = []
+    if filters.search:
+        # Every word must appear somewhere: title, summary, transcript or phone numbers.
+        for term in filters.search.lower().split()[:10]:
+            where.append(tickets.c.search_text.contains(term, autoescape=True))
+    if filters.status:
+        where.append(tickets.c.status == filters.status)
+    if filters.category:
+        where.append(tickets.c.category == filters.category)
+    if filters.priority:
+        where.append(tickets.c.priority == filters.priority)
+    if filters.since:
+        where.append(tickets.c.started_at >= filters.since)
+    if filters.until:
+        where.append(tickets.c.started_at < filters.until)
+    return where
+
+
+_LIST_COLUMNS = [
+    tickets.c[name]
+    for name in (
+        "id", "call_sid", "from_number", "to_number", "started_at", "ended_at", "duration_s", "status",
+        "title", "category", "priority", "sentiment", "follow_up_needed", "summary", "summary_attempts",
+        "last_error", "created_at", "updated_at",
+    )
+]  # fmt: skip
+
+
+def _list_item(row: Mapping[str, Any]) -> TicketListItem:
+    return TicketListItem(**{c.name: row[c.name] for c in _LIST_COLUMNS})
+
+
+def _view(row: Mapping[str, Any]) -> TicketView:
+    try:
+        transcript = tuple(entry_from_json(e) for e in row["transcript"] or [])
+        summaries = tuple(summary_event_from_json(s) for s in row["in_call_summaries"] or [])
+    except RecordJsonError as exc:
+        raise StoreUnavailable(f"ticket {row['id']} has an unreadable transcript: {exc}") from exc
+    return TicketView(
+        item=_list_item(row),
+        stream_sid=row["stream_sid"],
+        account_sid=row["account_sid"],
+        end_reason=row["end_reason"],
+        realtime_model=row["realtime_model"],
+        summary_model=row["summary_model"],
+        usage=UsageTotals(
+            responses=row["responses"],
+            input_tokens=row["input_tokens"],
+            output_tokens=row["output_tokens"],
+            input_text_tokens=row["input_text_tokens"],
+            input_audio_tokens=row["input_audio_tokens"],
+            cached_tokens=row["cached_tokens"],
+            output_text_tokens=row["output_text_tokens"],
+            output_audio_tokens=row["output_audio_tokens"],
+            last_context_tokens=row["last_context_tokens"],
+        ),
+        transcript=transcript,
+        summaries=summaries,
+    )

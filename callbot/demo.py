@@ -1,0 +1,188 @@
+"""`callbot demo`: a whole phone call, offline, through the real server.
+
+Only the OpenAI side is simulated: a fake Realtime server (scripted transcripts and replies,
+synthetic voice audio, real GA events) and a fake text model for summaries and the ticket. The
+callbot server, its bridge, summariser, ticket service and SQLite store are the production
+code, and the caller speaks Twilio's Media Streams protocol over a loopback websocket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from openai import AsyncOpenAI
+from pydantic import SecretStr
+
+from callbot.adapters.realtime_openai import OpenAIRealtimeConnector
+from callbot.adapters.store_sql import SqlTicketStore
+from callbot.settings import Settings
+from callbot.sim.caller import HangUp, Say, SayDuringAssistant, Silence, Step, TwilioCaller, WaitForAssistant
+from callbot.sim.fake_openai_http import serve_fake_openai
+from callbot.sim.fake_realtime import FakeRealtimeServer, Script
+from callbot.sim.serving import serve_app
+from callbot.sim.speech import duration_ms_for_text, synth_speech
+from callbot.web.app import Services, create_app
+
+DEMO_TOKEN = "offline-demo-auth-token"
+PUBLIC_URL = "https://callbot-demo.invalid"
+
+CALLER_LINES = [
+    "Hi, this is Maria Chen. My internet has been down since Monday.",
+    "My customer number is 4471-2290.",
+    "Yes, the router lights are blinking red.",
+    "I already restarted it twice.",
+    "Tomorrow between 9 and 12 works for me.",
+    "Can you also send me a text message confirmation to +1 555 0100?",
+    "No, that's everything. Thank you!",
+]
+REPLIES = [
+    "I'm sorry to hear that, Maria. Can you give me your customer number?",
+    "Thank you. I can see your line. Are the lights on your router blinking red?",
+    "That points to a line fault. Have you tried restarting the router?",
+    "Thanks. I'll book a technician visit. When are you available?",
+    "Booked: a technician visits tomorrow between 9 and 12.",
+    "Done, a confirmation text goes to plus one five five five zero one hundred.",
+    "You're welcome, Maria. Have a good day!",
+]
+
+
+def demo_script() -> Script:
+    return Script(
+        greeting="Hello, you're through to Acme Broadband support. How can I help you today?",
+        user_transcripts=CALLER_LINES,
+        replies=REPLIES,
+        realtime_factor=3.0,
+    )
+
+
+def caller_steps() -> list[Step]:
+    barge_in_turn = 2  # the caller talks over the assistant's second reply
+    steps: list[Step] = [WaitForAssistant(timeout_s=15)]
+    for n, line in enumerate(CALLER_LINES):
+        audio = synth_speech(min(duration_ms_for_text(line), 2500), 8000, seed=100 + n)
+        if n == barge_in_turn:
+            steps.append(SayDuringAssistant(audio, after_ms=1200, timeout_s=15, label=line))
+        else:
+            steps.append(Say(audio, label=line))
+        steps.append(Silence(150))
+        if n + 1 != barge_in_turn:
+            steps.append(WaitForAssistant(timeout_s=15))
+    steps.append(HangUp())
+    return steps
+
+
+class _Printer:
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        self.t0 = time.monotonic()
+
+    def line(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.t0:6.1f}s] {text}", file=self.out, flush=True)
+
+    def __call__(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "step" and data.get("label"):
+            self.line(f"caller speaks: {data['label']}")
+        elif kind == "assistant_audio_start":
+            self.line("assistant is speaking ...")
+        elif kind == "clear":
+            self.line("barge-in: the server cleared the assistant's audio")
+        elif kind == "hangup":
+            self.line("caller hangs up")
+
+
+async def run_demo(workdir: Path, *, speed: float = 1.0, output: Path | None = None, out: Any = None) -> int:
+    out = out or sys.stdout
+    printer = _Printer(out)
+    workdir.mkdir(parents=True, exist_ok=True)
+    database_url = f"sqlite+aiosqlite:///{workdir / 'demo.db'}"
+    print("callbot offline demo: the real server on 127.0.0.1, the OpenAI side simulated", file=out)
+    print("(fake Realtime server + fake text model; no API key, no network).", file=out)
+    async with FakeRealtimeServer(demo_script()) as fake, serve_fake_openai() as openai_url:
+        settings = Settings(
+            public_url=PUBLIC_URL,
+            twilio_auth_token=SecretStr(DEMO_TOKEN),
+            openai_api_key=SecretStr("offline-demo"),
+            openai_base_url=openai_url,
+            database_url=database_url,
+            spool_dir=workdir / "spool",
+            summary_trigger_tokens=350,
+            keep_last_turns=2,
+            transcript_wait_ms=1000,
+            log_level="WARNING",
+        )
+        connector = OpenAIRealtimeConnector(
+            AsyncOpenAI(api_key="offline-demo", base_url=fake.base_url), settings.model
+        )
+        app = create_app(settings, connector=connector)
+        async with serve_app(app) as base_url:
+            printer.line(f"server listening on {base_url}; placing a call to +15559870000")
+            caller = TwilioCaller(
+                base_url, auth_token=DEMO_TOKEN, public_base_url=PUBLIC_URL, speed=speed, on_event=printer
+            )
+            result = await caller.run(caller_steps())
+            services: Services = app.state.services
+            while services.active_calls:  # the ticket is written as the bridge finishes
+                await asyncio.sleep(0.05)
+            if output is not None:
+                result.write_wav(output)
+                printer.line(f"stereo recording written to {output} (caller left, assistant right)")
+            if services.observer is not None:
+                await services.observer.drain()  # type: ignore[attr-defined]
+    if fake.violations:
+        print("protocol violations seen by the fake Realtime server:", *fake.violations, sep="\n  ", file=out)
+        return 1
+    return await _print_ticket(database_url, result.call_sid, out)
+
+
+async def _print_ticket(database_url: str, call_sid: str, out: Any) -> int:
+    store = await SqlTicketStore.open(database_url)
+    try:
+        ticket = await store.get_by_call_sid(call_sid)
+    finally:
+        await store.close()
+    if ticket is None:
+        print(f"no ticket was written for {call_sid}", file=out)
+        return 1
+    print("\n=== Transcript", file=out)
+    for entry in ticket.transcript:
+        who = {"user": "Caller", "assistant": "Assistant"}.get(entry.role, entry.role)
+        flag = " [interrupted]" if entry.interrupted else ""
+        print(f"  {entry.at_ms / 1000:6.1f}s {who}: {entry.text or '(no transcript)'}{flag}", file=out)
+    print("\n=== Summaries inserted during the call", file=out)
+    for summary in ticket.summaries:
+        print(
+            f"  at {summary.at_ms / 1000:.1f}s: folded {summary.turns_folded} turns, "
+            f"context {summary.tokens_before} -> {summary.tokens_after} tokens",
+            file=out,
+        )
+    if not ticket.summaries:
+        print("  (none)", file=out)
+    print(f"\n=== Ticket #{ticket.id} ({ticket.status})", file=out)
+    fields = ticket.item.summary or {}
+    for key in ("title", "category", "priority", "sentiment", "follow_up_needed", "summary"):
+        print(f"  {key}: {fields.get(key)}", file=out)
+    for fact in fields.get("facts", []):
+        print(f"  fact: {fact.get('label')}: {fact.get('value')}", file=out)
+    print(f"\nReview it with: callbot tickets show {ticket.id}  (database {database_url})", file=out)
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    demo = sub.add_parser("demo", help="run a whole simulated call offline (no API key, no network)")
+    demo.add_argument(
+        "--workdir", type=Path, default=None, help="where the demo database goes (default: a temp dir)"
+    )
+    demo.add_argument("--output", type=Path, default=None, help="write the call as a stereo WAV file")
+    demo.add_argument("--speed", type=float, default=1.0, help=argparse.SUPPRESS)
+    demo.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="callbot-demo-"))
+    return asyncio.run(run_demo(workdir, speed=args.speed, output=args.output))

@@ -1,0 +1,342 @@
+"""The post-call ticket service: what the call bridge calls at start, after each turn and at hang-up.
+
+It ties the store, the summariser, the spool and the webhook together with one promise to the
+bridge: nothing here raises into a call, and no call's record is lost. While the call runs, the
+transcript so far is saved in the background (a crash mid-call still leaves a partial ticket).
+At hang-up the final transcript is saved as `pending_summary`, the structured summary is asked
+for under a deadline, and the ticket becomes `complete`. When the summary fails the ticket stays
+pending and `retry_pending` tries again; when the database is down the record goes to the spool
+on disk and `flush_spool` writes it once the database is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections import OrderedDict
+from collections.abc import Coroutine, Sequence
+from typing import Any, Protocol
+
+import httpx
+import openai
+
+from callbot.adapters.spool import Spool, SpoolError
+from callbot.adapters.store_models import TicketView
+from callbot.adapters.store_sql import SqlTicketStore, StoreUnavailable, TicketNotFound
+from callbot.adapters.ticket_summariser_openai import OpenAITicketSummariser, SummaryUnavailable
+from callbot.adapters.webhook import TicketWebhook
+from callbot.core.record import CallRecord
+from callbot.core.ticket import (
+    StructuredSummary,
+    TicketStatus,
+    TicketSummaryInvalid,
+    compile_patterns,
+    load_prompt,
+    load_schema,
+    redact_record,
+    redact_summary,
+)
+from callbot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class TicketSummariser(Protocol):
+    """Turns a finished call into its structured summary; raises SummaryUnavailable when it can't."""
+
+    async def summarise(self, record: CallRecord) -> StructuredSummary: ...
+
+
+class TicketService:
+    def __init__(
+        self,
+        store: SqlTicketStore,
+        summariser: TicketSummariser,
+        spool: Spool,
+        webhook: TicketWebhook | None = None,
+        redact_patterns: Sequence[str] = (),
+        timeout_s: float = 60.0,
+        *,
+        start_wait_s: float = 2.0,
+        retry_batch: int = 20,
+        remember_calls: int = 10_000,
+    ) -> None:
+        self._store = store
+        self._summariser = summariser
+        self._spool = spool
+        self._webhook = webhook
+        self._patterns: list[re.Pattern[str]] = compile_patterns(redact_patterns)
+        self._timeout_s = timeout_s
+        self._start_wait_s = start_wait_s
+        self._retry_batch = retry_batch
+        self._remember_calls = remember_calls
+        self._latest: dict[str, CallRecord] = {}  # newest unsaved progress per call
+        self._savers: dict[str, asyncio.Task[None]] = {}  # the one progress writer per call
+        self._endings: OrderedDict[str, asyncio.Task[int | None]] = OrderedDict()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._retry_lock = asyncio.Lock()
+
+    # ----- during the call -----
+
+    async def call_started(self, record: CallRecord) -> None:
+        """Create the call's `in_progress` ticket, waiting at most `start_wait_s` for the database."""
+        saver = self._queue_progress(record)
+        if saver is not None:
+            await asyncio.wait({saver}, timeout=self._start_wait_s)
+
+    async def call_progress(self, record: CallRecord) -> None:
+        """Remember the transcript so far; a background writer saves the newest one. Never blocks."""
+        self._queue_progress(record)
+
+    def _queue_progress(self, record: CallRecord) -> asyncio.Task[None] | None:
+        call_sid = record.info.call_sid
+        if call_sid in self._endings:
+            return None  # the final save owns the ticket now
+        self._latest[call_sid] = record
+        saver = self._savers.get(call_sid)
+        if saver is None:
+            saver = self._spawn(self._save_progress(call_sid))
+            self._savers[call_sid] = saver
+        return saver
+
+    async def _save_progress(self, call_sid: str) -> None:
+        # One writer per call, always writing the newest record: saves can't land out of order.
+        try:
+            while (record := self._latest.pop(call_sid, None)) is not None:
+                try:
+                    await self._store.upsert_call(
+                        redact_record(record, self._patterns), TicketStatus.IN_PROGRESS
+                    )
+                except StoreUnavailable as exc:
+                    log.warning("call %s: transcript not saved yet, database unavailable: %s", call_sid, exc)
+        finally:
+            self._savers.pop(call_sid, None)
+
+    # ----- at hang-up -----
+
+    async def call_ended(self, record: CallRecord) -> int | None:
+        """Save the final ticket and summarise it; the ticket id, or None if it went to the spool.
+
+        Idempotent per call sid: duplicate stop/close events share the first one's work and
+        result. Never raises; the work goes on even if the caller is cancelled (see `drain`).
+        """
+        call_sid = record.info.call_sid
+        task = self._endings.get(call_sid)
+        if task is None:
+            task = self._spawn(self._finish(record))
+            self._endings[call_sid] = task
+            self._forget_old_endings()
+        return await asyncio.shield(task)
+
+    async def _finish(self, record: CallRecord) -> int | None:
+        call_sid = record.info.call_sid
+        try:
+            self._latest.pop(call_sid, None)
+            saver = self._savers.get(call_sid)
+            if saver is not None:
+                await asyncio.wait({saver}, timeout=self._start_wait_s)
+            record = redact_record(record, self._patterns)
+            try:
+                await self._store.upsert_call(record, TicketStatus.PENDING_SUMMARY)
+            except StoreUnavailable as exc:
+                log.warning(
+                    "call %s: database unavailable at hang-up, spooling the ticket: %s", call_sid, exc
+                )
+                await self._finish_offline(record)
+                return None
+            outcome = await self._summarise(record)
+            return await self._store_outcome(call_sid, outcome, record)
+        except Exception:
+            log.exception("call %s: ticket could not be finished", call_sid)
+            return None
+
+    async def _finish_offline(self, record: CallRecord) -> None:
+        """Spool the record first (durability), then once more with its summary if one comes."""
+        if not await self._put_spool(record, None):
+            return None
+        outcome = await self._summarise(record)
+        if isinstance(outcome, StructuredSummary):
+            await self._put_spool(record, outcome.to_dict())
+        return None
+
+    async def _store_outcome(
+        self, call_sid: str, outcome: StructuredSummary | str, record: CallRecord | None
+    ) -> int | None:
+        """Write a summary (or its failure) for a ticket already in the database."""
+        try:
+            if isinstance(outcome, StructuredSummary):
+                ticket_id = await self._store.complete(call_sid, outcome)
+                self._notify(ticket_id)
+                return ticket_id
+            log.warning("call %s: ticket summary failed, will retry: %s", call_sid, outcome)
+            return await self._store.mark_summary_failed(call_sid, outcome)
+        except StoreUnavailable as exc:
+            if record is None:
+                log.warning(
+                    "call %s: database unavailable, summary kept for the next retry: %s", call_sid, exc
+                )
+                return None
+            log.warning("call %s: database went away after hang-up, spooling the ticket: %s", call_sid, exc)
+            summary = outcome.to_dict() if isinstance(outcome, StructuredSummary) else None
+            await self._put_spool(record, summary)
+            return None
+
+    async def _summarise(self, record: CallRecord) -> StructuredSummary | str:
+        """The redacted summary, or why there is none (for the ticket's last_error)."""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                summary = await self._summariser.summarise(record)
+            return redact_summary(summary, self._patterns)
+        except TimeoutError:
+            return f"ticket summary timed out after {self._timeout_s:g} s"
+        except (SummaryUnavailable, TicketSummaryInvalid) as exc:
+            return str(exc) or type(exc).__name__
+        except Exception as exc:
+            log.exception("call %s: ticket summariser failed unexpectedly", record.info.call_sid)
+            return f"summariser error: {type(exc).__name__}: {exc}"
+
+    async def _put_spool(self, record: CallRecord, summary: dict[str, Any] | None) -> bool:
+        try:
+            await asyncio.to_thread(self._spool.put, record, summary)
+            return True
+        except SpoolError:
+            log.critical(
+                "call %s: ticket LOST: database and spool both unavailable",
+                record.info.call_sid,
+                exc_info=True,
+            )
+            return False
+
+    def _notify(self, ticket_id: int) -> None:
+        if self._webhook is not None:
+            self._spawn(self._deliver_webhook(self._webhook, ticket_id))
+
+    async def _deliver_webhook(self, webhook: TicketWebhook, ticket_id: int) -> None:
+        try:
+            view = await self._store.get(ticket_id)
+        except StoreUnavailable:
+            log.warning("ticket %s: webhook skipped, database unavailable", ticket_id, exc_info=True)
+            return
+        if view is not None:
+            await webhook.deliver(view.to_json())
+
+    # ----- recovery -----
+
+    async def retry_pending(self) -> int:
+        """Summarise tickets left pending (failed summaries, calls from before a restart)."""
+        async with self._retry_lock:
+            try:
+                views = await self._store.pending_summaries(self._retry_batch)
+            except StoreUnavailable as exc:
+                log.warning("pending ticket summaries not retried, database unavailable: %s", exc)
+                return 0
+            completed = 0
+            for view in views:
+                if not self._is_ending(view.call_sid) and await self.retry_ticket(view):
+                    completed += 1
+            return completed
+
+    async def retry_ticket(self, view: TicketView) -> bool:
+        """Summarise one pending ticket now; True if it is complete afterwards."""
+        outcome = await self._summarise(view.to_record())
+        ticket_id = await self._store_outcome(view.call_sid, outcome, None)
+        return isinstance(outcome, StructuredSummary) and ticket_id is not None
+
+    async def flush_spool(self) -> int:
+        """Write spooled tickets to the database; stops at the first sign it is still down."""
+        written = 0
+        for item in await asyncio.to_thread(self._spool.items):
+            if self._is_ending(item.call_sid):
+                continue  # its call_ended is still writing it
+            try:
+                ticket_id = await self._store.upsert_call(item.record, TicketStatus.PENDING_SUMMARY)
+                if item.summary is not None:
+                    try:
+                        ticket_id = await self._store.complete(item.call_sid, item.summary)
+                        self._notify(ticket_id)
+                    except (TicketSummaryInvalid, TicketNotFound) as exc:
+                        log.warning("call %s: spooled summary unusable, left pending: %s", item.call_sid, exc)
+            except StoreUnavailable as exc:
+                log.info("spool not flushed, database still unavailable: %s", exc)
+                break
+            await asyncio.to_thread(self._spool.remove, item.call_sid)
+            log.info("call %s: spooled ticket written as ticket %s", item.call_sid, ticket_id)
+            written += 1
+        return written
+
+    async def run_background(self, interval_s: float) -> None:
+        """Flush the spool and retry pending summaries every `interval_s` until cancelled."""
+        while True:
+            try:
+                await self.flush_spool()
+                await self.retry_pending()
+            except Exception:
+                log.exception("ticket maintenance pass failed; trying again in %g s", interval_s)
+            await asyncio.sleep(interval_s)
+
+    async def drain(self) -> None:
+        """Wait for every save, summary and webhook in flight (graceful shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Drain, then close the webhook's HTTP client (the store belongs to the caller)."""
+        await self.drain()
+        if self._webhook is not None:
+            await self._webhook.aclose()
+
+    # ----- bookkeeping -----
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _is_ending(self, call_sid: str) -> bool:
+        task = self._endings.get(call_sid)
+        return task is not None and not task.done()
+
+    def _forget_old_endings(self) -> None:
+        # Finished calls are remembered so late duplicates get the same answer, within a bound.
+        while len(self._endings) > self._remember_calls:
+            oldest_sid, oldest = next(iter(self._endings.items()))
+            if not oldest.done():
+                break
+            del self._endings[oldest_sid]
+
+
+def build_ticket_service(
+    settings: Settings,
+    store: SqlTicketStore,
+    client: openai.AsyncOpenAI,
+    webhook_client: httpx.AsyncClient | None = None,
+) -> TicketService:
+    """The service as configured: schema and prompt files, redaction, spool, optional webhook.
+
+    For the composition roots (server start-up, CLI); raises TicketSchemaError or OSError if a
+    configured file is unusable, so a bad deployment fails at start, not at the first hang-up.
+    """
+    schema_text = settings.ticket_schema_file.read_text("utf-8") if settings.ticket_schema_file else None
+    prompt_text = settings.ticket_prompt_file.read_text("utf-8") if settings.ticket_prompt_file else None
+    summariser = OpenAITicketSummariser(
+        client,
+        settings.ticket_model,
+        load_schema(schema_text),
+        load_prompt(prompt_text),
+        settings.ticket_timeout_s,
+    )
+    webhook = (
+        TicketWebhook(settings.ticket_webhook_url, client=webhook_client)
+        if settings.ticket_webhook_url
+        else None
+    )
+    return TicketService(
+        store,
+        summariser,
+        Spool(settings.spool_dir),
+        webhook,
+        redact_patterns=settings.redact_patterns,
+        timeout_s=settings.ticket_timeout_s,
+    )
