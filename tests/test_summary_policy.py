@@ -981,16 +981,20 @@ def test_no_second_summary_on_the_measurement_taken_before_the_first_one() -> No
 
 def test_items_with_deletes_in_flight_are_not_folded_again() -> None:
     """Between `_summary_inserted` and the `conversation.item.deleted` echoes, the folded turns
-    are still in the local context. A new plan must not summarise them a second time."""
+    are still in the local context. A response that was already streaming when the summary was
+    confirmed can finish in that window, reporting the pre-summary size: a plan made then must
+    not fold (and summarise) the turns that are being deleted a second time."""
     rig = Rig(trigger=1_000, keep=2)
     rig.base_call(turns=2, total=1_200)
     [req] = rig.requests
-    rig.answer(req.summary_id, "S1")
-    pending_deletes = deletes(rig.confirm(req.summary_id))  # deletes sent, not yet confirmed
-    rig.user("u3", now=rig.now + 100)
-    rig.assistant("a3", total=1_300)  # even a fresh measurement above the trigger
+    rig.user("u3", now=1_000)
+    rid = rig.assistant_start("a3", now=1_100)  # streaming while the summary is inserted
+    rig.answer(req.summary_id, "S1", now=1_200)
+    pending_deletes = deletes(rig.confirm(req.summary_id, 1_300))  # sent, echoes not back yet
+    assert pending_deletes == ["a0", "u1", "a1"]
+    rig.assistant_finish(rid, "a3", total=1_450, now=1_350)  # measured before the summary existed
     for request in rig.requests[1:]:
-        assert not set(pending_deletes) & set(request.folded_item_ids)
+        assert not set(pending_deletes) & set(request.folded_item_ids), request.folded_item_ids
 
 
 # ================================================================================================

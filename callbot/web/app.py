@@ -258,8 +258,7 @@ class Ticketing:
         self._background.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._background
-        await self.service.drain()
-        await self.service.aclose()
+        await self.service.aclose()  # drains in-flight tickets first
         await self.store.close()
 
 
