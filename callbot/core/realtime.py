@@ -122,49 +122,36 @@ def truncate(item_id: str, audio_end_ms: int) -> dict[str, Any]:
     }
 
 
-def system_message(item_id: str, text: str, previous_item_id: str | None = "root") -> dict[str, Any]:
+def _create_message(
+    item_id: str, role: str, part_type: str, text: str, previous_item_id: str | None
+) -> dict[str, Any]:
+    """`conversation.item.create` of a text message; `previous_item_id` None appends it."""
     event: dict[str, Any] = {
         "type": "conversation.item.create",
         "event_id": f"evt_create_{item_id}",
         "item": {
             "id": item_id,
             "type": "message",
-            "role": "system",
-            "content": [{"type": "input_text", "text": text}],
+            "role": role,
+            "content": [{"type": part_type, "text": text}],
         },
     }
     if previous_item_id is not None:
         event["previous_item_id"] = previous_item_id
     return event
+
+
+def system_message(item_id: str, text: str, previous_item_id: str | None = "root") -> dict[str, Any]:
+    return _create_message(item_id, "system", "input_text", text, previous_item_id)
 
 
 def user_text(item_id: str, text: str) -> dict[str, Any]:
-    return {
-        "type": "conversation.item.create",
-        "event_id": f"evt_create_{item_id}",
-        "item": {
-            "id": item_id,
-            "type": "message",
-            "role": "user",
-            "content": [{"type": "input_text", "text": text}],
-        },
-    }
+    return _create_message(item_id, "user", "input_text", text, None)
 
 
 def assistant_text(item_id: str, text: str, previous_item_id: str | None = None) -> dict[str, Any]:
-    event: dict[str, Any] = {
-        "type": "conversation.item.create",
-        "event_id": f"evt_create_{item_id}",
-        "item": {
-            "id": item_id,
-            "type": "message",
-            "role": "assistant",
-            "content": [{"type": "output_text", "text": text}],
-        },
-    }
-    if previous_item_id is not None:
-        event["previous_item_id"] = previous_item_id
-    return event
+    """Assistant history can only be inserted as text (PROTOCOLS.md 11.19)."""
+    return _create_message(item_id, "assistant", "output_text", text, previous_item_id)
 
 
 def delete(item_id: str) -> dict[str, Any]:
