@@ -1073,7 +1073,7 @@ def test_invariant_holds_through_a_long_scripted_call() -> None:
     sizes = {"user": 50, "assistant": 90, "system": 120}
 
     def measured() -> int:
-        return 200 + sum(sizes[rig.conv.get(i).role] for i in rig.server if rig.conv.get(i))  # type: ignore[union-attr]
+        return 200 + sum(sizes[t.role] for i in rig.server if (t := rig.conv.get(i)) is not None)
 
     rig.assistant("a0", total=300, now=0)
     failures = 0

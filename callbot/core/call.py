@@ -151,6 +151,7 @@ class CallSession:
         self._done_at: dict[str, int] = {}
         self._next_summary_check_ms = 0
         self._usage_stale = False  # a summary changed the context since the last usage report
+        self._response_before_summary: str | None = None
 
     # ----- helpers -----
     @property
@@ -360,8 +361,9 @@ class CallSession:
         usage = response.get("usage")
         if isinstance(usage, dict):
             self.conversation.response_usage(usage)
-            self._note_tokens_after()
-            self._usage_stale = False
+            if response.get("id") != self._response_before_summary:
+                self._note_tokens_after()
+                self._usage_stale = False
         out: list[Action] = [Checkpoint()]
         out.extend(self._maybe_summarise(now_ms))
         return out
@@ -499,6 +501,8 @@ class CallSession:
         )
         self._summary_in_flight = None
         self._usage_stale = True
+        # a response already running was priced before the summary: its usage says nothing about it
+        self._response_before_summary = self._active_response
         in_context = set(self.conversation.context)
         return [SendRealtime(rt.delete(i)) for i in request.folded_item_ids if i in in_context]
 

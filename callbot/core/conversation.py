@@ -144,6 +144,8 @@ class ConversationState:
         ):
             turn.transcript_status = "pending"
         self._turns[item_id] = turn
+        if is_summary:
+            previous_item_id = "root"  # we asked for the root; the event may report it as null
         self._insert(self.context, item_id, previous_item_id)
         if not is_summary:
             self._insert(self._log, item_id, previous_item_id)

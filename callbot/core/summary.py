@@ -75,6 +75,8 @@ def plan_summary(
     for turn in older:
         if not turn.done:
             continue  # still in progress: never folded
+        if turn.summary_id is not None:
+            continue  # already folded; its delete is still in flight
         if turn.role == "user" and turn.transcript_status == "pending":
             if now_ms - done_at.get(turn.item_id, now_ms) < policy.transcript_wait_ms:
                 return None  # wait (bounded) for the transcript rather than summarise nothing
