@@ -7,7 +7,7 @@ import re
 from openai import AsyncOpenAI
 
 from callbot.adapters.summariser_openai import OpenAISummariser
-from callbot.sim.caller import HangUp, Say, Silence
+from callbot.sim.caller import HangUp, Say, Silence, WaitForAssistant
 from callbot.sim.fake_openai_http import FakeOpenAIControl, serve_fake_openai
 from callbot.sim.fake_realtime import Script
 from tests.e2e_helpers import running_rig, speech
@@ -66,7 +66,7 @@ async def test_long_call_is_summarised_at_the_root_and_keeps_every_fact() -> Non
             keep_last_turns=2,
             transcript_wait_ms=500,
         ) as rig:
-            steps: list[object] = [Silence(1500)]
+            steps: list[object] = [WaitForAssistant(timeout_s=10, quiet_ms=2000)]
             for n in range(TURNS):
                 steps += [Say(speech(500, seed=n)), Silence(1800)]
             steps.append(HangUp())

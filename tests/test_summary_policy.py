@@ -957,6 +957,30 @@ def test_tokens_after_ignores_a_response_created_before_the_summary_existed() ->
     assert rig.conv.summaries[0].tokens_after == 700
 
 
+def test_tokens_after_ignores_a_response_priced_before_the_deletes_were_applied() -> None:
+    """The server may start a response after it inserted the summary but before our deletes reach
+    it (one round trip). That response is priced with the summary *and* every folded turn, so its
+    usage is neither what the summary saved nor a fresh context estimate to plan on.
+
+    Events on one socket are ordered: a `response.created` that arrives before the last
+    `conversation.item.deleted` of the snapshot was created before that delete was applied.
+    """
+    rig = Rig(trigger=1_000, keep=2)
+    rig.base_call(turns=2, total=1_200)
+    [req] = rig.requests
+    rig.user("u3", now=1_000)  # the caller goes on while the summary is written
+    rig.answer(req.summary_id, "S1", now=1_100)
+    sent = rig.confirm(req.summary_id, 1_200)  # summary added; deletes on their way
+    rid = rig.assistant_start("a3", now=1_210)  # created server-side before the deletes arrived
+    rig.apply_deletes(sent, now=1_250)
+    actions = rig.assistant_finish(rid, "a3", total=1_480, now=1_300)  # priced before the deletes
+    assert rig.conv.summaries[0].tokens_after is None
+    assert requests_in(actions) == []
+    rig.user("u4", now=2_000)
+    rig.assistant("a4", total=760, now=2_100)
+    assert rig.conv.summaries[0].tokens_after == 760
+
+
 # ================================================================================================
 # the estimate is stale right after a summary: no second summary on the old measurement
 # ================================================================================================

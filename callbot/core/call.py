@@ -151,7 +151,8 @@ class CallSession:
         self._done_at: dict[str, int] = {}
         self._next_summary_check_ms = 0
         self._usage_stale = False  # a summary changed the context since the last usage report
-        self._response_before_summary: str | None = None
+        self._priced_before_summary: set[str] = set()
+        self._awaiting_deletes: set[str] = set()
 
     # ----- helpers -----
     @property
@@ -350,6 +351,9 @@ class CallSession:
         response = event.get("response") or {}
         if not rt.is_out_of_band(response):
             self._active_response = response.get("id")
+            if self._awaiting_deletes and self._active_response:
+                # created before the server applied our deletes: priced with the folded items
+                self._priced_before_summary.add(self._active_response)
         return []
 
     def _on_response_done(self, event: dict[str, Any], now_ms: int) -> list[Action]:
@@ -361,7 +365,7 @@ class CallSession:
         usage = response.get("usage")
         if isinstance(usage, dict):
             self.conversation.response_usage(usage)
-            if response.get("id") != self._response_before_summary:
+            if response.get("id") not in self._priced_before_summary:
                 self._note_tokens_after()
                 self._usage_stale = False
         out: list[Action] = [Checkpoint()]
@@ -396,6 +400,7 @@ class CallSession:
     def _on_item_deleted(self, event: dict[str, Any], now_ms: int) -> list[Action]:
         item_id = event.get("item_id")
         if isinstance(item_id, str):
+            self._awaiting_deletes.discard(item_id)
             self.conversation.item_deleted(item_id)
         return []
 
@@ -429,6 +434,8 @@ class CallSession:
             log.info("Realtime reported %s (a harmless race)", code)
             return []
         failed_event = str(error.get("event_id") or "")
+        if failed_event.startswith("evt_delete_"):
+            self._awaiting_deletes.discard(failed_event.removeprefix("evt_delete_"))
         for summary_id in list(self._summary_inserting):
             if failed_event == f"evt_create_{summary_id}":
                 self._summary_inserting.pop(summary_id)
@@ -502,9 +509,12 @@ class CallSession:
         self._summary_in_flight = None
         self._usage_stale = True
         # a response already running was priced before the summary: its usage says nothing about it
-        self._response_before_summary = self._active_response
+        if self._active_response is not None:
+            self._priced_before_summary.add(self._active_response)
         in_context = set(self.conversation.context)
-        return [SendRealtime(rt.delete(i)) for i in request.folded_item_ids if i in in_context]
+        deletes = [i for i in request.folded_item_ids if i in in_context]
+        self._awaiting_deletes.update(deletes)
+        return [SendRealtime(rt.delete(i)) for i in deletes]
 
     def _note_tokens_after(self) -> None:
         """The first usage after a summary shows what it saved."""

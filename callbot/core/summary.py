@@ -102,7 +102,8 @@ def prompt_messages(
     request: SummaryRequest, *, language: str, style: str, template: str = DEFAULT_PROMPT
 ) -> list[dict[str, str]]:
     """Chat messages for the summary model: instructions, then the transcript as quoted data."""
-    system = template.format(language=language, style=style)
+    # replace, not str.format: a custom prompt file may contain literal braces
+    system = template.replace("{language}", language).replace("{style}", style)
     parts = []
     if request.previous_summary:
         parts.append("Previous summary:\n" + request.previous_summary)
