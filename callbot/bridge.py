@@ -28,6 +28,7 @@ from callbot.core.call import (
     Checkpoint,
     ConnectRealtime,
     EndCall,
+    ReconnectRealtime,
     RequestSummary,
     SendRealtime,
     SendTwilio,
@@ -62,10 +63,14 @@ class Pacer:
         self._task: asyncio.Task[None] | None = None
         self.max_lag_ms = 0.0
 
-    def add(self, bridge: CallBridge) -> None:
+    def add(self, bridge: CallBridge) -> bool:
+        """Start ticking for `bridge`; True the first time it is added."""
+        if bridge in self._calls:
+            return False
         self._calls.add(bridge)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="pacer")
+        return True
 
     def discard(self, bridge: CallBridge) -> None:
         self._calls.discard(bridge)
@@ -216,32 +221,47 @@ class CallBridge:
             await self._perform(self.session.receive_twilio(event, self.now_ms()))
 
     async def _realtime_pump(self, link: RealtimeLink) -> None:
+        """Feeds one link's events to the core; a link replaced by a reconnect goes quiet."""
         while not self._ended.is_set():
             try:
                 event = await link.recv()
             except UpstreamError as exc:
-                await self._perform(self.session.realtime_closed(str(exc)))
+                if link is self.realtime:
+                    await self._perform(self.session.realtime_closed(str(exc), self.now_ms()))
+                return
+            if link is not self.realtime:
                 return
             await self._perform(self.session.receive_realtime(event, self.now_ms()))
 
-    async def _connect_realtime(self) -> None:
+    async def _connect_realtime(self, delay_ms: int = 0) -> None:
+        if delay_ms:
+            await asyncio.sleep(delay_ms / 1000)
         try:
             link = await self.connector.connect()
         except UpstreamError as exc:
             log.error("%s", exc)
-            await self._perform(self.session.end(f"could not reach the Realtime API: {exc}"))
+            await self._perform(self.session.realtime_connect_failed(str(exc), self.now_ms()))
+            return
+        if self._ended.is_set():
+            await link.close()
             return
         self.realtime = link
-        if self._ended.is_set():
-            return
         self._spawn(self._realtime_pump(link), "realtime-in")
-        self.pacer.add(self)
-        if self.observer is not None and self.session.info is not None:
+        first = self.pacer.add(self)
+        if first and self.observer is not None and self.session.info is not None:
             try:
                 await self.observer.call_started(self.record())
             except Exception:
                 log.exception("ticket service failed at call start; the call goes on")
         await self._perform(self.session.realtime_connected(self.now_ms()))
+
+    async def _reconnect(self, action: ReconnectRealtime) -> None:
+        """Close the old link (its pump goes quiet), then open a fresh session after the backoff."""
+        old, self.realtime = self.realtime, None
+        if old is not None:
+            await old.close()
+        log.info("reconnecting to Realtime in %d ms (%s)", action.delay_ms, action.reason)
+        await self._connect_realtime(action.delay_ms)
 
     async def on_tick(self) -> None:
         if not self._ended.is_set():
@@ -257,11 +277,13 @@ class CallBridge:
                     try:
                         await self.realtime.send(action.event)
                     except UpstreamError as exc:
-                        await self._perform(self.session.realtime_closed(str(exc)))
+                        await self._perform(self.session.realtime_closed(str(exc), self.now_ms()))
             elif isinstance(action, ConnectRealtime):
                 self._spawn(self._connect_realtime(), "realtime-connect")
             elif isinstance(action, Checkpoint):
                 self._checkpoint()
+            elif isinstance(action, ReconnectRealtime):
+                self._spawn(self._reconnect(action), "realtime-reconnect")
             elif isinstance(action, RequestSummary):
                 self._spawn(self._summarise(action), "summariser")
             elif isinstance(action, EndCall):

@@ -74,6 +74,17 @@ class Settings(BaseSettings):
         default=None, gt=0.0, le=1.0, description="GA truncation safety net; unset leaves the server default."
     )
     session_ready_timeout_s: float = Field(default=10.0, gt=0)
+    end_message: str = Field(
+        default="We're sorry, this call has to end now. Please call us again.",
+        description="Spoken by Twilio when callbot ends a call itself (upstream failure, shutdown).",
+    )
+    max_reconnects: int = Field(default=3, ge=0, description="Realtime reconnect attempts per outage.")
+    session_max_age_s: float = Field(
+        default=55 * 60, gt=0, description="Roll over to a fresh Realtime session after this long."
+    )
+    twilio_idle_timeout_s: float = Field(
+        default=15.0, gt=0, description="End a call whose Twilio stream stalls this long."
+    )
 
     # --- Playback to Twilio ---
     playback_lead_ms: int = Field(

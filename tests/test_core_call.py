@@ -26,10 +26,12 @@ from callbot.core.call import (
     Checkpoint,
     ConnectRealtime,
     EndCall,
+    ReconnectRealtime,
     SendRealtime,
     SendTwilio,
 )
 from callbot.core.realtime import AgentConfig
+from callbot.core.recovery import RecoveryPolicy
 
 SILENCE = b"\xff" * 160
 
@@ -72,7 +74,9 @@ class Call:
 
     def _checked(self, actions: list[Action]) -> list[Action]:
         for action in actions:
-            assert isinstance(action, SendTwilio | SendRealtime | ConnectRealtime | EndCall | Checkpoint)
+            assert isinstance(
+                action, SendTwilio | SendRealtime | ConnectRealtime | EndCall | Checkpoint | ReconnectRealtime
+            )
             if isinstance(action, SendRealtime):
                 h.assert_client_event(action.event)
             if isinstance(action, SendTwilio):
@@ -336,7 +340,10 @@ def test_session_ready_timeout_ends_the_call() -> None:
 
 
 def test_no_timeout_once_the_session_is_ready() -> None:
-    call = active("pcmu", session_ready_timeout_ms=5000)
+    # a huge Twilio idle timeout isolates the session-ready deadline from the dead-line check
+    call = active(
+        "pcmu", session_ready_timeout_ms=5000, recovery=RecoveryPolicy(twilio_idle_timeout_ms=10**9)
+    )
     assert call.tick(60_000) == []
     assert call.session.phase == "active"
 
@@ -363,10 +370,65 @@ def test_nothing_is_sent_to_twilio_after_stop() -> None:
     assert to_twilio(late) == []
 
 
-def test_realtime_closed_ends_the_call_with_the_reason() -> None:
+def test_realtime_drop_reconnects_with_backoff_then_gives_up() -> None:
+    call = active("pcmu", recovery=RecoveryPolicy(max_reconnects=2, backoff_ms=(100, 900)))
+    assert call.session.realtime_closed("code 1011", 500) == [ReconnectRealtime(100, "code 1011")]
+    assert call.session.phase == "reconnecting"
+    assert call.session.realtime_closed("again", 510) == []  # already reconnecting: one attempt at a time
+    # the new link could not be opened: each failure costs an attempt
+    assert call.session.realtime_connect_failed("refused", 700) == [ReconnectRealtime(900, "refused")]
+    (end,) = call.session.realtime_connect_failed("refused", 1700)
+    assert isinstance(end, EndCall) and "2 reconnects failed" in end.reason
+    assert call.session.phase == "ended"
+
+
+def test_a_reconnected_session_is_configured_and_gets_the_context_back_as_text() -> None:
     call = active("pcmu")
-    assert call.session.realtime_closed("code 1011") == [EndCall("Realtime connection closed: code 1011")]
-    assert call.session.realtime_closed("again") == []
+    call.realtime_in(h.item_added(h.user_audio_item("u1"), None), 100)
+    call.realtime_in(h.item_done(h.user_audio_item("u1"), None), 110)
+    call.realtime_in(h.input_transcription_completed("u1", "My order is 88314."), 120)
+    call.realtime_in(h.item_added(h.assistant_audio_item("a1"), "u1"), 130)
+    call.realtime_in(h.transcript_done("resp_1", "a1", "Let me check that."), 140)
+    (reconnect,) = call.session.realtime_closed("code 1006", 200)
+    assert isinstance(reconnect, ReconnectRealtime)
+    # caller audio during the outage is not relayed (it would be stale by the time it arrived)
+    assert to_realtime(call.twilio_in(h.tw_media(SPEECH_FRAME, 220), 220)) == []
+    (update,) = to_realtime(call.session.realtime_connected(400))
+    assert update["type"] == "session.update"
+    restored = to_realtime(call.realtime_in(h.session_updated(h.PCMU), 450))
+    assert [(e["item"]["id"], e["item"]["role"], e["item"]["content"][0]["text"]) for e in restored] == [
+        ("u1", "user", "My order is 88314."),
+        ("a1", "assistant", "Let me check that."),
+    ]
+    assert all("previous_item_id" not in e for e in restored)  # appended in order
+    assert not any(e["type"] == "response.create" for e in restored)  # no second greeting
+    assert call.session.phase == "active" and call.session.stats.reconnects == 1
+
+
+def test_session_expiry_reconnects_instead_of_hanging_up() -> None:
+    call = active("pcmu")
+    err = h.error("session_expired", "Your session hit the maximum duration of 60 minutes.")
+    (action,) = call.realtime_in(err, 10)
+    assert isinstance(action, ReconnectRealtime) and action.reason == "session expired"
+    assert call.session.phase == "reconnecting"
+
+
+def test_rollover_waits_for_a_quiet_moment_before_the_session_limit() -> None:
+    policy = RecoveryPolicy(session_max_age_ms=10_000, rollover_grace_ms=5_000, twilio_idle_timeout_ms=10**9)
+    call = active("pcmu", recovery=policy)
+    call.realtime_in(h.speech_started("u9", 0), 9_000)  # the caller is talking at the deadline
+    assert not any(isinstance(a, ReconnectRealtime) for a in call.tick(10_500))
+    call.realtime_in(h.speech_stopped("u9", 1500), 11_000)
+    (rollover,) = [a for a in call.tick(11_020) if isinstance(a, ReconnectRealtime)]
+    assert rollover == ReconnectRealtime(0, "session rollover")
+    assert call.session.stats.rollovers == 1 and call.session.stats.reconnects == 0
+
+
+def test_a_silent_twilio_stream_ends_the_call() -> None:
+    call = active("pcmu", recovery=RecoveryPolicy(twilio_idle_timeout_ms=3_000))
+    call.twilio_in(h.tw_media(SPEECH_FRAME, 1000), 1000)
+    assert call.tick(3_900) == []
+    assert call.tick(4_100) == [EndCall("Twilio stream went silent")]
 
 
 # ================================================================================================
@@ -776,14 +838,6 @@ def test_other_realtime_errors_are_counted_but_do_not_end_the_call() -> None:
     assert call.realtime_in(err, 10) == []
     assert call.session.stats.realtime_errors == 1
     assert call.session.phase == "active"
-
-
-def test_session_expired_ends_the_call() -> None:
-    call = active("pcmu")
-    err = h.error("session_expired", "Your session hit the maximum duration of 60 minutes.")
-    assert call.realtime_in(err, 10) == [EndCall("Realtime session expired")]
-    assert call.session.phase == "ended"
-    assert call.session.end_reason == "Realtime session expired"
 
 
 def test_dtmf_becomes_a_user_text_item() -> None:

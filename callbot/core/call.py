@@ -23,11 +23,12 @@ from callbot.core.audio import Framer, InboundConverter, OutboundConverter
 from callbot.core.conversation import ConversationState
 from callbot.core.playback import FRAME_BYTES, PlaybackTracker
 from callbot.core.record import CallInfo, SummaryEvent
+from callbot.core.recovery import RecoveryPolicy, restore_events
 from callbot.core.summary import SummaryPolicy, SummaryRequest, plan_summary, summary_item_text
 
 log = logging.getLogger("callbot.call")
 
-Phase = Literal["awaiting_start", "connecting", "configuring", "active", "ended"]
+Phase = Literal["awaiting_start", "connecting", "configuring", "active", "reconnecting", "ended"]
 
 
 # ----- actions -----
@@ -65,7 +66,17 @@ class RequestSummary:
     request: SummaryRequest
 
 
-Action = SendTwilio | SendRealtime | ConnectRealtime | EndCall | Checkpoint | RequestSummary
+@dataclass(frozen=True, slots=True)
+class ReconnectRealtime:
+    """Drop the current Realtime link, wait `delay_ms`, open a new one, then `realtime_connected`."""
+
+    delay_ms: int
+    reason: str
+
+
+Action = (
+    SendTwilio | SendRealtime | ConnectRealtime | ReconnectRealtime | EndCall | Checkpoint | RequestSummary
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +86,7 @@ class CallConfig:
     mark_interval_ms: int = 60
     session_ready_timeout_ms: int = 10_000
     summary: SummaryPolicy = field(default_factory=SummaryPolicy)
+    recovery: RecoveryPolicy = field(default_factory=RecoveryPolicy)
 
 
 @dataclass(slots=True)
@@ -88,6 +100,8 @@ class CallStats:
     realtime_errors: int = 0
     late_deltas_dropped: int = 0
     barge_ins: int = 0
+    reconnects: int = 0
+    rollovers: int = 0
     dtmf_digits: str = ""
 
 
@@ -96,7 +110,6 @@ _IGNORED = frozenset(
     {
         "session.created",
         "conversation.created",
-        "input_audio_buffer.speech_stopped",
         "input_audio_buffer.committed",
         "input_audio_buffer.cleared",
         "input_audio_buffer.timeout_triggered",
@@ -153,6 +166,12 @@ class CallSession:
         self._usage_stale = False  # a summary changed the context since the last usage report
         self._priced_before_summary: set[str] = set()
         self._awaiting_deletes: set[str] = set()
+        # recovery state
+        self._reconnect_attempt = 0
+        self._restoring = False
+        self._session_started_ms = 0
+        self._caller_speaking = False
+        self._last_twilio_ms = 0
 
     # ----- helpers -----
     @property
@@ -179,6 +198,7 @@ class CallSession:
     # ----- Twilio side -----
     def receive_twilio(self, event: tw.TwilioEvent, now_ms: int) -> list[Action]:
         self.stats.twilio_messages += 1
+        self._last_twilio_ms = now_ms
         if isinstance(event, tw.Media):
             return self._on_media(event)
         if isinstance(event, tw.Mark):
@@ -234,14 +254,49 @@ class CallSession:
 
     # ----- Realtime side -----
     def realtime_connected(self, now_ms: int) -> list[Action]:
-        if self.phase != "connecting":
+        if self.phase not in ("connecting", "reconnecting"):
             return []
+        self._restoring = self.phase == "reconnecting"
         self.phase = "configuring"
         self._ready_deadline_ms = now_ms + self.config.session_ready_timeout_ms
         return [SendRealtime(rt.session_update(self.config.agent))]
 
-    def realtime_closed(self, reason: str) -> list[Action]:
-        return self.end(f"Realtime connection closed: {reason}")
+    def realtime_closed(self, reason: str, now_ms: int = 0) -> list[Action]:
+        """The live Realtime link failed: reconnect, within bounds."""
+        if self.phase in ("ended", "awaiting_start", "reconnecting"):
+            return []
+        return self._retry_upstream(reason)
+
+    def realtime_connect_failed(self, reason: str, now_ms: int = 0) -> list[Action]:
+        """Opening a Realtime session failed: try again after the next backoff, or give up."""
+        if self.phase in ("ended", "awaiting_start"):
+            return []
+        return self._retry_upstream(reason)
+
+    def _retry_upstream(self, reason: str) -> list[Action]:
+        recovery = self.config.recovery
+        if self._reconnect_attempt >= recovery.max_reconnects:
+            failed = self._reconnect_attempt
+            return self.end(f"Realtime connection lost ({reason}); {failed} reconnects failed")
+        self._reconnect_attempt += 1
+        self.stats.reconnects += 1
+        log.warning("Realtime link lost (%s); reconnect attempt %d", reason, self._reconnect_attempt)
+        return self._start_reconnect(recovery.delay_ms(self._reconnect_attempt), reason)
+
+    def _start_reconnect(self, delay_ms: int, reason: str) -> list[Action]:
+        """Forget the old session's in-flight state; queued audio keeps playing to the caller."""
+        self.phase = "reconnecting"
+        self._active_response = None
+        self._cancelled_responses.clear()
+        self._priced_before_summary.clear()
+        self._awaiting_deletes.clear()
+        self._summary_inserting.clear()
+        self._summary_in_flight = None  # a late answer is ignored; the policy asks again later
+        self._usage_stale = True
+        self._caller_speaking = False
+        if self._framer_item is not None:
+            self._finish_item_audio()
+        return [ReconnectRealtime(delay_ms, reason)]
 
     def receive_realtime(self, event: dict[str, Any], now_ms: int) -> list[Action]:
         self.stats.realtime_events += 1
@@ -269,14 +324,24 @@ class CallSession:
             return self.end(problem)
         self.phase = "active"
         self._ready_deadline_ms = None
+        self._session_started_ms = now_ms
+        self._reconnect_attempt = 0
+        if self._restoring:
+            self._restoring = False
+            return [SendRealtime(event) for event in restore_events(self.conversation)]
         agent = self.config.agent
         if not agent.greeting:
             return []
         instructions = f"{agent.instructions}\n\n{agent.greeting}".strip()
         return [SendRealtime(rt.response_create(instructions, event_id="evt_greeting"))]
 
+    def _on_speech_stopped(self, event: dict[str, Any], now_ms: int) -> list[Action]:
+        self._caller_speaking = False
+        return []
+
     def _on_speech_started(self, event: dict[str, Any], now_ms: int) -> list[Action]:
         """Barge-in (PROTOCOLS.md 8.4): clear Twilio, cancel, truncate at what was heard."""
+        self._caller_speaking = True
         playing = self.playback.is_playing(now_ms) or self._framer.pending > 0
         if not playing and self._active_response is None:
             return []
@@ -451,7 +516,7 @@ class CallSession:
             error.get("message"),
         )
         if code == "session_expired":
-            return self.end("Realtime session expired")
+            return self.realtime_closed("session expired", now_ms)
         return []
 
     # ----- summaries (policy in core/summary.py) -----
@@ -531,8 +596,16 @@ class CallSession:
             and now_ms >= self._ready_deadline_ms
         ):
             return self.end("Realtime session was not ready in time")
+        if self.phase == "ended":
+            return []
+        if now_ms - self._last_twilio_ms > self.config.recovery.twilio_idle_timeout_ms:
+            return self.end("Twilio stream went silent")
+        if self.phase == "active" and self._rollover_due(now_ms):
+            self.stats.rollovers += 1
+            log.info("rolling the call over to a fresh Realtime session")
+            return self._start_reconnect(0, "session rollover")
         out: list[Action] = []
-        if self.phase != "ended" and self.playback.queued_frames:
+        if self.playback.queued_frames:
             self._send_due(now_ms, out)
         if now_ms >= self._next_summary_check_ms:
             # re-check now and then: a pending transcript may have arrived or its wait expired
@@ -540,11 +613,22 @@ class CallSession:
             out.extend(self._maybe_summarise(now_ms))
         return out
 
+    def _rollover_due(self, now_ms: int) -> bool:
+        """Past the age limit: at a quiet moment, or regardless once the grace period is over."""
+        recovery = self.config.recovery
+        age = now_ms - self._session_started_ms
+        if age < recovery.session_max_age_ms:
+            return False
+        busy = self._caller_speaking or self._active_response is not None or self.playback.is_playing(now_ms)
+        quiet = not busy
+        return quiet or age >= recovery.session_max_age_ms + recovery.rollover_grace_ms
+
 
 _Handler = Callable[[CallSession, dict[str, Any], int], list[Action]]
 _HANDLERS: dict[str, _Handler] = {
     "session.updated": CallSession._on_session_updated,
     "input_audio_buffer.speech_started": CallSession._on_speech_started,
+    "input_audio_buffer.speech_stopped": CallSession._on_speech_stopped,
     "response.output_audio.done": CallSession._on_audio_done,
     "response.created": CallSession._on_response_created,
     "response.done": CallSession._on_response_done,

@@ -24,6 +24,9 @@ class ItemsMixin:
     if TYPE_CHECKING:
         conversation: Conversation
         _in_fmt: AudioFormat
+        _utterances: int
+        _replies: int
+        _greeted: bool
 
         def emit(self, event: dict[str, Any]) -> None: ...
         def error(
@@ -89,6 +92,22 @@ class ItemsMixin:
             )
             return
         self.add_item(self.item_from_client(raw), prev)
+        self._note_restored_turn(raw)
+
+    def _note_restored_turn(self, raw: dict[str, Any]) -> None:
+        """Text history a client re-creates (after a reconnect) advances the script like speech did.
+
+        The script describes the whole call, so a fresh session that is handed the first turns
+        as text goes on with the next scripted line instead of starting over.
+        """
+        if raw.get("type") != "message":
+            return
+        if raw.get("role") == "user":
+            self._utterances += 1
+        elif raw.get("role") == "assistant":
+            if self._greeted:
+                self._replies += 1
+            self._greeted = True
 
     def _on_item_delete(self, obj: dict[str, Any]) -> None:
         item_id = obj["item_id"]

@@ -37,6 +37,7 @@ from callbot.core import realtime as rt
 from callbot.core import stream_token
 from callbot.core import twilio as tw
 from callbot.core.call import CallConfig
+from callbot.core.recovery import RecoveryPolicy
 from callbot.core.summary import DEFAULT_PROMPT, SummaryPolicy
 from callbot.core.ticket import load_prompt, load_schema
 from callbot.settings import Settings
@@ -68,6 +69,11 @@ def call_config(settings: Settings) -> CallConfig:
         playback_lead_ms=settings.playback_lead_ms,
         mark_interval_ms=settings.mark_interval_ms,
         session_ready_timeout_ms=int(settings.session_ready_timeout_s * 1000),
+        recovery=RecoveryPolicy(
+            max_reconnects=settings.max_reconnects,
+            session_max_age_ms=int(settings.session_max_age_s * 1000),
+            twilio_idle_timeout_ms=int(settings.twilio_idle_timeout_s * 1000),
+        ),
         summary=SummaryPolicy(
             enabled=settings.summary_enabled,
             trigger_tokens=settings.summary_trigger_tokens,
@@ -297,6 +303,9 @@ def _twiml(services: Services, params: dict[str, str]) -> str:
     stream.parameter(name="token", value=token)
     stream.parameter(name="from", value=params.get("From", ""))
     stream.parameter(name="to", value=params.get("To", ""))
+    # <Connect> blocks until our websocket closes; if callbot ends the call itself (upstream
+    # failure, shutdown), Twilio goes on to this and the caller hears why (PROTOCOLS.md 1.3).
+    response.say(settings.end_message)
     return str(response)
 
 

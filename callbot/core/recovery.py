@@ -1,0 +1,56 @@
+"""Keeping a call alive across a lost or expiring Realtime session.
+
+A phone line is not a chat window: when the Realtime websocket drops, or its session nears
+the ~60 minute limit (PROTOCOLS.md 9.6), the call opens a fresh session, configures it again and
+restores the context as text (the current summary as a system item, then the verbatim turns
+in order) under the same item ids, so the local mirror and the new server agree at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from callbot.core import realtime as rt
+from callbot.core.conversation import ConversationState
+
+UNTRANSCRIBED_CALLER = "[the caller spoke here; no transcript is available]"
+SILENT_ASSISTANT = "[the assistant was interrupted before it said anything]"
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryPolicy:
+    max_reconnects: int = 3
+    """Attempts per outage; the counter resets once a new session is configured."""
+    backoff_ms: tuple[int, ...] = (200, 1000, 3000)
+    session_max_age_ms: int = 55 * 60_000
+    """Roll over to a fresh session after this long, at a quiet moment."""
+    rollover_grace_ms: int = 4 * 60_000
+    """If nobody stops talking for this long past the age limit, roll over anyway."""
+    twilio_idle_timeout_ms: int = 15_000
+    """Twilio streams 50 frames a second, silence included: this long without one is a dead line."""
+
+    def delay_ms(self, attempt: int) -> int:
+        return self.backoff_ms[min(attempt, len(self.backoff_ms)) - 1] if self.backoff_ms else 0
+
+
+def restore_events(conv: ConversationState) -> list[dict[str, Any]]:
+    """Client events that rebuild the live context on a fresh session, in order.
+
+    Turns already folded into a summary (whose delete had not gone through) are not restored:
+    the summary covers them, so they leave the local context too.
+    """
+    events: list[dict[str, Any]] = []
+    for item_id in list(conv.context):
+        turn = conv.get(item_id)
+        if turn is None:
+            continue
+        if turn.is_summary or turn.role == "system":
+            events.append(rt.system_message(item_id, turn.text or "", previous_item_id=None))
+        elif turn.summary_id is not None:
+            conv.item_deleted(item_id)
+        elif turn.role == "user":
+            events.append(rt.user_text(item_id, turn.text or UNTRANSCRIBED_CALLER))
+        else:
+            events.append(rt.assistant_text(item_id, turn.text or SILENT_ASSISTANT))
+    return events
