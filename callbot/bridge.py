@@ -34,6 +34,7 @@ from callbot.core.call import (
     SendTwilio,
 )
 from callbot.core.record import CallRecord
+from callbot.metrics import LATENCY_SAMPLE_EVERY, Metrics
 
 log = logging.getLogger("callbot.bridge")
 
@@ -58,9 +59,10 @@ StartCheck = Callable[[tw.Start], str | None]
 class Pacer:
     """One 20 ms clock for every call in the process, instead of a timer task per call."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics | None = None) -> None:
         self._calls: set[CallBridge] = set()
         self._task: asyncio.Task[None] | None = None
+        self._metrics = metrics
         self.max_lag_ms = 0.0
 
     def add(self, bridge: CallBridge) -> bool:
@@ -86,6 +88,8 @@ class Pacer:
             else:
                 self.max_lag_ms = max(self.max_lag_ms, -delay * 1000)
                 next_at = loop.time()
+            if self._metrics is not None:
+                self._metrics.loop_lag.observe(max(0.0, loop.time() - next_at))
             for bridge in list(self._calls):
                 await bridge.on_tick()
 
@@ -111,6 +115,7 @@ class CallBridge:
         start_check: StartCheck | None = None,
         summariser: Summariser | None = None,
         summary_model: str = "",
+        metrics: Metrics | None = None,
     ) -> None:
         self.twilio = twilio
         self.connector = connector
@@ -120,6 +125,9 @@ class CallBridge:
         self.start_check = start_check
         self.summariser = summariser
         self.summary_model = summary_model
+        self.metrics = metrics
+        self._inbound_count = 0
+        self._outbound_count = 0
         self.realtime: RealtimeLink | None = None
         self.started_at = datetime.now(UTC)
         self._t0 = time.monotonic()
@@ -150,6 +158,11 @@ class CallBridge:
         )
 
     # ----- lifecycle -----
+    def hang_up(self, reason: str) -> None:
+        """End the call from outside (graceful shutdown): Twilio then speaks the end message."""
+        self.session.end(reason)
+        self._ended.set()
+
     async def run(self) -> None:
         try:
             async with asyncio.TaskGroup() as tg:
@@ -187,11 +200,21 @@ class CallBridge:
         if self._saving is not None:
             with contextlib.suppress(Exception):
                 await self._saving
-        if self.observer is not None and self.session.info is not None:
-            try:
-                self.ticket_id = await self.observer.call_ended(self.record(final=True))
-            except Exception:
-                log.exception("could not hand the finished call to the ticket service")
+        if self.session.info is not None:
+            record = self.record(final=True)
+            if self.metrics is not None:
+                self.metrics.call_finished(
+                    record.end_reason,
+                    record.duration_s or 0.0,
+                    self.session.stats,
+                    len(record.summaries),
+                    (record.usage.input_tokens, record.usage.output_tokens),
+                )
+            if self.observer is not None:
+                try:
+                    self.ticket_id = await self.observer.call_ended(record)
+                except Exception:
+                    log.exception("could not hand the finished call to the ticket service")
         log.info(
             "call ended: %s (%d turns, %d barge-ins, %d invalid Twilio messages)",
             self.session.end_reason,
@@ -207,7 +230,14 @@ class CallBridge:
             if text is None:
                 await self._perform(self.session.end("Twilio websocket closed"))
                 return
+            started = time.perf_counter()
             event = tw.parse(text)
+            if isinstance(event, tw.Media):
+                self._inbound_count += 1
+                if self.metrics is not None and self._inbound_count % LATENCY_SAMPLE_EVERY == 0:
+                    await self._perform(self.session.receive_twilio(event, self.now_ms()))
+                    self.metrics.inbound_latency.observe(time.perf_counter() - started)
+                    continue
             if isinstance(event, tw.Start):
                 call_sid_var.set(event.call_sid)
                 refusal = self.start_check(event) if self.start_check else None
@@ -231,6 +261,13 @@ class CallBridge:
                 return
             if link is not self.realtime:
                 return
+            if self.metrics is not None and event.get("type") == "response.output_audio.delta":
+                self._outbound_count += 1
+                if self._outbound_count % 5 == 0:  # deltas are ~5x rarer than frames
+                    started = time.perf_counter()
+                    await self._perform(self.session.receive_realtime(event, self.now_ms()))
+                    self.metrics.outbound_latency.observe(time.perf_counter() - started)
+                    continue
             await self._perform(self.session.receive_realtime(event, self.now_ms()))
 
     async def _connect_realtime(self, delay_ms: int = 0) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -22,16 +23,51 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 2
     setup_logging(settings.log_level, json_lines=settings.log_json)
     app = create_app(settings)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
         ws_max_size=settings.max_message_bytes,
         proxy_headers=True,
         log_config=None,
-        timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
+        timeout_graceful_shutdown=5,
     )
+    DrainingServer(config, settings.drain_timeout_s).run()
     return 0
+
+
+def DrainingServer(config: Any, drain_timeout_s: float) -> Any:
+    """A uvicorn server whose first SIGTERM/SIGINT drains calls before shutting down.
+
+    Plain uvicorn closes every websocket at once on SIGTERM, hanging up on callers. Here the
+    first signal makes readiness fail and the webhook refuse new calls politely, lets active
+    calls finish for up to `drain_timeout_s`, ends the rest (Twilio speaks the end message),
+    and only then lets uvicorn stop; tickets are written as each call ends. A second signal
+    stops at once.
+    """
+    import asyncio
+
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        draining = False
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.draining or self.should_exit:
+                super().handle_exit(sig, frame)
+                return
+            self.draining = True
+            loop = asyncio.get_event_loop()
+            loop.call_soon_threadsafe(lambda: loop.create_task(self._drain_then_exit()))
+
+        async def _drain_then_exit(self) -> None:
+            app: Any = self.config.app
+            services = getattr(app.state, "services", None)
+            if services is not None:
+                await services.drain(drain_timeout_s)
+            self.should_exit = True
+
+    return _Server(config)
 
 
 def build_parser() -> argparse.ArgumentParser:

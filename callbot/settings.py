@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     openai_base_url: str | None = Field(
         default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "CALLBOT_OPENAI_BASE_URL")
     )
+    realtime_url: str | None = Field(
+        default=None,
+        description="Websocket base URL for Realtime when it differs from OPENAI_BASE_URL (proxies, tests).",
+    )
 
     # --- Twilio ---
     twilio_account_sid: str | None = Field(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import httpx
 import pytest
 
 from callbot.sim.caller import HangUp, Say, SayDuringAssistant, Silence, WaitForAssistant
@@ -106,3 +109,18 @@ async def test_barge_in_clears_twilio_cancels_and_truncates_at_heard_audio() -> 
     intervals = result.assistant_speech_intervals()
     assert any(start > clear_ms for start, _ in intervals)
     assert record.transcript[-1].text == "Of course, go ahead."
+
+
+async def test_metrics_count_the_call_and_its_outcome() -> None:
+    async with running_rig(TWO_TURNS) as rig:
+        steps = [WaitForAssistant(timeout_s=10), Say(speech(900, seed=5)), Silence(100)]
+        await rig.caller().run([*steps, WaitForAssistant(timeout_s=10), HangUp()])
+        while rig.observer.ended == []:
+            await asyncio.sleep(0.02)
+        async with httpx.AsyncClient(base_url=rig.base_url) as http:
+            text = (await http.get("/metrics")).text
+    assert 'callbot_calls_total{outcome="caller_hung_up"} 1.0' in text
+    assert "callbot_active_calls 0.0" in text
+    assert 'callbot_tokens_total{direction="input"}' in text
+    assert "callbot_bridge_inbound_latency_seconds_count" in text
+    assert "callbot_call_duration_seconds_count 1.0" in text

@@ -21,6 +21,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response, WebSocket
 from fastapi.responses import JSONResponse
 from openai import AsyncOpenAI
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import VoiceResponse
 
@@ -40,6 +41,7 @@ from callbot.core.call import CallConfig
 from callbot.core.recovery import RecoveryPolicy
 from callbot.core.summary import DEFAULT_PROMPT, SummaryPolicy
 from callbot.core.ticket import load_prompt, load_schema
+from callbot.metrics import Metrics
 from callbot.settings import Settings
 from callbot.ticketing import TicketService
 from callbot.web.review import review_router
@@ -96,7 +98,8 @@ class Services:
 
     settings: Settings
     connector: RealtimeConnector
-    pacer: Pacer = field(default_factory=Pacer)
+    metrics: Metrics = field(default_factory=Metrics)
+    pacer: Pacer = field(init=False)
     observer: CallObserver | None = None
     summariser: Summariser | None = None
     store: SqlTicketStore | None = None
@@ -104,6 +107,27 @@ class Services:
     active_calls: set[CallBridge] = field(default_factory=set)
     calls_total: int = 0
     ready: bool = True
+
+    def __post_init__(self) -> None:
+        self.pacer = Pacer(self.metrics)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Graceful shutdown: take no new calls, let active ones finish, then end the rest politely.
+
+        Each ended call closes its media websocket, so Twilio speaks the TwiML's end message; each
+        bridge writes its ticket as it finishes, and this returns once every bridge is done.
+        """
+        self.ready = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        log.info("draining: %d active calls, up to %.0f s", len(self.active_calls), timeout_s)
+        while self.active_calls and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        for bridge in list(self.active_calls):
+            bridge.hang_up("server shutting down")
+        while self.active_calls:
+            await asyncio.sleep(0.05)
+        log.info("drained: every call has ended")
 
 
 def _stream_secret(settings: Settings) -> bytes:
@@ -161,6 +185,11 @@ def create_app(
 
     app = FastAPI(title="callbot", lifespan=lifespan, docs_url=None, redoc_url=None)
 
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        services: Services = request.app.state.services
+        return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     @app.get("/healthz")
     async def healthz(request: Request) -> JSONResponse:
         services: Services = request.app.state.services
@@ -199,13 +228,16 @@ def create_app(
             start_check=lambda start: _check_start(services, start),
             summariser=services.summariser,
             summary_model=settings.summary_model if settings.summary_enabled else "",
+            metrics=services.metrics,
         )
         services.active_calls.add(bridge)
         services.calls_total += 1
+        services.metrics.active_calls.inc()
         try:
             await bridge.run()
         finally:
             services.active_calls.discard(bridge)
+            services.metrics.active_calls.dec()
 
     def current_store() -> SqlTicketStore:
         store: SqlTicketStore | None = app.state.services.store
@@ -222,7 +254,9 @@ def create_app(
 
 def _openai_client(settings: Settings) -> AsyncOpenAI:
     api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "not-configured"
-    return AsyncOpenAI(api_key=api_key, base_url=settings.openai_base_url)
+    return AsyncOpenAI(
+        api_key=api_key, base_url=settings.openai_base_url, websocket_base_url=settings.realtime_url
+    )
 
 
 class Ticketing:
@@ -290,10 +324,12 @@ def _twiml(services: Services, params: dict[str, str]) -> str:
     settings = services.settings
     response = VoiceResponse()
     if not services.ready:
+        services.metrics.rejected_calls.labels("draining").inc()
         response.say("Sorry, we are not taking calls right now. Please call again in a few minutes.")
         response.hangup()
         return str(response)
     if len(services.active_calls) >= settings.max_concurrent_calls:
+        services.metrics.rejected_calls.labels("busy").inc()
         response.say("All our lines are busy right now. Please call again in a few minutes.")
         response.hangup()
         return str(response)
