@@ -57,6 +57,14 @@ class Settings(BaseSettings):
     validate_twilio_signatures: bool = Field(
         default=True, description="Development only: false skips X-Twilio-Signature checks."
     )
+    require_stream_signature: bool = Field(
+        default=False,
+        description=(
+            "Refuse media websockets without X-Twilio-Signature. Off by default: whether Twilio signs "
+            "the upgrade is unverified (PROTOCOLS.md 2.5); a present signature is always checked, and "
+            "the per-call stream token is always required."
+        ),
+    )
     stream_token_ttl_s: int = Field(default=120, ge=10, description="Lifetime of the per-call stream token.")
 
     # --- Realtime agent ---

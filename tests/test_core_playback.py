@@ -323,3 +323,11 @@ def test_forget_drops_an_items_counters() -> None:
     assert tracker.heard_ms("item_A") == 60
     tracker.forget("item_A")
     assert (tracker.heard_ms("item_A"), tracker.sent_ms("item_A")) == (0, 0)
+
+
+def test_the_outbound_queue_is_bounded_and_drops_the_oldest_frames() -> None:
+    tracker = PlaybackTracker(lead_ms=100, mark_interval_ms=60, max_queued_ms=200)  # 10 frames
+    tracker.enqueue("a", [bytes([n]) * 160 for n in range(25)])
+    assert tracker.queued_frames == 10 and tracker.frames_overflowed == 15
+    first = tracker.take_due(0)[0][1]
+    assert first == bytes([15]) * 160  # the newest audio survives; the oldest went

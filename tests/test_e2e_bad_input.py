@@ -103,3 +103,23 @@ async def test_garbage_frames_are_ignored_and_a_forged_start_is_refused_while_a_
     assert result.outcome == "completed" and result.violations == []
     texts = [e.text for e in rig.observer.ended[-1].transcript]
     assert texts == ["Hello there.", "Fine, thanks.", "Glad to hear it."]
+
+
+async def _upgrade_status(base_url: str, headers: dict[str, str]) -> int:
+    url = base_url.replace("http://", "ws://") + "/twilio/media"
+    try:
+        async with websockets.connect(url, additional_headers=headers):
+            return 101
+    except websockets.InvalidStatus as refused:
+        return refused.response.status_code
+
+
+async def test_media_upgrade_signatures_are_checked_and_can_be_required() -> None:
+    good = RequestValidator(AUTH_TOKEN).compute_signature("wss://bot.example.test/twilio/media", {})
+    async with running_rig() as rig:
+        assert await _upgrade_status(rig.base_url, {"X-Twilio-Signature": "Zm9yZ2Vk"}) == 403
+        assert await _upgrade_status(rig.base_url, {"X-Twilio-Signature": good}) == 101
+        assert await _upgrade_status(rig.base_url, {}) == 101  # unsigned is allowed by default ...
+    async with running_rig(require_stream_signature=True) as rig:
+        assert await _upgrade_status(rig.base_url, {}) == 403  # ... unless required
+        assert await _upgrade_status(rig.base_url, {"X-Twilio-Signature": good}) == 101

@@ -37,8 +37,9 @@ class Interruption:
 class PlaybackTracker:
     """Paces frames to Twilio and turns mark echoes into heard milliseconds per assistant item."""
 
-    def __init__(self, lead_ms: int = 100, mark_interval_ms: int = 60) -> None:
+    def __init__(self, lead_ms: int = 100, mark_interval_ms: int = 60, max_queued_ms: int = 300_000) -> None:
         self.lead_ms = lead_ms
+        self.max_queued_frames = max(1, max_queued_ms // FRAME_MS)
         self.mark_interval_bytes = max(FRAME_BYTES, mark_interval_ms * BYTES_PER_MS)
         self._queue: deque[tuple[str, bytes]] = deque()
         self._generation = 0
@@ -51,10 +52,18 @@ class PlaybackTracker:
         self._buffer_until_ms = 0  # when Twilio's buffer runs dry, by our estimate
         self.frames_sent = 0
         self.frames_dropped = 0
+        self.frames_overflowed = 0
 
     # ----- producing -----
     def enqueue(self, item_id: str, frames: list[bytes]) -> None:
+        """Queue frames to play; past the bound the oldest are dropped and counted, never unbounded."""
         self._queue.extend((item_id, frame) for frame in frames)
+        excess = len(self._queue) - self.max_queued_frames
+        for _ in range(excess):
+            self._queue.popleft()
+        if excess > 0:
+            self.frames_dropped += excess
+            self.frames_overflowed += excess
 
     @property
     def queued_frames(self) -> int:

@@ -211,13 +211,12 @@ def create_app(
     async def media(ws: WebSocket) -> None:
         services: Services = ws.app.state.services
         settings = services.settings
-        signature = ws.headers.get("x-twilio-signature")
-        if settings.validate_twilio_signatures and signature is not None:
-            validator = RequestValidator(settings.twilio_auth_token.get_secret_value())  # type: ignore[union-attr]
-            if not validator.validate(settings.media_ws_url, {}, signature):
-                log.warning("refusing a media websocket with a bad X-Twilio-Signature")
-                await ws.close(code=1008)
-                return
+        refusal = _upgrade_refusal(settings, ws.headers.get("x-twilio-signature"))
+        if refusal is not None:
+            log.warning("refusing a media websocket: %s", refusal)
+            services.metrics.rejected_calls.labels("bad_stream_signature").inc()
+            await ws.close(code=1008)
+            return
         await ws.accept()
         bridge = CallBridge(
             TwilioSocket(ws, settings.max_message_bytes),
@@ -318,6 +317,20 @@ def _signature_ok(settings: Settings, request: Request, params: dict[str, str]) 
         url += "?" + request.url.query
     validator = RequestValidator(settings.twilio_auth_token.get_secret_value())
     return bool(validator.validate(url, params, signature))
+
+
+def _upgrade_refusal(settings: Settings, signature: str | None) -> str | None:
+    """Check the media websocket upgrade against the wss:// URL in our TwiML (PROTOCOLS.md 2.5)."""
+    if not settings.validate_twilio_signatures:
+        return None
+    if signature is None:
+        return "no X-Twilio-Signature on the upgrade" if settings.require_stream_signature else None
+    if settings.twilio_auth_token is None:
+        return "no TWILIO_AUTH_TOKEN to check the upgrade's signature"
+    validator = RequestValidator(settings.twilio_auth_token.get_secret_value())
+    if not validator.validate(settings.media_ws_url, {}, signature):
+        return "bad X-Twilio-Signature on the upgrade"
+    return None
 
 
 def _twiml(services: Services, params: dict[str, str]) -> str:
