@@ -182,3 +182,29 @@ class Settings(BaseSettings):
             )
         if missing:
             raise SettingsError("missing settings: " + "; ".join(missing))
+
+
+def env_example() -> str:
+    """The text of deploy/env.example: every setting with its default (a test keeps the file in sync)."""
+    lines = [
+        "# Every callbot setting, with its default. Copy to .env and fill in what you need.",
+        "# Credentials use the names the OpenAI and Twilio SDKs read; everything else is CALLBOT_<NAME>.",
+        "# Lines starting with '# NAME=' have no default: uncomment and set them as needed.",
+        "",
+    ]
+    for name, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        env = alias.choices[0] if isinstance(alias, AliasChoices) else f"CALLBOT_{name.upper()}"
+        default = info.get_default(call_default_factory=True)
+        if isinstance(default, bool):
+            value = str(default).lower()
+        elif isinstance(default, list):
+            value = "[]"
+        elif default is None or "\n" in str(default) or len(str(default)) > 100:
+            value = ""
+        else:
+            value = str(default)
+        if info.description:
+            lines.append(f"# {info.description}")
+        lines.append(f"{env}={value}" if value else f"# {env}=")
+    return "\n".join(lines) + "\n"

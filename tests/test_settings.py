@@ -1,0 +1,35 @@
+"""Settings: the env example stays complete, and values come from the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from callbot.settings import Settings, env_example
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_env_example_lists_every_setting_with_its_default() -> None:
+    # Regenerate with: python -c "from callbot.settings import env_example; print(env_example(), end='')"
+    assert (ROOT / "deploy" / "env.example").read_text() == env_example()
+
+
+def test_settings_read_the_sdk_names_and_callbot_prefixed_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "tok")
+    monkeypatch.setenv("CALLBOT_PUBLIC_URL", "https://bot.example.com/")
+    monkeypatch.setenv("CALLBOT_AUDIO_MODE", "pcmu")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings.check_serving()
+    assert settings.audio_mode == "pcmu"
+    assert settings.media_ws_url == "wss://bot.example.com/twilio/media"
+    assert settings.voice_webhook_url == "https://bot.example.com/twilio/voice"
+    assert "sk-test" not in repr(settings)  # secrets never end up in logs via repr
+
+
+def test_instructions_can_come_from_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "persona.txt"
+    path.write_text("You are Ada, the dental practice's receptionist.\n")
+    assert Settings(_env_file=None, instructions_file=path).instructions.startswith("You are Ada")  # type: ignore[call-arg]
