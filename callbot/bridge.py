@@ -177,6 +177,7 @@ class CallBridge:
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         assert self._tg is not None
         task = self._tg.create_task(self._guard(coro, name), name=name)
+        self._tasks = [t for t in self._tasks if not t.done()]  # long calls spawn many summaries
         self._tasks.append(task)
 
     async def _guard(self, coro: Coroutine[Any, Any, None], name: str) -> None:

@@ -231,7 +231,10 @@ class FilterError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class TicketFilters:
-    """What to list. `since` is inclusive and `until` exclusive, both on the call's start time."""
+    """What to list. `since` is inclusive and `until` exclusive, both on the call's start time.
+
+    `call_sid` matches one call exactly (the softphone finds its own call's ticket with it).
+    """
 
     search: str | None = None
     status: str | None = None
@@ -239,6 +242,7 @@ class TicketFilters:
     priority: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    call_sid: str | None = None
 
     @classmethod
     def from_strings(
@@ -250,6 +254,7 @@ class TicketFilters:
         priority: str | None = None,
         since: str | None = None,
         until: str | None = None,
+        call_sid: str | None = None,
     ) -> TicketFilters:
         """Filters from a form or a command line; empty strings mean "any".
 
@@ -269,6 +274,7 @@ class TicketFilters:
             priority=priority,
             since=parse_time_bound("since", since, end_of_day=False),
             until=parse_time_bound("until", until, end_of_day=True),
+            call_sid=call_sid.strip() if call_sid and call_sid.strip() else None,
         )
 
 

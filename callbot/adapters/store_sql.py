@@ -355,6 +355,8 @@ def _where(filters: TicketFilters) -> builtins.list[sa.ColumnElement[bool]]:
         where.append(tickets.c.started_at >= filters.since)
     if filters.until:
         where.append(tickets.c.started_at < filters.until)
+    if filters.call_sid:
+        where.append(tickets.c.call_sid == filters.call_sid)
     return where
 
 

@@ -6,7 +6,8 @@ then one 160-byte mu-law `media` frame every 20 ms whether or not the caller tal
 buffer that honours `mark` and `clear` exactly as Twilio documents. Everything the bot sends is
 validated, because a real Twilio call would silently misbehave on the same mistakes.
 
-Public API (re-exported here): `TwilioCaller`, `CallResult`, the script steps, the mu-law codec.
+Public API (re-exported here): `TwilioCaller`, `CallResult`, the script steps, the mu-law codec,
+and the live audio protocols (`Live` steps read an `AudioSource`; `audio_sink` hears playback).
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus, WebSocketException
 
+from callbot.sim.caller_audio import AudioSink, AudioSource
 from callbot.sim.caller_codec import mulaw_decode, mulaw_encode
 from callbot.sim.caller_result import CallResult, speech_intervals
 from callbot.sim.caller_script import (
     CallerScript,
     Dtmf,
     HangUp,
+    Live,
     Say,
     SayDuringAssistant,
     ScriptCursor,
@@ -41,11 +44,14 @@ from callbot.sim.caller_script import (
 from callbot.sim.caller_stream import SessionConfig, StreamSession
 
 __all__ = [
+    "AudioSink",
+    "AudioSource",
     "CallResult",
     "CallerScript",
     "Dtmf",
     "EventHook",
     "HangUp",
+    "Live",
     "Say",
     "SayDuringAssistant",
     "Silence",
@@ -88,6 +94,9 @@ class TwilioCaller:
     `public_base_url` simulates Twilio reaching the bot through a tunnel or TLS terminator: the
     webhook signature is computed over the public URL and the <Stream url> is signed as written
     in the TwiML, but both requests are actually sent to `base_url`'s host.
+
+    `audio_sink` receives every tick's playback as it happens (a softphone's speaker); together
+    with a `Live(source)` step (a microphone) the simulator becomes a phone.
     """
 
     def __init__(
@@ -106,6 +115,7 @@ class TwilioCaller:
         extra_params: dict[str, str] | None = None,
         max_call_s: float = 600.0,
         public_base_url: str | None = None,
+        audio_sink: AudioSink | None = None,
     ) -> None:
         if speed <= 0:
             raise ValueError("speed must be positive")
@@ -123,6 +133,7 @@ class TwilioCaller:
         self.signed_webhook_url = (self.public_base_url or self.base_url) + webhook_path
         self.extra_params = dict(extra_params or {})
         self.max_call_s = max_call_s
+        self.audio_sink = audio_sink
 
     def emit(self, kind: str, data: dict[str, Any]) -> None:
         """Tell the observer; its failures are logged, never allowed to break the call."""
@@ -262,6 +273,7 @@ class TwilioCaller:
             speed=self.speed,
             max_call_s=self.max_call_s,
             emit=self.emit,
+            sink=self.audio_sink,
         )
         session = StreamSession(config, ws, ScriptCursor(script), result)
         await session.run()

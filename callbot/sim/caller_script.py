@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from callbot.sim.caller_audio import AudioSource
 from callbot.sim.caller_codec import FRAME_MS
 
 SAMPLES_PER_FRAME = 160
@@ -71,12 +72,23 @@ class Dtmf:
             raise ValueError(f"not a DTMF digit: {self.digit!r}")
 
 
+@dataclass(frozen=True, eq=False)
+class Live:
+    """Stream whatever `source` delivers (a microphone), one frame per tick, until it returns None.
+
+    The source is asked once per tick, on the call's clock; see `callbot.sim.caller_audio`.
+    """
+
+    source: AudioSource
+    label: str = ""
+
+
 @dataclass(frozen=True)
 class HangUp:
     """Hang up: Twilio sends `stop` and closes the socket."""
 
 
-Step = Say | Silence | WaitForAssistant | SayDuringAssistant | Dtmf | HangUp
+Step = Say | Silence | WaitForAssistant | SayDuringAssistant | Dtmf | Live | HangUp
 
 
 @dataclass
@@ -153,7 +165,11 @@ class ScriptCursor:
         self._quiet_ms = 0
         self._speech_start = None
         self._speaking = False
-        plan.notes.append(("step", {"index": self._index, "step": type(step).__name__, "tick": tick}))
+        note: dict[str, object] = {"index": self._index, "step": type(step).__name__, "tick": tick}
+        label = getattr(step, "label", "")
+        if label:
+            note["label"] = label
+        plan.notes.append(("step", note))
 
     def _take_audio(self, pcm: np.ndarray) -> np.ndarray | None:
         """Next 160 samples of `pcm`, zero-padded; None when it is exhausted."""
@@ -185,6 +201,11 @@ class ScriptCursor:
                     return plan
             elif isinstance(step, Dtmf):
                 plan.dtmf.append(step.digit)
+            elif isinstance(step, Live):
+                live = step.source.read_frame()
+                if live is not None:
+                    plan.frame = _as_frame(live)
+                    return plan
             elif isinstance(step, HangUp):
                 plan.hangup = True
                 self._next_step()
@@ -225,3 +246,11 @@ class ScriptCursor:
             self._next_step()
         plan.ended = True
         return plan
+
+
+def _as_frame(pcm: np.ndarray) -> np.ndarray:
+    """Exactly one frame of int16 from a live source: cut or zero-padded to 160 samples."""
+    frame = np.asarray(pcm, dtype=np.int16)[:SAMPLES_PER_FRAME]
+    if len(frame) < SAMPLES_PER_FRAME:
+        frame = np.concatenate([frame, np.zeros(SAMPLES_PER_FRAME - len(frame), dtype=np.int16)])
+    return frame

@@ -19,6 +19,7 @@ import orjson
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from callbot.sim.caller_audio import AudioSink
 from callbot.sim.caller_codec import FRAME_BYTES, FRAME_MS, mulaw_decode, mulaw_encode, silence_frame
 from callbot.sim.caller_playback import BURST_GAP_TICKS, PlaybackQueue, playback_stats
 from callbot.sim.caller_result import CallResult, MarkStatus
@@ -40,6 +41,8 @@ class SessionConfig:
     speed: float
     max_call_s: float
     emit: Callable[[str, dict[str, Any]], None]
+    sink: AudioSink | None = None
+    """Gets every tick's playback as it happens (a softphone's speaker); None records only."""
 
 
 class StreamSession:
@@ -173,15 +176,21 @@ class StreamSession:
     def record_playback(self, frame: bytes | None, tick_ms: float) -> None:
         """Append what the caller heard this tick and announce assistant bursts to the observer."""
         if frame is None:
-            self.assistant_frames.append(np.zeros(FRAME_BYTES, dtype=np.int16))
+            quiet = np.zeros(FRAME_BYTES, dtype=np.int16)
+            self.assistant_frames.append(quiet)
             self.played.append(False)
+            if self.cfg.sink is not None:
+                self.cfg.sink.play_frame(quiet)
             self.quiet_ticks += 1
             if self.in_burst and self.quiet_ticks >= BURST_GAP_TICKS:
                 self.in_burst = False
                 self.cfg.emit("assistant_audio_end", {"ms": tick_ms - self.quiet_ticks * FRAME_MS + FRAME_MS})
             return
-        self.assistant_frames.append(mulaw_decode(frame))
+        pcm = mulaw_decode(frame)
+        self.assistant_frames.append(pcm)
         self.played.append(True)
+        if self.cfg.sink is not None:
+            self.cfg.sink.play_frame(pcm)
         self.quiet_ticks = 0
         if not self.in_burst:
             self.in_burst = True

@@ -155,15 +155,16 @@ class _ListQuery:
     since: str | None
     until: str | None
     page: int
+    call_sid: str | None = None
 
     def filters(self) -> TicketFilters:
         return TicketFilters.from_strings(
             search=self.q, status=self.status, category=self.category, priority=self.priority,
-            since=self.since, until=self.until,
+            since=self.since, until=self.until, call_sid=self.call_sid,
         )  # fmt: skip
 
     def form(self) -> dict[str, str]:
-        fields = ("q", "status", "category", "priority", "since", "until")
+        fields = ("q", "status", "category", "priority", "since", "until", "call_sid")
         return {name: getattr(self, name) or "" for name in fields}
 
     def url(self, base: str, page: int) -> str:
@@ -179,8 +180,9 @@ def _list_query(
     since: str | None = Query(None, max_length=40),
     until: str | None = Query(None, max_length=40),
     page: int = Query(1, ge=1, le=1_000_000),
+    call_sid: str | None = Query(None, max_length=64),
 ) -> _ListQuery:
-    return _ListQuery(q, status, category, priority, since, until, page)
+    return _ListQuery(q, status, category, priority, since, until, page, call_sid)
 
 
 class _ReviewPages:
