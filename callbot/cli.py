@@ -81,9 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     serve.set_defaults(func=_cmd_serve)
 
-    from callbot import cli_tickets, demo
+    from callbot import cli_tickets, demo, phone
 
     demo.add_parser(sub)
+    phone.add_parser(sub)
     cli_tickets.register(sub)
     fake = sub.add_parser("fake-realtime", help="run the fake OpenAI Realtime server (tests, benchmarks)")
     fake.add_argument("--host", default="127.0.0.1")
