@@ -239,7 +239,8 @@ class CallBridge:
                     await self._perform(self.session.receive_twilio(event, self.now_ms()))
                     self.metrics.inbound_latency.observe(time.perf_counter() - started)
                     continue
-            if isinstance(event, tw.Start):
+            if isinstance(event, tw.Start) and self.session.phase == "awaiting_start":
+                # only the first start opens a call; the core logs and ignores any later one
                 call_sid_var.set(event.call_sid)
                 refusal = self.start_check(event) if self.start_check else None
                 if refusal is not None:

@@ -17,7 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
 from callbot.adapters.store_migrate import current_revision, head_revision, upgrade_database
-from callbot.adapters.store_models import TicketFilters, metadata
+from callbot.adapters.store_models import TicketFilters, metadata, tickets
 from callbot.adapters.store_sql import SqlTicketStore, StoreUnavailable, TicketNotFound, create_engine
 from callbot.core.record import CallInfo, CallRecord, SummaryEvent, TranscriptEntry, UsageTotals
 from callbot.core.ticket import TicketStatus
@@ -345,6 +345,25 @@ async def test_pending_summaries_oldest_attempt_first(store: SqlTicketStore) -> 
     assert [v.call_sid for v in pending] == ["CA3", "CA1"]
     assert pending[0].transcript[0].text == "I am CA3"
     assert [v.call_sid for v in await store.pending_summaries(1)] == ["CA3"]
+
+
+async def test_calls_abandoned_by_a_crash_are_summarised_as_they_stand(store: SqlTicketStore) -> None:
+    await store.upsert_call(
+        make_record("CA8", ended=False, lines=("My order is 771",)), TicketStatus.IN_PROGRESS
+    )
+    await store.upsert_call(make_record("CA9", ended=False), TicketStatus.IN_PROGRESS)
+    # CA8's process died: its last progress save is three hours old. CA9 is a live call.
+    old = datetime.now(UTC) - timedelta(hours=3)
+    await store._run(
+        lambda conn: conn.execute(tickets.update().where(tickets.c.call_sid == "CA8").values(updated_at=old))
+    )
+    pending = await store.pending_summaries(10)
+    assert [v.call_sid for v in pending] == ["CA8"]
+    assert pending[0].transcript[0].text == "My order is 771"
+    assert await store.pending_summaries(10, abandoned_after_s=None) == []
+    await store.complete("CA8", summary("recovered"))
+    ticket = await store.get_by_call_sid("CA8")
+    assert ticket is not None and ticket.status == TicketStatus.COMPLETE.value
 
 
 # ----- failures -----

@@ -14,7 +14,7 @@ import asyncio
 import builtins
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -46,6 +46,7 @@ T = TypeVar("T")
 
 MAX_PAGE_SIZE = 500
 MAX_ERROR_CHARS = 2000
+ABANDONED_AFTER_S = 2 * 3600.0
 
 
 class StoreUnavailable(Exception):
@@ -246,16 +247,25 @@ class SqlTicketStore:
         total, rows = await self._run(work)
         return TicketPage(items=[_list_item(r) for r in rows], total=total, page=page, page_size=page_size)
 
-    async def pending_summaries(self, limit: int = 50) -> builtins.list[TicketView]:
-        """Ended calls still waiting for their summary, least recently tried first."""
+    async def pending_summaries(
+        self, limit: int = 50, *, abandoned_after_s: float | None = ABANDONED_AFTER_S
+    ) -> builtins.list[TicketView]:
+        """Ended calls still waiting for their summary, least recently tried first.
+
+        Also calls abandoned mid-way: an `in_progress` ticket with no progress saved for
+        `abandoned_after_s` belonged to a process that crashed (a live call saves after every
+        turn, and a stream silent for seconds is hung up), so it is summarised as it stands.
+        """
+        waiting = tickets.c.status == TicketStatus.PENDING_SUMMARY.value
+        if abandoned_after_s is not None:
+            cutoff = _now() - timedelta(seconds=abandoned_after_s)
+            abandoned = sa.and_(
+                tickets.c.status == TicketStatus.IN_PROGRESS.value, tickets.c.updated_at < cutoff
+            )
+            waiting = sa.or_(waiting, abandoned)
 
         async def work(conn: AsyncConnection) -> builtins.list[Mapping[str, Any]]:
-            stmt = (
-                sa.select(tickets)
-                .where(tickets.c.status == TicketStatus.PENDING_SUMMARY.value)
-                .order_by(tickets.c.updated_at, tickets.c.id)
-                .limit(limit)
-            )
+            stmt = sa.select(tickets).where(waiting).order_by(tickets.c.updated_at, tickets.c.id).limit(limit)
             return [dict(r) for r in (await conn.execute(stmt)).mappings().all()]
 
         return [_view(r) for r in await self._run(work)]
