@@ -1114,7 +1114,7 @@ def test_invariant_holds_through_a_long_scripted_call() -> None:
             rig.rt(ev_transcript_completed(f"u{n}", f"late line {n}"), t + 1_600)
         rig.tick(t + 2_000)
         rig.tick(t + 3_000)
-        pending = [r for r in rig.requests if rig.session._summary_in_flight is r]
+        pending = [r for r in rig.requests if rig.session.summaries.in_flight is r]
         for req in pending:
             if n % 5 == 0:
                 failures += 1
@@ -1171,7 +1171,7 @@ class SummaryMachine(RuleBasedStateMachine):
         return 150 + sum(size[t.role] for i in self.rig.server if (t := self.rig.conv.get(i)) is not None)
 
     def _in_flight(self) -> SummaryRequest | None:
-        return self.rig.session._summary_in_flight
+        return self.rig.session.summaries.in_flight
 
     # --- rules ---
     @precondition(lambda self: self.active is None)
@@ -1212,7 +1212,7 @@ class SummaryMachine(RuleBasedStateMachine):
         self.rig.rt(event, self.rig.now + 50)
         self._collect()
 
-    @precondition(lambda self: self._in_flight() is not None and not self.rig.session._summary_inserting)
+    @precondition(lambda self: self._in_flight() is not None and not self.rig.session.summaries.inserting)
     @rule(outcome=st.sampled_from(["ok", "ok", "empty", "fail"]), dt=st.integers(0, 2_000))
     def summariser_answers(self, outcome: str, dt: int) -> None:
         request = self._in_flight()
@@ -1301,7 +1301,7 @@ def test_invariant_holds_under_a_seeded_random_schedule(seed: int) -> None:
             choices += ["finish", "finish"]
         if machine.pending_transcripts:
             choices.append("transcript")
-        if machine._in_flight() is not None and not machine.rig.session._summary_inserting:
+        if machine._in_flight() is not None and not machine.rig.session.summaries.inserting:
             choices += ["answer", "answer"]
         if machine.queue:
             choices += ["server"] * 4

@@ -14,7 +14,7 @@ from __future__ import annotations
 import binascii
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from callbot.core import realtime as rt
@@ -22,9 +22,10 @@ from callbot.core import twilio as tw
 from callbot.core.audio import Framer, InboundConverter, OutboundConverter
 from callbot.core.conversation import ConversationState
 from callbot.core.playback import FRAME_BYTES, PlaybackTracker
-from callbot.core.record import CallInfo, SummaryEvent
+from callbot.core.record import CallInfo
 from callbot.core.recovery import RecoveryPolicy, restore_events
-from callbot.core.summary import SummaryPolicy, SummaryRequest, plan_summary, summary_item_text
+from callbot.core.summary import SummaryPolicy, SummaryRequest
+from callbot.core.summary_coordinator import SummaryCoordinator
 
 log = logging.getLogger("callbot.call")
 
@@ -157,15 +158,7 @@ class CallSession:
         self.end_reason: str | None = None
         self.stats = CallStats()
         # summariser state: one request in flight, applied only once its item is confirmed
-        self._summary_in_flight: SummaryRequest | None = None
-        self._summary_inserting: dict[str, tuple[SummaryRequest, str, int]] = {}
-        self._summary_retry_at_ms = 0
-        self._summary_count = 0
-        self._done_at: dict[str, int] = {}
-        self._next_summary_check_ms = 0
-        self._usage_stale = False  # a summary changed the context since the last usage report
-        self._priced_before_summary: set[str] = set()
-        self._awaiting_deletes: set[str] = set()
+        self.summaries = SummaryCoordinator(config.summary)
         # recovery state
         self._reconnect_attempt = 0
         self._restoring = False
@@ -288,11 +281,7 @@ class CallSession:
         self.phase = "reconnecting"
         self._active_response = None
         self._cancelled_responses.clear()
-        self._priced_before_summary.clear()
-        self._awaiting_deletes.clear()
-        self._summary_inserting.clear()
-        self._summary_in_flight = None  # a late answer is ignored; the policy asks again later
-        self._usage_stale = True
+        self.summaries.reset()
         self._caller_speaking = False
         if self._framer_item is not None:
             self._finish_item_audio()
@@ -416,9 +405,7 @@ class CallSession:
         response = event.get("response") or {}
         if not rt.is_out_of_band(response):
             self._active_response = response.get("id")
-            if self._awaiting_deletes and self._active_response:
-                # created before the server applied our deletes: priced with the folded items
-                self._priced_before_summary.add(self._active_response)
+            self.summaries.response_created(self._active_response)
         return []
 
     def _on_response_done(self, event: dict[str, Any], now_ms: int) -> list[Action]:
@@ -430,9 +417,7 @@ class CallSession:
         usage = response.get("usage")
         if isinstance(usage, dict):
             self.conversation.response_usage(usage)
-            if response.get("id") not in self._priced_before_summary:
-                self._note_tokens_after()
-                self._usage_stale = False
+            self.summaries.response_usage(self.conversation, response.get("id"))
         out: list[Action] = [Checkpoint()]
         out.extend(self._maybe_summarise(now_ms))
         return out
@@ -442,12 +427,11 @@ class CallSession:
         if not isinstance(item, dict):
             return []
         item_id = str(item.get("id"))
-        inserting = self._summary_inserting.pop(item_id, None)
-        self.conversation.item_added(
-            item, event.get("previous_item_id"), now_ms, is_summary=inserting is not None
-        )
-        if inserting is not None:
-            return self._summary_inserted(*inserting, now_ms)
+        is_summary = self.summaries.is_inserting(item_id)
+        self.conversation.item_added(item, event.get("previous_item_id"), now_ms, is_summary=is_summary)
+        if is_summary:
+            deletes = self.summaries.confirmed(self.conversation, item_id, now_ms, self._active_response)
+            return [SendRealtime(event) for event in deletes]
         return []
 
     def _on_item_done(self, event: dict[str, Any], now_ms: int) -> list[Action]:
@@ -458,14 +442,14 @@ class CallSession:
             else:
                 out = []
             self.conversation.item_done(item)
-            self._done_at.setdefault(str(item.get("id")), now_ms)
+            self.summaries.item_done(str(item.get("id")), now_ms)
             return out
         return []
 
     def _on_item_deleted(self, event: dict[str, Any], now_ms: int) -> list[Action]:
         item_id = event.get("item_id")
         if isinstance(item_id, str):
-            self._awaiting_deletes.discard(item_id)
+            self.summaries.delete_settled(item_id)
             self.conversation.item_deleted(item_id)
         return []
 
@@ -500,13 +484,11 @@ class CallSession:
             return []
         failed_event = str(error.get("event_id") or "")
         if failed_event.startswith("evt_delete_"):
-            self._awaiting_deletes.discard(failed_event.removeprefix("evt_delete_"))
-        for summary_id in list(self._summary_inserting):
-            if failed_event == f"evt_create_{summary_id}":
-                self._summary_inserting.pop(summary_id)
-                return self.summary_failed(
-                    summary_id, f"inserting the summary failed: {error.get('message')}", now_ms
-                )
+            self.summaries.delete_settled(failed_event.removeprefix("evt_delete_"))
+        summary_id = self.summaries.insert_failed_for(failed_event)
+        if summary_id is not None:
+            reason = f"inserting the summary failed: {error.get('message')}"
+            return self.summary_failed(summary_id, reason, now_ms)
         self.stats.realtime_errors += 1
         log.warning(
             "Realtime error %s/%s for event %s: %s",
@@ -519,73 +501,26 @@ class CallSession:
             return self.realtime_closed("session expired", now_ms)
         return []
 
-    # ----- summaries (policy in core/summary.py) -----
+    # ----- summaries (policy in core/summary.py, lifecycle in core/summary_coordinator.py) -----
     def _maybe_summarise(self, now_ms: int) -> list[Action]:
-        if (
-            self.phase != "active"
-            or self._summary_in_flight is not None
-            or self._usage_stale
-            or now_ms < self._summary_retry_at_ms
-        ):
+        if self.phase != "active":
             return []
-        request = plan_summary(
-            self.conversation, self.config.summary, now_ms, self._done_at, self._summary_count + 1
-        )
-        if request is None:
-            return []
-        self._summary_count += 1
-        self._summary_in_flight = request
-        return [RequestSummary(request)]
+        request = self.summaries.plan(self.conversation, now_ms)
+        return [RequestSummary(request)] if request is not None else []
 
     def receive_summary(self, summary_id: str, text: str, now_ms: int) -> list[Action]:
         """The summary model answered: insert the summary at the root, then (on confirmation) delete."""
-        request = self._summary_in_flight
-        if request is None or request.summary_id != summary_id or self.phase == "ended":
+        if self.phase == "ended":
             return []
-        if not text.strip():
+        create = self.summaries.answered(summary_id, text)
+        if create is None:
             return self.summary_failed(summary_id, "the summary model returned nothing", now_ms)
-        item_text = summary_item_text(text)
-        self._summary_inserting[summary_id] = (request, item_text, now_ms)
-        return [SendRealtime(rt.system_message(summary_id, item_text, previous_item_id="root"))]
+        return [SendRealtime(create)]
 
     def summary_failed(self, summary_id: str, reason: str, now_ms: int) -> list[Action]:
         """Nothing was deleted; try again later. The call goes on."""
-        if self._summary_in_flight is None or self._summary_in_flight.summary_id != summary_id:
-            return []
-        log.warning("summary %s failed (%s); retrying later", summary_id, reason)
-        self._summary_in_flight = None
-        self._summary_retry_at_ms = now_ms + self.config.summary.retry_after_ms
+        self.summaries.failed(summary_id, reason, now_ms)
         return []
-
-    def _summary_inserted(
-        self, request: SummaryRequest, text: str, requested_ms: int, now_ms: int
-    ) -> list[Action]:
-        """The summary item exists server-side: now (and only now) delete exactly the snapshot."""
-        self.conversation.fold(
-            SummaryEvent(
-                summary_id=request.summary_id,
-                at_ms=now_ms,
-                text=text,
-                tokens_before=request.tokens_before,
-                turns_folded=request.turns_folded,
-                folded_item_ids=request.folded_item_ids,
-            )
-        )
-        self._summary_in_flight = None
-        self._usage_stale = True
-        # a response already running was priced before the summary: its usage says nothing about it
-        if self._active_response is not None:
-            self._priced_before_summary.add(self._active_response)
-        in_context = set(self.conversation.context)
-        deletes = [i for i in request.folded_item_ids if i in in_context]
-        self._awaiting_deletes.update(deletes)
-        return [SendRealtime(rt.delete(i)) for i in deletes]
-
-    def _note_tokens_after(self) -> None:
-        """The first usage after a summary shows what it saved."""
-        summaries = self.conversation.summaries
-        if summaries and summaries[-1].tokens_after is None:
-            summaries[-1] = replace(summaries[-1], tokens_after=self.conversation.context_tokens)
 
     # ----- time -----
     def tick(self, now_ms: int) -> list[Action]:
@@ -607,9 +542,7 @@ class CallSession:
         out: list[Action] = []
         if self.playback.queued_frames:
             self._send_due(now_ms, out)
-        if now_ms >= self._next_summary_check_ms:
-            # re-check now and then: a pending transcript may have arrived or its wait expired
-            self._next_summary_check_ms = now_ms + 500
+        if self.summaries.check_due(now_ms):
             out.extend(self._maybe_summarise(now_ms))
         return out
 
