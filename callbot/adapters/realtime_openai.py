@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import orjson
@@ -32,15 +33,30 @@ class RealtimeConnector(Protocol):
     async def connect(self) -> RealtimeLink: ...
 
 
+def _direct_send(connection: Any) -> Callable[[str], Awaitable[None]]:
+    """The websocket's own send, skipping the SDK's reconnect queue when it can be reached.
+
+    `send_raw` routes every frame through the SDK's reconnect machinery (locks, a send queue,
+    receipts, the current task lookup): about a quarter of the server's CPU at 100 calls in
+    the load benchmark, for a feature callbot leaves off (it reconnects itself, PROTOCOLS.md
+    5.5). The underlying websockets connection is a private attribute of the SDK, so if a
+    release renames it this falls back to `send_raw`; tests check both paths send the same.
+    """
+    raw = getattr(connection, "_connection", None)
+    send = getattr(raw, "send", None)
+    return send if callable(send) else connection.send_raw
+
+
 class OpenAIRealtimeLink:
-    def __init__(self, manager: Any, connection: Any) -> None:
+    def __init__(self, manager: Any, connection: Any, *, direct: bool = True) -> None:
         self._manager = manager
         self._conn = connection
+        self._send = _direct_send(connection) if direct else connection.send_raw
         self._closed = False
 
     async def send(self, event: dict[str, Any]) -> None:
         try:
-            await self._conn.send_raw(orjson.dumps(event).decode())
+            await self._send(orjson.dumps(event).decode())
         except Exception as exc:  # websockets and SDK errors alike end the upstream
             raise UpstreamError(f"send failed: {exc!r}") from exc
 
@@ -68,10 +84,13 @@ class OpenAIRealtimeLink:
 class OpenAIRealtimeConnector:
     """Opens `client.realtime.connect(model=...)` sessions; reconnect is ours, not the SDK's."""
 
-    def __init__(self, client: AsyncOpenAI, model: str, open_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, client: AsyncOpenAI, model: str, open_timeout_s: float = 10.0, *, direct_send: bool = True
+    ) -> None:
         self._client = client
         self._model = model
         self._open_timeout_s = open_timeout_s
+        self._direct_send = direct_send
 
     async def connect(self) -> OpenAIRealtimeLink:
         manager = self._client.realtime.connect(
@@ -83,4 +102,4 @@ class OpenAIRealtimeConnector:
             raise UpstreamError(f"could not open the Realtime session: {exc!r}") from exc
         except Exception as exc:  # websockets.InvalidStatus and friends
             raise UpstreamError(f"could not open the Realtime session: {exc!r}") from exc
-        return OpenAIRealtimeLink(manager, connection)
+        return OpenAIRealtimeLink(manager, connection, direct=self._direct_send)
