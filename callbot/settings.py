@@ -103,6 +103,12 @@ class Settings(BaseSettings):
         default=100, ge=20, description="How far ahead of real time audio is sent to Twilio."
     )
     mark_interval_ms: int = Field(default=60, ge=20, description="A Twilio mark every this much audio.")
+    inbound_batch_frames: int = Field(
+        default=1,
+        ge=1,
+        le=10,
+        description="Caller 20 ms frames per append to Realtime: more is cheaper, 1 is fastest.",
+    )
 
     # --- Summariser (in-call context) ---
     summary_enabled: bool = True

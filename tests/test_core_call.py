@@ -859,3 +859,19 @@ def test_dtmf_before_the_session_is_ready_is_recorded_but_not_sent() -> None:
     call.twilio_in(h.tw_start(), 0)
     assert call.twilio_in(h.tw_dtmf("1"), 10) == []
     assert call.session.stats.dtmf_digits == "1"
+
+
+@pytest.mark.parametrize("mode", ["pcm24k", "pcmu"])
+def test_batched_inbound_frames_carry_the_same_audio_as_one_append_per_frame(mode: str) -> None:
+    frames = [bytes([(n * 7 + k) % 256 for k in range(160)]) for n in range(6)]
+
+    def sent_audio(batch: int) -> list[bytes]:
+        call = active(mode, inbound_batch_frames=batch)
+        appends = []
+        for n, frame in enumerate(frames):
+            appends += to_realtime(call.twilio_in(h.tw_media(frame, 20 * n), 20 * n))
+        return [base64.b64decode(a["audio"]) for a in appends]
+
+    one_by_one, in_threes = sent_audio(1), sent_audio(3)
+    assert len(one_by_one) == 6 and len(in_threes) == 2
+    assert b"".join(in_threes) == b"".join(one_by_one)  # same samples: the filter state carries over

@@ -71,6 +71,7 @@ def call_config(settings: Settings) -> CallConfig:
         playback_lead_ms=settings.playback_lead_ms,
         mark_interval_ms=settings.mark_interval_ms,
         session_ready_timeout_ms=int(settings.session_ready_timeout_s * 1000),
+        inbound_batch_frames=settings.inbound_batch_frames,
         recovery=RecoveryPolicy(
             max_reconnects=settings.max_reconnects,
             session_max_age_ms=int(settings.session_max_age_s * 1000),
