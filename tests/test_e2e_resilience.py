@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 from openai import AsyncOpenAI
 
@@ -183,3 +184,57 @@ async def test_a_drop_while_a_summary_is_being_written_loses_nothing() -> None:
     final_items = rig.fake.sessions[-1].items
     final_text = " ".join(c.get("text") or "" for i in final_items for c in i.get("content", []))
     assert "88314" in final_text
+
+
+async def test_a_drop_while_the_assistant_speaks_keeps_playing_what_was_queued_then_carries_on() -> None:
+    script = Script(
+        greeting="Welcome to Acme support, thanks for waiting, how can I help you today?",
+        user_transcripts=["Where is my parcel?"],
+        replies=["It arrives on Friday."],
+        realtime_factor=0.0,
+    )
+    async with running_rig(script) as rig:
+        caller = asyncio.create_task(
+            rig.caller().run(
+                [
+                    WaitForAssistant(timeout_s=10),
+                    Silence(800),
+                    Say(speech(900, seed=5)),
+                    Silence(100),
+                    WaitForAssistant(timeout_s=10),
+                    HangUp(),
+                ]
+            )
+        )
+        await _wait_for_sessions(rig, 1)
+        while not any(e["type"] == "response.done" for e in rig.fake.sessions[0].sent):
+            await asyncio.sleep(0.01)
+        await rig.fake.drop_now()  # the greeting is generated but still playing to the caller
+        result = await caller
+        assert rig.fake.violations == []
+        restored = [
+            e["item"] for e in rig.fake.sessions[1].received if e["type"] == "conversation.item.create"
+        ]
+    assert result.outcome == "completed" and result.late_frames <= result.frames_played // 20
+    # What the caller heard: the whole greeting (no gap while reconnecting), then the new reply.
+    intervals = result.assistant_speech_intervals()
+    caller_starts = result.caller_speech_intervals()[0][0]
+    greeting = [(a, b) for a, b in intervals if a < caller_starts]
+    assert greeting[-1][1] - greeting[0][0] > 4500  # ~5 s of greeting, all of it played
+    assert all(b2 - a1 < 300 for (_, a1), (b2, _) in itertools.pairwise(greeting))  # no gap
+    assert intervals[-1][0] > caller_starts  # and the reply after the caller's question
+    assert [(i["role"], i["content"][0]["text"]) for i in restored] == [("assistant", script.greeting)]
+    texts = [e.text for e in rig.observer.ended[0].transcript]
+    assert texts == [script.greeting, "Where is my parcel?", "It arrives on Friday."]
+
+
+async def test_callers_over_the_concurrency_cap_hear_a_busy_message() -> None:
+    async with running_rig(SCRIPT, max_concurrent_calls=1) as rig:
+        first = asyncio.create_task(
+            rig.caller().run([WaitForAssistant(timeout_s=10), Silence(1500), HangUp()])
+        )
+        await _wait_for_sessions(rig, 1)
+        second = await rig.caller().run([Silence(500), HangUp()])
+        await first
+    assert second.outcome == "no_stream"
+    assert "All our lines are busy" in second.twiml and "<Connect>" not in second.twiml

@@ -33,3 +33,24 @@ def test_instructions_can_come_from_a_file(tmp_path: Path) -> None:
     path = tmp_path / "persona.txt"
     path.write_text("You are Ada, the dental practice's receptionist.\n")
     assert Settings(_env_file=None, instructions_file=path).instructions.startswith("You are Ada")  # type: ignore[call-arg]
+
+
+def test_json_log_lines_carry_the_call_sid(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+    import logging
+
+    from callbot.bridge import call_sid_var
+    from callbot.logs import setup_logging
+
+    setup_logging("INFO", json_lines=True)
+    try:
+        token = call_sid_var.set("CA0123")
+        logging.getLogger("callbot.bridge").info("ending call: %s", "caller hung up")
+        call_sid_var.reset(token)
+        logging.getLogger("callbot.web").warning("no call here")
+    finally:
+        logging.getLogger().handlers.clear()
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert lines[0]["call_sid"] == "CA0123" and lines[0]["msg"] == "ending call: caller hung up"
+    assert lines[0]["level"] == "INFO" and lines[0]["logger"] == "callbot.bridge"
+    assert lines[1]["call_sid"] == "-"
