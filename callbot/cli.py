@@ -46,11 +46,18 @@ def DrainingServer(config: Any, drain_timeout_s: float) -> Any:
     stops at once.
     """
     import asyncio
+    import gc
 
     import uvicorn
 
     class _Server(uvicorn.Server):
         draining = False
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            # Everything alive now (imports, app, clients) lives as long as the process: keep it
+            # out of the collector, whose full passes otherwise stall every call at once.
+            gc.freeze()
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             if self.draining or self.should_exit:
