@@ -15,14 +15,13 @@ in progress, overlapping summaries, failed summaries, and deleting before the su
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import pydantic
 import pytest
+from core_helpers import assert_client_event, validated
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -38,7 +37,6 @@ from openai.types.realtime import (
     ResponseDoneEvent,
     SessionUpdatedEvent,
 )
-from openai.types.realtime.realtime_client_event import RealtimeClientEvent
 
 from callbot.core import twilio as tw
 from callbot.core.call import (
@@ -65,46 +63,6 @@ from callbot.core.summary import (
 # ================================================================================================
 # Strictly validated GA server events
 # ================================================================================================
-
-
-@functools.cache
-def _adapter(target: Any) -> pydantic.TypeAdapter[Any]:
-    return pydantic.TypeAdapter(target)
-
-
-def _extras(model: Any, path: str = "") -> list[str]:
-    """Paths of every non-empty `model_extra` in a validated model tree."""
-    found: list[str] = []
-    if isinstance(model, pydantic.BaseModel):
-        if model.model_extra:
-            found.append(f"{path or '<root>'}: {sorted(model.model_extra)}")
-        for name in type(model).model_fields:
-            found += _extras(getattr(model, name), f"{path}.{name}" if path else name)
-    elif isinstance(model, list | tuple):
-        for i, value in enumerate(model):
-            found += _extras(value, f"{path}[{i}]")
-    elif isinstance(model, dict):
-        for key, value in model.items():
-            found += _extras(value, f"{path}.{key}")
-    return found
-
-
-def validated(cls: Any, event: dict[str, Any]) -> dict[str, Any]:
-    """`event` validated strictly as the SDK class `cls`; returned unchanged (a plain dict)."""
-    model = _adapter(cls).validate_python(event)
-    assert isinstance(model, cls), f"{event['type']} did not validate as {cls.__name__}"
-    assert model.type == event["type"]
-    unknown = _extras(model)
-    assert not unknown, f"{event['type']} has fields the SDK does not know: {unknown}"
-    return event
-
-
-def assert_client_event(event: dict[str, Any]) -> None:
-    """What the session wants sent is a valid GA `RealtimeClientEvent` with no unknown fields."""
-    model = _adapter(RealtimeClientEvent).validate_python(event)
-    assert model.type == event["type"], f"{event['type']!r} validated as {type(model).__name__}"
-    unknown = _extras(model)
-    assert not unknown, f"{event['type']} has fields the SDK does not know: {unknown}"
 
 
 _event_ids = itertools.count(1)
