@@ -241,13 +241,11 @@ class CallBridge:
                 return
             started = time.perf_counter()
             event = tw.parse(text)
+            sampled = False
             if isinstance(event, tw.Media):
                 self._inbound_count += 1
-                if self.metrics is not None and self._inbound_count % LATENCY_SAMPLE_EVERY == 0:
-                    await self._perform(self.session.receive_twilio(event, self.now_ms()))
-                    self.metrics.inbound_latency.observe(time.perf_counter() - started)
-                    continue
-            if isinstance(event, tw.Start) and self.session.phase == "awaiting_start":
+                sampled = self.metrics is not None and self._inbound_count % LATENCY_SAMPLE_EVERY == 0
+            elif isinstance(event, tw.Start) and self.session.phase == "awaiting_start":
                 # only the first start opens a call; the core logs and ignores any later one
                 call_sid_var.set(event.call_sid)
                 refusal = self.start_check(event) if self.start_check else None
@@ -259,6 +257,8 @@ class CallBridge:
                     self._ended.set()
                     return
             await self._perform(self.session.receive_twilio(event, self.now_ms()))
+            if sampled and self.metrics is not None:
+                self.metrics.inbound_latency.observe(time.perf_counter() - started)
 
     async def _realtime_pump(self, link: RealtimeLink) -> None:
         """Feeds one link's events to the core; a link replaced by a reconnect goes quiet."""
@@ -271,14 +271,14 @@ class CallBridge:
                 return
             if link is not self.realtime:
                 return
+            sampled = False
             if self.metrics is not None and event.get("type") == "response.output_audio.delta":
                 self._outbound_count += 1
-                if self._outbound_count % 5 == 0:  # deltas are ~5x rarer than frames
-                    started = time.perf_counter()
-                    await self._perform(self.session.receive_realtime(event, self.now_ms()))
-                    self.metrics.outbound_latency.observe(time.perf_counter() - started)
-                    continue
+                sampled = self._outbound_count % 5 == 0  # deltas are ~5x rarer than frames
+            started = time.perf_counter()
             await self._perform(self.session.receive_realtime(event, self.now_ms()))
+            if sampled and self.metrics is not None:
+                self.metrics.outbound_latency.observe(time.perf_counter() - started)
 
     async def _connect_realtime(self, delay_ms: int = 0) -> None:
         if delay_ms:
