@@ -169,35 +169,25 @@ class SqlTicketStore:
             "updated_at": now,
         }
 
+        return await self._update_unfinished(call_sid, values)
+
+    async def mark_summary_failed(self, call_sid: str, error: str) -> int:
+        """Count a failed summary attempt and keep its reason for the review page; the ticket id."""
+        values = {
+            "summary_attempts": tickets.c.summary_attempts + 1,
+            "last_error": error[:MAX_ERROR_CHARS],
+            "updated_at": _now(),
+        }
+        return await self._update_unfinished(call_sid, values)
+
+    async def _update_unfinished(self, call_sid: str, values: dict[str, Any]) -> int:
+        """Update the call's ticket unless it is already complete (the first summary wins); its id."""
+
         async def work(conn: AsyncConnection) -> int:
             stmt = (
                 sa.update(tickets)
                 .where(tickets.c.call_sid == call_sid, tickets.c.status != TicketStatus.COMPLETE.value)
                 .values(**values)
-                .returning(tickets.c.id)
-            )
-            row = (await conn.execute(stmt)).first()
-            if row is not None:
-                return int(row[0])
-            found = await conn.scalar(sa.select(tickets.c.id).where(tickets.c.call_sid == call_sid))
-            if found is None:
-                raise TicketNotFound(f"no ticket for call {call_sid}")
-            return int(found)
-
-        return await self._run(work)
-
-    async def mark_summary_failed(self, call_sid: str, error: str) -> int:
-        """Count a failed summary attempt and keep its reason for the review page; the ticket id."""
-
-        async def work(conn: AsyncConnection) -> int:
-            stmt = (
-                sa.update(tickets)
-                .where(tickets.c.call_sid == call_sid, tickets.c.status != TicketStatus.COMPLETE.value)
-                .values(
-                    summary_attempts=tickets.c.summary_attempts + 1,
-                    last_error=error[:MAX_ERROR_CHARS],
-                    updated_at=_now(),
-                )
                 .returning(tickets.c.id)
             )
             row = (await conn.execute(stmt)).first()
