@@ -20,19 +20,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import core_helpers as h
 import pytest
 from core_helpers import assert_client_event, validated
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from openai.types.realtime import (
-    ConversationItemAdded,
-    ConversationItemDeletedEvent,
-    ConversationItemDone,
-    ConversationItemInputAudioTranscriptionCompletedEvent,
-    ConversationItemInputAudioTranscriptionFailedEvent,
     RealtimeErrorEvent,
-    ResponseAudioTranscriptDoneEvent,
     ResponseCreatedEvent,
     ResponseDoneEvent,
     SessionUpdatedEvent,
@@ -96,92 +91,18 @@ def assistant_item(item_id: str, transcript: str | None, status: str) -> dict[st
     }
 
 
-def system_item(item_id: str, text: str) -> dict[str, Any]:
-    return {
-        "id": item_id,
-        "object": "realtime.item",
-        "type": "message",
-        "role": "system",
-        "status": "completed",
-        "content": [{"type": "input_text", "text": text}],
-    }
-
-
-def ev_item_added(item: dict[str, Any], previous_item_id: str | None) -> dict[str, Any]:
-    return validated(
-        ConversationItemAdded,
-        {
-            "type": "conversation.item.added",
-            "event_id": _eid(),
-            "previous_item_id": previous_item_id,
-            "item": item,
-        },
-    )
-
-
-def ev_item_done(item: dict[str, Any], previous_item_id: str | None) -> dict[str, Any]:
-    return validated(
-        ConversationItemDone,
-        {
-            "type": "conversation.item.done",
-            "event_id": _eid(),
-            "previous_item_id": previous_item_id,
-            "item": item,
-        },
-    )
-
-
-def ev_item_deleted(item_id: str) -> dict[str, Any]:
-    return validated(
-        ConversationItemDeletedEvent,
-        {"type": "conversation.item.deleted", "event_id": _eid(), "item_id": item_id},
-    )
-
-
-def ev_transcript_completed(item_id: str, transcript: str) -> dict[str, Any]:
-    return validated(
-        ConversationItemInputAudioTranscriptionCompletedEvent,
-        {
-            "type": "conversation.item.input_audio_transcription.completed",
-            "event_id": _eid(),
-            "item_id": item_id,
-            "content_index": 0,
-            "transcript": transcript,
-            "usage": {"type": "duration", "seconds": 1.5},
-        },
-    )
+# The common GA event builders live in core_helpers (strictly validated there); these names
+# keep the tests below readable.
+system_item = h.system_item
+ev_item_added = h.item_added
+ev_item_done = h.item_done
+ev_item_deleted = h.item_deleted
+ev_transcript_completed = h.input_transcription_completed
+ev_assistant_transcript_done = h.transcript_done
 
 
 def ev_transcript_failed(item_id: str) -> dict[str, Any]:
-    return validated(
-        ConversationItemInputAudioTranscriptionFailedEvent,
-        {
-            "type": "conversation.item.input_audio_transcription.failed",
-            "event_id": _eid(),
-            "item_id": item_id,
-            "content_index": 0,
-            "error": {
-                "type": "transcription_error",
-                "code": "audio_unintelligible",
-                "message": "unintelligible",
-            },
-        },
-    )
-
-
-def ev_assistant_transcript_done(response_id: str, item_id: str, transcript: str) -> dict[str, Any]:
-    return validated(
-        ResponseAudioTranscriptDoneEvent,
-        {
-            "type": "response.output_audio_transcript.done",
-            "event_id": _eid(),
-            "response_id": response_id,
-            "item_id": item_id,
-            "output_index": 0,
-            "content_index": 0,
-            "transcript": transcript,
-        },
-    )
+    return h.input_transcription_failed(item_id, "unintelligible")
 
 
 def usage(total: int, output: int = 60) -> dict[str, Any]:
