@@ -51,7 +51,7 @@ from callbot.bridge import call_sid_var
 from callbot.core.record import CallRecord
 from callbot.logs import setup_logging
 from callbot.settings import Settings
-from callbot.web.app import Services, create_app
+from callbot.web.app import Services, create_app, server_options
 
 
 class BenchConnector(OpenAIRealtimeConnector):
@@ -199,15 +199,7 @@ async def serve(args: argparse.Namespace) -> None:
     gcwatch = GcWatch()
     routes = bench_routes(monitor, observer, gcwatch)
     app = create_app(settings, connector=connector, observer=observer, extra_setup=routes)
-    config = uvicorn.Config(
-        app,
-        host=args.host,
-        port=args.port,
-        ws_max_size=settings.max_message_bytes,
-        proxy_headers=True,
-        log_config=None,
-        lifespan="on",
-    )
+    config = uvicorn.Config(app, host=args.host, port=args.port, lifespan="on", **server_options(settings))
     server = uvicorn.Server(config)
     monitor.start()
     task = asyncio.create_task(server.serve(), name="uvicorn")

@@ -316,10 +316,15 @@ class CallBridge:
 
     # ----- actions -----
     async def _perform(self, actions: list[Action]) -> None:
+        twilio_out: list[str] = []  # consecutive Twilio messages go out in one write
         for action in actions:
             if isinstance(action, SendTwilio):
-                await self.twilio.send(action.text)
-            elif isinstance(action, SendRealtime):
+                twilio_out.append(action.text)
+                continue
+            if twilio_out:
+                await self.twilio.send(twilio_out)
+                twilio_out = []
+            if isinstance(action, SendRealtime):
                 if self.realtime is not None:
                     try:
                         await self.realtime.send(action.event)
@@ -336,6 +341,8 @@ class CallBridge:
             elif isinstance(action, EndCall):
                 log.info("ending call: %s", action.reason)
                 self._ended.set()
+        if twilio_out:
+            await self.twilio.send(twilio_out)
 
     async def _summarise(self, action: RequestSummary) -> None:
         """Runs beside the pumps: audio keeps flowing and the caller never waits for it."""

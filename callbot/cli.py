@@ -13,7 +13,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from callbot.logs import setup_logging
     from callbot.settings import Settings, SettingsError
-    from callbot.web.app import create_app
+    from callbot.web.app import create_app, server_options
 
     try:
         settings = Settings()
@@ -24,13 +24,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     setup_logging(settings.log_level, json_lines=settings.log_json)
     app = create_app(settings)
     config = uvicorn.Config(
-        app,
-        host=args.host,
-        port=args.port,
-        ws_max_size=settings.max_message_bytes,
-        proxy_headers=True,
-        log_config=None,
-        timeout_graceful_shutdown=5,
+        app, host=args.host, port=args.port, timeout_graceful_shutdown=5, **server_options(settings)
     )
     DrainingServer(config, settings.drain_timeout_s).run()
     return 0

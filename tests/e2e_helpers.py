@@ -76,8 +76,10 @@ async def running_rig(
     script: Script | None = None,
     *,
     summariser: Summariser | None = None,
+    server_ws: str | None = None,
     **setting_overrides: Any,
 ) -> AsyncIterator[Rig]:
+    """`server_ws` names one of uvicorn's own websocket protocols instead of callbot's channel."""
     settings = make_settings(**setting_overrides)
     async with FakeRealtimeServer(script or Script()) as fake:
         client = AsyncOpenAI(api_key="fake", base_url=fake.base_url)
@@ -88,5 +90,6 @@ async def running_rig(
             observer=observer,
             summariser=summariser,
         )
-        async with serve_app(app) as base_url:
+        options = {"ws": server_ws} if server_ws else {}
+        async with serve_app(app, **options) as base_url:
             yield Rig(fake, base_url, observer, settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import httpx
 import pytest
@@ -74,14 +75,18 @@ async def test_session_is_configured_before_audio_is_relayed() -> None:
     assert types.index("response.create") > 0
 
 
-async def test_barge_in_clears_twilio_cancels_and_truncates_at_heard_audio() -> None:
+@pytest.mark.parametrize("server_ws", [None, "websockets-sansio"], ids=["text-channel", "plain-asgi"])
+async def test_barge_in_clears_twilio_cancels_and_truncates_at_heard_audio(
+    server_ws: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="callbot.web")
     script = Script(
         greeting="Welcome to Acme support. " * 8,  # about 14 s of speech: long enough to interrupt
         user_transcripts=["Sorry, I need to stop you there."],
         replies=["Of course, go ahead."],
         realtime_factor=2.0,  # still generating when the caller talks over it
     )
-    async with running_rig(script) as rig:
+    async with running_rig(script, server_ws=server_ws) as rig:
         result = await rig.caller().run(
             [
                 SayDuringAssistant(speech(1200, seed=3), after_ms=1500, timeout_s=10),
@@ -92,6 +97,8 @@ async def test_barge_in_clears_twilio_cancels_and_truncates_at_heard_audio() -> 
         )
         received = rig.fake.sessions[0].received
         assert rig.fake.violations == []
+    transport = "direct text channel" if server_ws is None else "ASGI messages"
+    assert f"media websocket accepted ({transport})" in caplog.messages  # the path under test was taken
     assert len(result.clears) >= 1
     cancels = [e for e in received if e["type"] == "response.cancel"]
     truncates = [e for e in received if e["type"] == "conversation.item.truncate"]

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 from openai import AsyncOpenAI
+from websockets.protocol import State
 
-from callbot.adapters.realtime_openai import OpenAIRealtimeConnector, UpstreamError, _direct_send
+from callbot.adapters.realtime_openai import (
+    OpenAIRealtimeConnector,
+    UpstreamError,
+    _direct_send,
+    _FrameWriter,
+)
 from callbot.core import realtime as rt
 from callbot.sim.fake_realtime import FakeRealtimeServer
 
@@ -24,7 +30,7 @@ async def test_direct_and_sdk_send_paths_deliver_the_same_events(direct: bool) -
         )
         connector._direct_send = direct
         link = await connector.connect()
-        assert (link._send != link._conn.send_raw) == direct  # the fast path is really taken
+        assert isinstance(link._send, _FrameWriter) == direct  # the fast path is really taken
         for event in events:
             await link.send(event)
         seen: list[str] = []
@@ -36,12 +42,67 @@ async def test_direct_and_sdk_send_paths_deliver_the_same_events(direct: bool) -
     assert received == events
 
 
-def test_the_fast_path_falls_back_to_send_raw_when_the_sdk_changes() -> None:
+async def test_the_fast_path_falls_back_to_send_raw_when_the_sdk_changes() -> None:
     class NewSdkConnection:
-        async def send_raw(self, data: str) -> None: ...
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+
+        async def send_raw(self, data: str) -> None:
+            self.sent.append(data)
 
     conn = NewSdkConnection()
-    assert _direct_send(conn) == conn.send_raw
+    send = _direct_send(conn)
+    assert not isinstance(send, _FrameWriter)
+    await send(b'{"type":"response.cancel"}')
+    assert conn.sent == ['{"type":"response.cancel"}']
+
+
+class _Protocol:
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self.framed: list[bytes] = []
+
+    def send_text(self, data: bytes) -> None:
+        self.framed.append(data)
+
+
+class _Websocket:
+    """Just the websockets.asyncio connection surface `_FrameWriter` touches."""
+
+    def __init__(self, state: State = State.OPEN) -> None:
+        self.protocol = _Protocol(state)
+        self.fragmented_send_waiter: object | None = None
+        self.paused = False
+        self.flushed = 0
+        self.slow: list[bytes] = []
+
+    def send_data(self) -> None:
+        self.flushed += 1
+
+    async def send(self, data: bytes, text: bool | None = None) -> None:
+        assert text is True
+        self.slow.append(data)
+
+
+@pytest.mark.parametrize(
+    "blocker",
+    ["paused", "fragmented", "closing"],
+)
+async def test_the_frame_writer_takes_the_full_send_when_the_socket_is_not_plainly_writable(
+    blocker: str,
+) -> None:
+    ws = _Websocket()
+    writer = _FrameWriter(ws)
+    await writer(b"one")
+    assert (ws.protocol.framed, ws.flushed, ws.slow) == ([b"one"], 1, [])
+    if blocker == "paused":
+        ws.paused = True  # transport back-pressure: websockets' send waits for the drain
+    elif blocker == "fragmented":
+        ws.fragmented_send_waiter = object()
+    else:
+        ws.protocol.state = State.CLOSING  # websockets' send raises ConnectionClosed
+    await writer(b"two")
+    assert (ws.protocol.framed, ws.flushed, ws.slow) == ([b"one"], 1, [b"two"])
 
 
 async def test_a_refused_connection_is_an_upstream_error() -> None:

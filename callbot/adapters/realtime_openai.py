@@ -2,9 +2,10 @@
 
 Events travel as plain dicts. Incoming frames are read raw (`recv_bytes`) and parsed with
 orjson instead of the SDK's pydantic union: the audio deltas are most of the traffic and the
-typed parse costs more than the rest of the bridge (audio.md section 5). Outgoing events go
-through `send_raw` for the same reason; their shapes are checked against the SDK's
-client-event models in the tests (the fake Realtime server validates every event it gets).
+typed parse costs more than the rest of the bridge (audio.md section 5). Outgoing events are
+framed straight onto the websocket when it can take them (`_FrameWriter`); their shapes are
+checked against the SDK's client-event models in the tests (the fake Realtime server validates
+every event it gets).
 SDK and websocket exceptions are translated into `UpstreamError` here and nowhere else.
 """
 
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 
 import orjson
 from openai import AsyncOpenAI, OpenAIError
+from websockets.protocol import State
 
 
 class UpstreamError(Exception):
@@ -33,30 +35,69 @@ class RealtimeConnector(Protocol):
     async def connect(self) -> RealtimeLink: ...
 
 
-def _direct_send(connection: Any) -> Callable[[str], Awaitable[None]]:
-    """The websocket's own send, skipping the SDK's reconnect queue when it can be reached.
+Sender = Callable[[bytes], Awaitable[None]]
+
+
+def _sdk_send(connection: Any) -> Sender:
+    """The SDK's `send_raw` (through its reconnect queue): the slow but always-available path."""
+
+    async def send(data: bytes) -> None:
+        await connection.send_raw(data.decode())
+
+    return send
+
+
+class _FrameWriter:
+    """Writes a text frame through the websocket's sans-I/O protocol when nothing stands in the way.
 
     `send_raw` routes every frame through the SDK's reconnect machinery (locks, a send queue,
-    receipts, the current task lookup): about a quarter of the server's CPU at 100 calls in
-    the load benchmark, for a feature callbot leaves off (it reconnects itself, PROTOCOLS.md
-    5.5). The underlying websockets connection is a private attribute of the SDK, so if a
-    release renames it this falls back to `send_raw`; tests check both paths send the same.
+    receipts): about a quarter of the server's CPU at 100 calls in the load benchmark, for a
+    feature callbot leaves off (it reconnects itself, PROTOCOLS.md 5.5). Even websockets' own
+    `send` costs ~16 us a frame in its async context manager, against ~4 us to frame the bytes
+    and hand them to the transport. So while the connection is open, no fragmented message is
+    in flight and the transport is not applying back-pressure, the frame is written directly;
+    otherwise `send` runs as usual, which waits for the buffer to drain or raises on close.
     """
-    raw = getattr(connection, "_connection", None)
-    send = getattr(raw, "send", None)
-    return send if callable(send) else connection.send_raw
+
+    def __init__(self, ws: Any) -> None:
+        self._ws = ws
+        self._protocol = ws.protocol
+
+    async def __call__(self, data: bytes) -> None:
+        ws = self._ws
+        if self._protocol.state is State.OPEN and ws.fragmented_send_waiter is None and not ws.paused:
+            self._protocol.send_text(data)
+            ws.send_data()
+        else:
+            await ws.send(data, text=True)
+
+
+def _direct_send(connection: Any) -> Sender:
+    """The fastest send this SDK release allows, falling back to `send_raw`.
+
+    The websockets connection is a private attribute of the SDK and the sans-I/O hooks are
+    websockets internals, so if a release renames any of them this falls back to `send_raw`;
+    tests check every path puts the same frames on the wire.
+    """
+    ws: Any = getattr(connection, "_connection", None)
+    if all(hasattr(ws, name) for name in _FAST_PATH_NEEDS) and hasattr(ws.protocol, "send_text"):
+        return _FrameWriter(ws)
+    return _sdk_send(connection)
+
+
+_FAST_PATH_NEEDS = ("protocol", "send_data", "send", "fragmented_send_waiter", "paused")
 
 
 class OpenAIRealtimeLink:
     def __init__(self, manager: Any, connection: Any, *, direct: bool = True) -> None:
         self._manager = manager
         self._conn = connection
-        self._send = _direct_send(connection) if direct else connection.send_raw
+        self._send = _direct_send(connection) if direct else _sdk_send(connection)
         self._closed = False
 
     async def send(self, event: dict[str, Any]) -> None:
         try:
-            await self._send(orjson.dumps(event).decode())
+            await self._send(orjson.dumps(event))
         except Exception as exc:  # websockets and SDK errors alike end the upstream
             raise UpstreamError(f"send failed: {exc!r}") from exc
 

@@ -1,8 +1,10 @@
 """The Twilio side of a call: the Media Streams websocket, as text frames in and out.
 
 A thin wrapper over Starlette's WebSocket that turns a disconnect into `None`, enforces the
-per-message size bound, and serialises sends so media frames and marks keep their order even
-when the Realtime pump and the pacer both send.
+per-message size bound, and keeps sends in order even when the Realtime pump and the pacer
+both send. Under `ChannelWebSocketProtocol` (how callbot serves) messages travel through the
+server's direct text channel instead of ASGI messages (adapters/ws_channel.py); the behaviour
+is the same either way.
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from callbot.adapters.ws_channel import TextChannel, open_channel
 
 log = logging.getLogger("callbot.twilio")
 
@@ -21,24 +26,26 @@ class TwilioSocket:
         self._ws = ws
         self._max = max_message_bytes
         self._lock = asyncio.Lock()
+        self._channel: TextChannel | None = None
         self.closed = False
         self.oversized = 0
+
+    def accepted(self) -> None:
+        """Call once the websocket is accepted: switches to the server's text channel if offered."""
+        self._channel = open_channel(self._ws.scope)
+
+    @property
+    def direct(self) -> bool:
+        """True when messages bypass ASGI (the server offered a text channel)."""
+        return self._channel is not None
 
     async def recv(self) -> str | None:
         """The next text frame, or None once Twilio has gone; oversized frames are skipped."""
         while not self.closed:
-            try:
-                message = await self._ws.receive()
-            except (WebSocketDisconnect, RuntimeError):
-                self.closed = True
-                return None
-            if message["type"] == "websocket.disconnect":
-                self.closed = True
-                return None
-            text = message.get("text")
+            text = await self._next()
             if text is None:
-                raw = message.get("bytes") or b""
-                text = raw.decode("utf-8", "replace")
+                self.closed = True
+                return None
             if len(text) > self._max:
                 self.oversized += 1
                 log.warning("dropping an oversized Twilio message (%d bytes)", len(text))
@@ -46,12 +53,32 @@ class TwilioSocket:
             return text
         return None
 
-    async def send(self, text: str) -> None:
-        if self.closed:
+    async def _next(self) -> str | None:
+        if self._channel is not None:
+            return await self._channel.receive()
+        try:
+            message = await self._ws.receive()
+        except (WebSocketDisconnect, RuntimeError):
+            return None
+        if message["type"] == "websocket.disconnect":
+            return None
+        text = message.get("text")
+        if text is None:
+            text = (message.get("bytes") or b"").decode("utf-8", "replace")
+        return str(text)
+
+    async def send(self, texts: Sequence[str]) -> None:
+        """Send these messages in order (through the channel: in one write)."""
+        if self.closed or not texts:
+            return
+        if self._channel is not None:
+            if not await self._channel.send(texts):
+                self.closed = True
             return
         async with self._lock:
             try:
-                await self._ws.send_text(text)
+                for text in texts:
+                    await self._ws.send_text(text)
             except (WebSocketDisconnect, RuntimeError, OSError):
                 self.closed = True
 

@@ -9,12 +9,17 @@ from typing import Any
 
 import uvicorn
 
+from callbot.adapters.ws_channel import ChannelWebSocketProtocol
+
 
 @contextlib.asynccontextmanager
 async def serve_app(
     app: Any, *, host: str = "127.0.0.1", port: int = 0, **options: Any
 ) -> AsyncIterator[str]:
-    """Run `app` with uvicorn until the block exits; yields its base URL (http://host:port)."""
+    """Run `app` with uvicorn until the block exits; yields its base URL (http://host:port).
+
+    Websockets are served as `callbot serve` serves them (with the direct text channel)."""
+    options.setdefault("ws", ChannelWebSocketProtocol)
     config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="on", **options)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(), name="uvicorn")

@@ -33,6 +33,7 @@ from callbot.adapters.summariser_openai import OpenAISummariser, Summariser
 from callbot.adapters.ticket_summariser_openai import OpenAITicketSummariser
 from callbot.adapters.twilio_ws import TwilioSocket
 from callbot.adapters.webhook import TicketWebhook
+from callbot.adapters.ws_channel import ChannelWebSocketProtocol
 from callbot.bridge import CallBridge, CallObserver, Pacer
 from callbot.core import realtime as rt
 from callbot.core import stream_token
@@ -219,8 +220,11 @@ def create_app(
             await ws.close(code=1008)
             return
         await ws.accept()
+        twilio = TwilioSocket(ws, settings.max_message_bytes)
+        twilio.accepted()
+        log.info("media websocket accepted (%s)", "direct text channel" if twilio.direct else "ASGI messages")
         bridge = CallBridge(
-            TwilioSocket(ws, settings.max_message_bytes),
+            twilio,
             services.connector,
             call_config(settings),
             services.pacer,
@@ -318,6 +322,17 @@ def _signature_ok(settings: Settings, request: Request, params: dict[str, str]) 
         url += "?" + request.url.query
     validator = RequestValidator(settings.twilio_auth_token.get_secret_value())
     return bool(validator.validate(url, params, signature))
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """How callbot is served by uvicorn (`callbot serve`, the load benchmark): the media stream's
+    websocket protocol with its direct text channel, and the message size bound."""
+    return {
+        "ws": ChannelWebSocketProtocol,
+        "ws_max_size": settings.max_message_bytes,
+        "proxy_headers": True,
+        "log_config": None,
+    }
 
 
 def _upgrade_refusal(settings: Settings, signature: str | None) -> str | None:

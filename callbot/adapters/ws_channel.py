@@ -1,0 +1,177 @@
+"""uvicorn's websocket protocol plus a direct text channel, for the media stream's hot path.
+
+Through plain ASGI every websocket message becomes a dict in an `asyncio.Queue`, passes
+Starlette's `WebSocket` and exception wrappers, and uvicorn stops and restarts reading the
+socket around each one (two epoll updates a message). At 50 Twilio messages a second per call
+that was the largest share of the Twilio side's cost in the load benchmark (bench/README.md).
+
+`ChannelWebSocketProtocol` is uvicorn's sans-I/O protocol that also offers, through the ASGI
+scope's `extensions`, a `TextChannel`. Once the app has accepted the websocket and opened the
+channel, data frames go straight from the websocket parser to the app, and the app's sends go
+straight to the framer and the transport, several messages in one write when it has them.
+The handshake, close, ping/pong, size limits and UTF-8 checks stay with uvicorn and the
+`websockets` parser. An app that doesn't open the channel, or runs under another server (or
+Starlette's TestClient), just sees ASGI: `open_channel` returns None there.
+
+Pass the class to uvicorn as `uvicorn.Config(..., ws=ChannelWebSocketProtocol)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
+from websockets.http11 import Request
+
+EXTENSION = "callbot.text_channel"
+"""The scope["extensions"] key; its value is a callable that opens the channel."""
+
+
+class TextChannel:
+    """One websocket's data frames as text, in and out, without ASGI messages in between."""
+
+    HIGH_WATER = 64
+    """Stop reading the socket when this many received messages wait for the app."""
+    LOW_WATER = 16
+
+    def __init__(self, protocol: ChannelWebSocketProtocol) -> None:
+        self._protocol = protocol
+        self._inbox: deque[str] = deque()
+        self._waiter: asyncio.Future[str | None] | None = None
+        self._send_lock = asyncio.Lock()
+        self.closed = False
+
+    # ----- called by the protocol -----
+    def deliver(self, text: str) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            self._waiter = None
+            waiter.set_result(text)
+            return
+        self._inbox.append(text)
+        if len(self._inbox) >= self.HIGH_WATER:
+            self._protocol.pause_reading_for_channel()
+
+    def close(self) -> None:
+        self.closed = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            self._waiter = None
+            waiter.set_result(None)
+
+    # ----- the app's side -----
+    async def receive(self) -> str | None:
+        """The next message, or None once the peer has gone (or the close handshake began)."""
+        if self._inbox:
+            text = self._inbox.popleft()
+            if len(self._inbox) <= self.LOW_WATER:
+                self._protocol.resume_reading_for_channel()
+            return text
+        if self.closed:
+            return None
+        waiter: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._waiter = waiter
+        return await waiter
+
+    async def send(self, texts: Iterable[str]) -> bool:
+        """Send each text as one text frame, all in one write; False if the socket is gone.
+
+        Writes wait only while the transport applies back-pressure, and then in arrival order,
+        so messages never overtake each other."""
+        protocol = self._protocol
+        if self._send_lock.locked() or not protocol.writable.is_set():
+            async with self._send_lock:
+                await protocol.writable.wait()
+                return self._write(texts)
+        return self._write(texts)
+
+    def _write(self, texts: Iterable[str]) -> bool:
+        protocol = self._protocol
+        if self.closed or protocol.close_sent or protocol.disconnected:
+            return False
+        try:
+            for text in texts:
+                protocol.conn.send_text(text.encode())
+        except InvalidState:
+            return False
+        protocol.transport.write(b"".join(protocol.conn.data_to_send()))
+        return True
+
+
+class ChannelWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's `websockets-sansio` protocol, offering a `TextChannel` as an ASGI extension."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.channel: TextChannel | None = None
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)  # absent when the upgrade was refused
+        if scope is not None:
+            scope["extensions"][EXTENSION] = self._open_channel
+
+    def _open_channel(self) -> TextChannel:
+        if not self.handshake_complete:
+            raise RuntimeError("accept the websocket before opening its text channel")
+        if self.channel is None:
+            channel = self.channel = TextChannel(self)
+            # Messages that arrived before the channel opened wait in uvicorn's ASGI queue (and
+            # uvicorn stopped reading after the first): hand them over in order, then read on.
+            while not self.queue.empty():
+                message = self.queue.get_nowait()
+                if message["type"] == "websocket.receive":
+                    text = message.get("text")
+                    if text is None:
+                        text = (message.get("bytes") or b"").decode("utf-8", "replace")
+                    channel.deliver(text)
+                elif message["type"] == "websocket.disconnect":
+                    channel.close()
+            self.resume_reading_for_channel()
+        return self.channel
+
+    def send_receive_event_to_app(self) -> None:
+        channel = self.channel
+        if channel is None:
+            super().send_receive_event_to_app()
+            return
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        if self.close_sent:
+            self.frames = []
+            return
+        if self.curr_msg_data_type == "text":
+            try:
+                text = data.decode()
+            except UnicodeDecodeError:
+                super().send_receive_event_to_app()  # uvicorn closes with 1007
+                channel.close()
+                return
+        else:
+            text = data.decode("utf-8", "replace")
+        self.frames = []
+        channel.deliver(text)
+
+    def pause_reading_for_channel(self) -> None:
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading_for_channel(self) -> None:
+        if self.read_paused and not self.close_sent:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.channel is not None:
+            self.channel.close()
+
+
+def open_channel(scope: Mapping[str, Any]) -> TextChannel | None:
+    """The websocket's text channel, if the server offers one; call after accepting."""
+    opener: Callable[[], TextChannel] | None = (scope.get("extensions") or {}).get(EXTENSION)
+    return opener() if opener is not None else None

@@ -1,0 +1,148 @@
+"""The direct text channel of ChannelWebSocketProtocol, through real uvicorn and a real websocket client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from callbot.adapters.ws_channel import ChannelWebSocketProtocol, TextChannel, open_channel
+from callbot.sim.serving import serve_app
+
+Handler = Callable[[WebSocket, TextChannel | None], Awaitable[None]]
+
+
+def _app(handler: Handler, opened: list[TextChannel | None]) -> Starlette:
+    async def endpoint(ws: WebSocket) -> None:
+        await ws.accept()
+        await asyncio.sleep(0.1)  # the client's first messages arrive before the channel opens
+        channel = open_channel(ws.scope)
+        opened.append(channel)
+        await handler(ws, channel)
+
+    return Starlette(routes=[WebSocketRoute("/ws", endpoint)])
+
+
+def _url(base_url: str) -> str:
+    return base_url.replace("http://", "ws://") + "/ws"
+
+
+async def test_messages_keep_their_order_across_the_switch_and_replies_go_out_together() -> None:
+    got: list[str | None] = []
+
+    async def echo(ws: WebSocket, channel: TextChannel | None) -> None:
+        assert channel is not None
+        while (text := await channel.receive()) is not None:
+            got.append(text)
+            if text == "3":
+                assert await channel.send(["a", "b", "c"])  # three frames, one write
+        got.append(None)
+
+    opened: list[TextChannel | None] = []
+    async with serve_app(_app(echo, opened), ws=ChannelWebSocketProtocol) as base_url:
+        async with connect(_url(base_url)) as client:
+            for text in ("1", "2"):
+                await client.send(text)  # before the server opened the channel
+            await asyncio.sleep(0.2)
+            await client.send(b"3")  # a binary frame arrives as text too
+            replies = [await client.recv() for _ in range(3)]
+        for _ in range(50):
+            if got[-1:] == [None]:
+                break
+            await asyncio.sleep(0.02)
+    assert replies == ["a", "b", "c"]
+    assert got == ["1", "2", "3", None]  # and the client's close ends receive()
+    assert opened[0] is not None and opened[0].closed
+
+
+async def test_a_slow_reader_pauses_the_socket_and_loses_nothing() -> None:
+    n = TextChannel.HIGH_WATER * 4
+    got: list[str] = []
+    paused: list[bool] = []
+
+    async def slow(ws: WebSocket, channel: TextChannel | None) -> None:
+        assert channel is not None
+        await asyncio.sleep(0.3)  # the client has sent everything by now
+        protocol = channel._protocol
+        paused.append(protocol.read_paused)
+        while len(got) < n:
+            text = await channel.receive()
+            assert text is not None
+            got.append(text)
+        paused.append(protocol.read_paused)
+        await channel.send(["done"])
+
+    opened: list[TextChannel | None] = []
+    async with (
+        serve_app(_app(slow, opened), ws=ChannelWebSocketProtocol) as base_url,
+        connect(_url(base_url)) as client,
+    ):
+        for i in range(n):
+            await client.send(str(i))
+        assert await asyncio.wait_for(client.recv(), 5) == "done"
+    assert got == [str(i) for i in range(n)]
+    assert paused == [True, False]  # back-pressure while the app was busy, reading again after
+
+
+async def test_invalid_utf8_closes_with_1007_and_ends_receive() -> None:
+    got: list[str | None] = []
+
+    async def reader(ws: WebSocket, channel: TextChannel | None) -> None:
+        assert channel is not None
+        got.append(await channel.receive())
+
+    opened: list[TextChannel | None] = []
+    async with (
+        serve_app(_app(reader, opened), ws=ChannelWebSocketProtocol) as base_url,
+        connect(_url(base_url)) as client,
+    ):
+        await asyncio.sleep(0.2)
+        client.protocol.send_text(b"\xff\xfe not utf-8")  # websockets' own send refuses to
+        client.send_data()
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(client.recv(), 5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1007
+    assert got == [None]
+
+
+async def test_sending_after_the_peer_left_reports_failure() -> None:
+    results: list[bool] = []
+
+    async def late_sender(ws: WebSocket, channel: TextChannel | None) -> None:
+        assert channel is not None
+        assert await channel.receive() is None  # the client is gone
+        results.append(await channel.send(["too late"]))
+
+    opened: list[TextChannel | None] = []
+    async with serve_app(_app(late_sender, opened), ws=ChannelWebSocketProtocol) as base_url:
+        async with connect(_url(base_url)):
+            pass
+        for _ in range(50):
+            if results:
+                break
+            await asyncio.sleep(0.02)
+    assert results == [False]
+
+
+async def test_other_servers_offer_no_channel_and_asgi_works_as_before() -> None:
+    got: list[str] = []
+
+    async def plain(ws: WebSocket, channel: TextChannel | None) -> None:
+        assert channel is None
+        got.append(await ws.receive_text())
+        await ws.send_text("ok")
+
+    opened: list[TextChannel | None] = []
+    async with (
+        serve_app(_app(plain, opened), ws="websockets-sansio") as base_url,
+        connect(_url(base_url)) as client,
+    ):
+        await client.send("hi")
+        assert await client.recv() == "ok"
+    assert opened == [None] and got == ["hi"]
