@@ -11,6 +11,7 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 
 from callbot.adapters.ws_channel import ChannelWebSocketProtocol, TextChannel, open_channel
 from callbot.sim.serving import serve_app
@@ -146,3 +147,60 @@ async def test_other_servers_offer_no_channel_and_asgi_works_as_before() -> None
         await client.send("hi")
         assert await client.recv() == "ok"
     assert opened == [None] and got == ["hi"]
+
+
+def _frame(text: str, opcode: Opcode = Opcode.TEXT, fin: bool = True) -> bytes:
+    return Frame(opcode, text.encode(), fin=fin).serialize(mask=True, extensions=[])
+
+
+async def test_frames_split_across_reads_or_sharing_one_arrive_whole_and_in_order() -> None:
+    got: list[str] = []
+
+    async def reader(ws: WebSocket, channel: TextChannel | None) -> None:
+        assert channel is not None
+        while (text := await channel.receive()) is not None:
+            got.append(text)
+            if len(got) == 6:
+                await channel.send(["all here"])
+
+    long = "x" * 300  # a 16-bit length field
+    first, second = _frame("one"), _frame(long)
+    fragments = _frame("fr", Opcode.TEXT, fin=False) + _frame("ag", Opcode.CONT)
+    opened: list[TextChannel | None] = []
+    async with (
+        serve_app(_app(reader, opened), ws=ChannelWebSocketProtocol) as base_url,
+        connect(_url(base_url)) as client,
+    ):
+        await asyncio.sleep(0.2)  # the channel is open
+        pieces = [first[:1], first[1:], second[:3], second[3:100], second[100:]]
+        pieces += [_frame("two") + _frame("three"), fragments[:5], fragments[5:]]
+        for piece in pieces:
+            client.transport.write(piece)
+            await asyncio.sleep(0.02)  # separate reads on the server
+        pong = await client.ping()  # a control frame between data frames is answered
+        await asyncio.wait_for(pong, 5)
+        client.transport.write(_frame("four"))
+        assert await asyncio.wait_for(client.recv(), 5) == "all here"
+    assert got == ["one", long, "two", "three", "frag", "four"]
+
+
+async def test_a_frame_over_the_size_limit_fails_the_connection_with_1009() -> None:
+    got: list[str | None] = []
+
+    async def reader(ws: WebSocket, channel: TextChannel | None) -> None:
+        assert channel is not None
+        while (text := await channel.receive()) is not None:
+            got.append(text)
+        got.append(None)
+
+    opened: list[TextChannel | None] = []
+    async with (
+        serve_app(_app(reader, opened), ws=ChannelWebSocketProtocol, ws_max_size=1000) as base_url,
+        connect(_url(base_url)) as client,
+    ):
+        await asyncio.sleep(0.2)
+        client.transport.write(_frame("fine") + _frame("y" * 2000))
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(client.recv(), 5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    assert got == ["fine", None]

@@ -25,6 +25,7 @@ from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
+from websockets.frames import apply_mask
 from websockets.http11 import Request
 
 EXTENSION = "callbot.text_channel"
@@ -108,6 +109,8 @@ class ChannelWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.channel: TextChannel | None = None
+        self._fast_frames = True  # frames are split here until something unusual arrives
+        self._pending = b""  # the start of a frame that has not fully arrived
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
@@ -133,6 +136,61 @@ class ChannelWebSocketProtocol(WebSocketsSansIOProtocol):
                     channel.close()
             self.resume_reading_for_channel()
         return self.channel
+
+    def data_received(self, data: bytes) -> None:
+        # Frames only follow our 101 response, so splitting them here from then on means the
+        # websockets parser only ever sees whole frames: it is always at a frame boundary.
+        if not self._fast_frames or not self.handshake_complete or self.close_sent:
+            super().data_received(data)
+            return
+        buf = self._pending + data if self._pending else data
+        self._pending = b""
+        at = self._split_frames(buf)
+        if at < len(buf):
+            if self._fast_frames:
+                self._pending = buf[at:]  # an incomplete frame: wait for the rest
+            else:
+                super().data_received(buf[at:])
+
+    def _split_frames(self, buf: bytes) -> int:
+        """Deliver the complete frames at the start of `buf`; returns where the rest starts.
+
+        Once the channel is open, an unfragmented, uncompressed, masked text frame (all Twilio
+        sends) is unmasked and handed to it here: the websockets parser's generators cost ~4x
+        more. Any other complete frame (ping, close, binary, fragments, compressed) goes to that
+        parser whole, so it always starts at a frame boundary. A frame over `max_size` or not UTF-8 switches
+        this connection to the parser for good, which then fails it with 1009 or 1007.
+        """
+        at, end = 0, len(buf)
+        max_size = self.conn.max_size
+        while end - at >= 2:
+            first, second = buf[at], buf[at + 1]
+            length, head = second & 0x7F, at + 2
+            if length == 126:
+                if end - head < 2:
+                    break
+                length, head = int.from_bytes(buf[head : head + 2], "big"), head + 2
+            if length == 127 or not second & 0x80 or (max_size is not None and length > max_size):
+                self._fast_frames = False  # huge, or unmasked (a protocol error): the parser's call
+                return at
+            stop = head + 4 + length
+            if stop > end:
+                break
+            channel = self.channel
+            if first != 0x81 or channel is None:  # not FIN + text with no RSV bits, or no channel yet
+                super().data_received(buf[at:stop])
+                if self.close_sent or self.transport.is_closing():
+                    self._fast_frames = False
+                    return stop
+            else:
+                try:
+                    text = apply_mask(buf[head + 4 : stop], buf[head : head + 4]).decode()
+                except UnicodeDecodeError:
+                    self._fast_frames = False
+                    return at
+                channel.deliver(text)
+            at = stop
+        return at
 
     def send_receive_event_to_app(self) -> None:
         channel = self.channel
