@@ -337,6 +337,25 @@ def test_pcm24k_converters_shapes_and_values() -> None:
         InboundConverter("pcm16")  # type: ignore[arg-type]
 
 
+def test_inbound_mu_law_path_is_bit_identical_to_the_generic_upsampler_for_any_chunking() -> None:
+    """The converter keeps its history as mu-law bytes (the optimised path); the result must be
+    exactly Upsampler3 on the decoded samples, whatever the chunk sizes, and after a reset."""
+    rng = np.random.default_rng(7)
+    ulaw = rng.integers(0, 256, 12_000, dtype=np.uint8).tobytes()
+    for sizes in ([160] * 75, list(rng.integers(1, 400, 60))):
+        inbound, reference = InboundConverter("pcm24k"), Upsampler3()
+        out, ref, at = [], [], 0
+        for size in sizes:
+            chunk = ulaw[at : at + int(size)]
+            at += len(chunk)
+            out.append(inbound.convert(chunk))
+            ref.append(reference.process(ulaw_decode(chunk)).astype("<i2").tobytes())
+        assert b"".join(out) == b"".join(ref) and len(b"".join(out)) == 6 * at
+        inbound.reset()
+        assert inbound.convert(ulaw[:160]) == Upsampler3().process(ulaw_decode(ulaw[:160])).tobytes()
+    assert InboundConverter("pcm24k").convert(b"") == b""
+
+
 def test_outbound_odd_length_deltas_match_one_block() -> None:
     pcm = synth_speech(500, HI, seed=4).tobytes()
     block = OutboundConverter("pcm24k").convert(pcm)

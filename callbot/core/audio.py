@@ -260,23 +260,45 @@ class _Converter:
         return self._pass
 
 
+_ULAW_HISTORY = bytes([ULAW_SILENCE]) * _UP_HIST
+_ULAW_PAD = bytes([ULAW_SILENCE]) * (_BLOCK - 1)
+
+
 class InboundConverter(_Converter):
-    """Twilio -> OpenAI for one call: mu-law 8 kHz to the Realtime input format."""
+    """Twilio -> OpenAI for one call: mu-law 8 kHz to the Realtime input format.
+
+    The same filter as `Upsampler3`, bit for bit, specialised for mu-law input: the history is
+    kept as the last 31 mu-law bytes, so one table lookup decodes history and frame together
+    into a fresh work buffer. That saves the history copy and the assignment into a persistent
+    buffer: a third of the numpy calls per 20 ms frame, which is what the time goes on.
+    """
 
     def __init__(self, mode: Mode) -> None:
         super().__init__(mode)
-        self._up = Upsampler3()
+        self._history = _ULAW_HISTORY  # mu-law 0xFF decodes to 0: the same as zeroed history
+        self._bank = _UP_BANK
 
     def convert(self, ulaw: bytes) -> bytes:
         """Return the Realtime input bytes for one chunk of Twilio mu-law (3x as many samples)."""
         if self._pass:
             return ulaw
-        y = self._up.process(_ULAW_DECODE_F64.take(np.frombuffer(ulaw, dtype=np.uint8)))
-        return y.astype("<i2", copy=False).tobytes()
+        n = len(ulaw)
+        if n == 0:
+            return b""
+        codes = self._history + ulaw
+        self._history = codes[-_UP_HIST:]
+        rows = -(-n // _BLOCK)
+        if n % _BLOCK:
+            codes += _ULAW_PAD[: rows * _BLOCK - n]  # outputs of the padding are cut off below
+        x = _ULAW_DECODE_F64.take(np.frombuffer(codes, dtype=np.uint8))
+        y: FloatArray = np.dot(_rows(x, rows, _BLOCK + _UP_HIST, _BLOCK), self._bank)
+        if n % _BLOCK:
+            y = y.reshape(-1)[: 3 * n]
+        return _to_int16(y).tobytes()  # int16 in native order: little-endian on every supported CPU
 
     def reset(self) -> None:
         """Forget filter history (e.g. when the stream restarts)."""
-        self._up.reset()
+        self._history = _ULAW_HISTORY
 
 
 class OutboundConverter(_Converter):

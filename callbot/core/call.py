@@ -237,8 +237,11 @@ class CallSession:
             self.stats.inbound_dropped_not_ready += 1
             return []
         batch = self.config.inbound_batch_frames
-        if batch == 1 and self._inbound.passthrough:
-            return [SendRealtime(rt.append(event.payload))]  # forward Twilio's base64 untouched
+        if batch == 1:
+            if self._inbound.passthrough:
+                return [SendRealtime(rt.append(event.payload))]  # forward Twilio's base64 untouched
+            audio = self._inbound.convert(event.audio)
+            return [SendRealtime(rt.append(binascii.b2a_base64(audio, newline=False).decode("ascii")))]
         self._inbound_pending.append(event.audio)
         if len(self._inbound_pending) < batch:
             return []
