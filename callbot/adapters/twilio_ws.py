@@ -41,8 +41,9 @@ class TwilioSocket:
 
     async def recv(self) -> str | None:
         """The next text frame, or None once Twilio has gone; oversized frames are skipped."""
+        channel = self._channel
         while not self.closed:
-            text = await self._next()
+            text = await (channel.receive() if channel is not None else self._asgi_next())
             if text is None:
                 self.closed = True
                 return None
@@ -53,9 +54,7 @@ class TwilioSocket:
             return text
         return None
 
-    async def _next(self) -> str | None:
-        if self._channel is not None:
-            return await self._channel.receive()
+    async def _asgi_next(self) -> str | None:
         try:
             message = await self._ws.receive()
         except (WebSocketDisconnect, RuntimeError):
