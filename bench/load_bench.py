@@ -165,6 +165,8 @@ class Rig:
                 str(o.realtime_factor),
                 "--delta-ms",
                 str(o.delta_ms),
+                "--impl",
+                o.fake_impl,
             ],
             self.workdir,
         )
@@ -234,7 +236,13 @@ async def run_callers(
             continue
         spec = rig.workdir / f"{tag}-spec{i}.json"
         out = rig.workdir / f"{tag}-callers{i}.json"
-        body = {"base_url": rig.base_url, "seconds": seconds, "record": o.caller_record, "calls": chunk}
+        body = {
+            "base_url": rig.base_url,
+            "seconds": seconds,
+            "record": o.caller_record,
+            "impl": o.caller_impl,
+            "calls": chunk,
+        }
         spec.write_bytes(orjson.dumps(body))
         proc = await spawn(
             f"{tag}-callers{i}",
@@ -1205,7 +1213,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--barge-fraction", type=float, default=1 / 3, help="share of calls that barge in")
     p.add_argument("--realtime-factor", type=float, default=4.0, help="fake reply pacing (x real time)")
     p.add_argument("--delta-ms", type=int, default=100, help="audio per fake delta")
-    p.add_argument("--caller-record", action="store_true", help="let the callers keep their recordings")
+    p.add_argument(
+        "--caller-impl",
+        choices=["lean", "simulator"],
+        default="lean",
+        help="callers: bench/lean_caller.py (default) or the caller simulator (TwilioCaller)",
+    )
+    p.add_argument(
+        "--fake-impl",
+        choices=["lean", "websockets"],
+        default="lean",
+        help="fake Realtime transport: bench/lean_ws.py (default) or the websockets server",
+    )
+    p.add_argument(
+        "--caller-record",
+        action="store_true",
+        help="let the callers keep their recordings (implies --caller-impl simulator)",
+    )
     p.add_argument("--server-log-level", default="INFO")
     p.add_argument(
         "--gc-freeze",

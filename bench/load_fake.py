@@ -20,28 +20,48 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import binascii
+import copy
 import gc
 import os
 import signal
 import sys
 import time
+import warnings
+import zlib
 from array import array
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+with warnings.catch_warnings():  # deprecated in 3.11-3.12 (PEP 594); the audioop-lts package from 3.13
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import audioop
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import lean_ws
 import load_common as lc
 import orjson
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from callbot.sim.fake_realtime import FakeRealtimeServer
-from callbot.sim.fake_realtime_session import FakeSession, SessionContext, _Close
+from callbot.sim.fake_realtime_audio import PCM24K, PCMU, AudioFormat, EnergyVad
+from callbot.sim.fake_realtime_responses import ActiveResponse
+from callbot.sim.fake_realtime_session import (
+    BUFFER_KEEP_MS,
+    HOT_SERVER,
+    FakeSession,
+    SessionContext,
+    _Close,
+)
 from callbot.sim.fake_realtime_state import Script
+from callbot.sim.protocol_check import ProtocolViolation, validate_server_event
+from callbot.sim.speech import duration_ms_for_text
 
 APPEND_PREFIX = '{"type":"input_audio_buffer.append"'
+APPEND_HEAD = b'{"type":"input_audio_buffer.append","audio":"'
 SPEECH_PREFIX = b'{"type":"input_audio_buffer.speech_started"'
 DELTA_PREFIX = b'{"type":"response.output_audio.delta","response_id":"'
 
@@ -77,6 +97,17 @@ class BenchSession(FakeSession):
             self.append_ns.append(time.monotonic_ns())
         super().handle(message)
 
+    def note_sent(self, frame: bytes) -> None:
+        """Timestamp a frame about to be written if it is a speech_started or a response's first delta."""
+        if frame.startswith(DELTA_PREFIX):
+            start = len(DELTA_PREFIX)
+            rid = frame[start : frame.index(b'"', start)]
+            if rid not in self.responses_with_audio:
+                self.responses_with_audio.add(rid)
+                self.first_delta_ns.append(time.monotonic_ns())
+        elif frame.startswith(SPEECH_PREFIX):
+            self.speech_started_ns.append(time.monotonic_ns())
+
     async def _write_loop(self) -> None:
         """FakeSession._write_loop (no fault injection) with send timestamps for tagged events."""
         try:
@@ -85,14 +116,7 @@ class BenchSession(FakeSession):
                 if isinstance(frame, _Close):
                     await self.ws.close(frame.code, frame.reason)
                     return
-                if frame.startswith(DELTA_PREFIX):
-                    start = len(DELTA_PREFIX)
-                    rid = frame[start : frame.index(b'"', start)]
-                    if rid not in self.responses_with_audio:
-                        self.responses_with_audio.add(rid)
-                        self.first_delta_ns.append(time.monotonic_ns())
-                elif frame.startswith(SPEECH_PREFIX):
-                    self.speech_started_ns.append(time.monotonic_ns())
+                self.note_sent(frame)
                 await self.ws.send(frame, text=True)
         except ConnectionClosed:
             self.closed = True
@@ -107,6 +131,380 @@ class BenchSession(FakeSession):
             "first_delta_ns": list(self.first_delta_ns),
             "utterances": self._utterances,
         }
+
+
+# ----------------------------------------------------------------------------- the lean transport
+
+
+class LeanVad(EnergyVad):
+    """`EnergyVad`'s state machine, with each 10 ms window's loudness measured by `audioop.rms`.
+
+    It still listens to the audio (RMS of every 10 ms window of what the client appended against
+    the same threshold), but in C on the raw bytes: no numpy decode, float conversion and einsum
+    per append, which were most of the fake's per-append cost. mu-law is expanded with
+    `audioop.ulaw2lin` (standard G.711) first.
+    """
+
+    def __init__(self, fmt: AudioFormat, vad: EnergyVad) -> None:
+        super().__init__(
+            fmt.rate,
+            threshold=0.5,
+            prefix_padding_ms=vad.prefix_padding_ms,
+            silence_duration_ms=vad.silence_duration_ms,
+            base_ms=vad.base_ms,
+        )
+        self.level = vad.level
+        self._ulaw = fmt.type == "audio/pcmu"
+        self._wbytes = self.window * fmt.bytes_per_sample
+        self._raw = b""
+        self.keep_bytes = fmt.nbytes(BUFFER_KEEP_MS)
+        """FakeSession drops old input audio beyond BUFFER_KEEP_MS while nobody speaks."""
+
+    def skip_residual(self) -> None:
+        samples = len(self._raw) // (1 if self._ulaw else 2)
+        self.base_ms += samples * 1000 / self.rate
+        self._raw = b""
+
+    def feed_bytes(self, data: bytes) -> list[tuple[str, int]]:
+        """Consume encoded audio; return ("start", audio_start_ms) / ("stop", audio_end_ms) events."""
+        if self._raw:
+            data = self._raw + data
+        wb = self._wbytes
+        whole = len(data) // wb
+        if whole == 0:
+            self._raw = data
+            return []
+        self._raw = data[whole * wb :]
+        pcm = audioop.ulaw2lin(data[: whole * wb], 2) if self._ulaw else data[: whole * wb]
+        level = self.level
+        end = self._windows_done + whole
+        if not self.speaking and not self._recent and audioop.max(pcm, 2) < level:
+            self._windows_done = end  # no sample reaches the RMS threshold: every window is quiet
+            return []
+        step = self.window * 2
+        loud = [audioop.rms(pcm[k : k + step], 2) >= level for k in range(0, whole * step, step)]
+        # From here on exactly EnergyVad.feed, on the list of loud flags.
+        if not self.speaking and not self._recent and not any(loud):
+            self._windows_done = end
+            return []
+        if self.speaking and (
+            all(loud) or (not any(loud) and self._t(end) - self._last_loud_end < self.silence_duration_ms)
+        ):
+            self._windows_done = end
+            if loud[-1]:
+                self._last_loud_end = self._t(end)
+            return []
+        events: list[tuple[str, int]] = []
+        for flag in loud:
+            idx = self._windows_done
+            self._windows_done += 1
+            if not self.speaking:
+                self._recent = [i for i in self._recent if i > idx - self.START_SPAN]
+                if flag:
+                    self._recent.append(idx)
+                if len(self._recent) >= self.START_NEEDED:
+                    self.speaking = True
+                    onset = self._t(self._recent[0])
+                    self._last_loud_end = self._t(idx + 1)
+                    self._recent = []
+                    events.append(("start", int(max(0.0, onset - self.prefix_padding_ms))))
+            elif flag:
+                self._last_loud_end = self._t(idx + 1)
+            elif self._t(idx + 1) - self._last_loud_end >= self.silence_duration_ms:
+                self.speaking = False
+                events.append(("stop", int(self._last_loud_end)))
+        return events
+
+
+VALIDATE_FIRST = 200
+_VALIDATED: dict[str, int] = {}
+"""Per server event type: how many the lean fake has validated in this process."""
+
+
+class _DirectOut:
+    """Stands in for FakeSession's outgoing queue: each emitted frame is written at once."""
+
+    __slots__ = ("conn", "session")
+
+    def __init__(self, session: BenchSession, conn: lean_ws.WsServer) -> None:
+        self.session = session
+        self.conn = conn
+
+    def put_nowait(self, frame: bytes | _Close) -> None:
+        if isinstance(frame, _Close):
+            self.conn.close(frame.code, frame.reason)
+            return
+        self.session.note_sent(frame)
+        self.conn.send_text(frame)
+
+
+class LeanBenchSession(BenchSession):
+    """BenchSession on a `lean_ws` connection: client frames are handled as they are read and
+    server events are written as they are emitted (no reader loop, queue or writer task), and
+    the VAD is `LeanVad`. Appends are timestamped when the bytes carrying them were read."""
+
+    def __init__(self, ctx: SessionContext, conn: lean_ws.WsServer, model: str, call: str) -> None:
+        super().__init__(ctx, conn, model, call)  # type: ignore[arg-type]
+        self._out = _DirectOut(self, conn)  # type: ignore[assignment]
+
+    def receive(self, text: str, now_ns: int) -> None:
+        """One client text frame: `FakeSession.handle`, with a direct path for appends.
+
+        For an append the generic handler would only parse it and dispatch to `_on_append`
+        (appends are neither recorded nor validated in benchmark mode), so this does just that.
+        """
+        if text.startswith(APPEND_PREFIX):
+            self.append_ns.append(now_ns)
+            try:
+                obj = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                obj = None
+            if type(obj) is dict and obj.get("type") == "input_audio_buffer.append" and not self.ctx.validate:
+                try:
+                    self._on_append(obj)
+                except (KeyError, TypeError, AttributeError, ValueError) as exc:
+                    self.violation(f"client event input_audio_buffer.append could not be handled: {exc!r}")
+                    self.error(f"Invalid 'input_audio_buffer.append' event: {exc}", code="invalid_value")
+                return
+        FakeSession.handle(self, text)
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """FakeSession.emit, except that the fake's own non-audio events are validated against the
+        SDK models only the first `VALIDATE_FIRST` times per event type in this process (they are
+        built by the same code every time; a pydantic validation of each costs ~100 µs). Client
+        events (what the server under test sends) are still validated every time."""
+        if self.ctx.validate or self.ctx.record_audio:
+            super().emit(event)  # not benchmark mode: the unchanged path
+            return
+        if self.closed:
+            return
+        self._counter += 1
+        event["event_id"] = f"event_{self._tag}{self._counter:06d}"
+        etype = event["type"]
+        if etype not in HOT_SERVER:
+            seen = _VALIDATED.get(etype, 0)
+            if seen < VALIDATE_FIRST:
+                _VALIDATED[etype] = seen + 1
+                try:
+                    validate_server_event(event)
+                except ProtocolViolation as exc:
+                    self.violation(f"server sent invalid event: {exc}")
+            self.sent.append(event)
+        self._out.put_nowait(orjson.dumps(event))
+
+    def _configure_audio(self) -> None:
+        super()._configure_audio()
+        if self._vad is not None and not isinstance(self._vad, LeanVad):
+            self._vad = LeanVad(self._in_fmt, self._vad)
+
+    async def _stream(self, resp: ActiveResponse) -> None:
+        """ResponseMixin._stream as a chain of timer callbacks instead of a task asleep between
+        deltas: the same events at the same times (t0 + i x interval), the same checks."""
+        loop = asyncio.get_running_loop()
+        factor = self.script.realtime_factor
+        steps = len(resp.chunks) if resp.audio else len(resp.pieces)
+        interval = self.script.delta_ms / 1000 / factor if factor > 0 else 0.0
+        if self.script.first_delta_delay_ms > 0:
+            await asyncio.sleep(self.script.first_delta_delay_ms / 1000)
+        t0 = loop.time()
+        ids = {"response_id": resp.id, "item_id": resp.item.id, "output_index": 0, "content_index": 0}
+
+        def step(i: int) -> None:
+            if resp.finished or self.closed:
+                return
+            if i >= steps:
+                self.finish_response(resp, "completed")
+                return
+            if resp.audio:
+                self.emit({"type": "response.output_audio.delta", **ids, "delta": resp.chunks[i]})
+                resp.audio_ms += resp.chunk_ms[i]
+                resp.item.audio_ms = resp.audio_ms
+            piece = resp.pieces[i]
+            if piece:
+                kind = "audio_transcript" if resp.audio else "text"
+                self.emit({"type": f"response.output_{kind}.delta", **ids, "delta": piece})
+                resp.sent_text += piece
+            if i + 1 >= steps:
+                self.finish_response(resp, "completed")
+            elif interval:
+                loop.call_at(t0 + (i + 1) * interval, step, i + 1)
+            else:
+                loop.call_soon(step, i + 1)
+
+        step(0)
+
+    @property
+    def lean_appends(self) -> bool:
+        """Appends may skip the generic handler: they are neither validated nor recorded."""
+        return not (self.ctx.validate or self.ctx.record_audio)
+
+    def _on_append(self, obj: dict[str, Any]) -> None:
+        """FakeSession._on_append with the base64 decode in C and the VAD on the raw bytes."""
+        try:
+            data = binascii.a2b_base64(obj["audio"], strict_mode=True)
+        except (binascii.Error, ValueError):
+            self.error(
+                "Invalid 'audio': not valid base64.",
+                code="invalid_value",
+                param="audio",
+                event_id=obj.get("event_id"),
+            )
+            return
+        self.append_audio(data)
+
+    def append_audio(self, data: bytes) -> None:
+        """The rest of `_on_append` once the audio is decoded: buffer it and run the VAD."""
+        self._buf += data
+        vad = self._vad
+        if vad is None:
+            return
+        assert isinstance(vad, LeanVad)
+        for kind, ms in vad.feed_bytes(data):
+            if kind == "start":
+                self._speech_started(ms)
+            else:
+                self._speech_stopped(ms)
+        if not vad.speaking and len(self._buf) > vad.keep_bytes:
+            self._drop_buffer_until(self._timeline_ms - BUFFER_KEEP_MS / 3)
+
+
+class FakeConn(lean_ws.WsServer):
+    """One Realtime websocket on the lean fake: the upgrade checks of FakeRealtimeServer, then a
+    LeanBenchSession fed synchronously from `data_received`."""
+
+    timestamps = True
+    max_size = 16 * 2**20
+
+    def __init__(self, server: LeanFakeServer) -> None:
+        super().__init__()
+        self.server = server
+        self.session: LeanBenchSession | None = None
+
+    def accept_request(self, path: str, headers: dict[str, str]) -> tuple[int, str, str] | None:
+        if not urlsplit(path).path.rstrip("/").endswith("/realtime"):
+            return 404, "Not Found", "Not found: the fake serves .../realtime"
+        auth = headers.get("authorization", "")
+        if not auth.startswith("Bearer ") or not auth[7:].strip():
+            return 401, "Unauthorized", "Missing bearer authentication in header"
+        return None
+
+    def on_open(self) -> None:
+        query = parse_qs(urlsplit(self.path).query)
+        model = (query.get("model") or ["gpt-realtime"])[0]
+        call = (query.get(lc.CALL_QUERY) or [""])[0]
+        session = self.session = LeanBenchSession(self.server._ctx, self, model, call)
+        self.server.open.add(session)
+        self.server.conns.add(self)
+        session.emit({"type": "session.created", "session": copy.deepcopy(session.config)})
+
+    def on_text_bytes(self, data: bytes, now_ns: int) -> None:
+        session = self.session
+        assert session is not None
+        # Appends as the bridge sends them, `{"type":"input_audio_buffer.append","audio":"<base64>"}`,
+        # are taken apart without a JSON parse: base64 has no quote, backslash or non-ASCII byte,
+        # so when the strict decode accepts the middle, the frame was exactly that JSON object.
+        if data.startswith(APPEND_HEAD) and data.endswith(b'"}') and session.lean_appends:
+            try:
+                audio = binascii.a2b_base64(data[len(APPEND_HEAD) : -2], strict_mode=True)
+            except (binascii.Error, ValueError):
+                pass  # not that exact shape: the generic path decides (and answers errors)
+            else:
+                session.append_ns.append(now_ns)
+                try:
+                    session.append_audio(audio)
+                except Exception as exc:
+                    session.violation(f"fake failed handling an append: {exc!r}")
+                return
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            self.invalid_utf8()
+            return
+        try:
+            session.receive(text, now_ns)
+        except Exception as exc:  # a fake bug must show up as a violation, not kill the connection
+            session.violation(f"fake failed handling {text[:60]!r}: {exc!r}")
+
+    def on_binary(self, data: bytes) -> None:
+        if self.session is not None:
+            self.session.handle(data)  # a violation + an error event, as FakeSession does
+
+    def on_closed(self) -> None:
+        self.server.conns.discard(self)
+        session = self.session
+        if session is None:
+            return
+        session.closed = True
+        session.cancel_all_responses()
+        self.server.open.discard(session)
+        self.server.finished.append(session.export())
+        session._buf = bytearray()  # keep only the timestamps of closed sessions
+
+
+class LeanFakeServer:
+    """The benchmark's fake Realtime server on `lean_ws` (same sessions, same JSON, less CPU).
+
+    Like `FakeRealtimeServer(script, validate=False, record_audio=False)`: every non-audio event
+    is still validated against the SDK's models in both directions; appends and deltas are not.
+    """
+
+    def __init__(
+        self,
+        script: Script,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        validate: bool = False,
+        record_audio: bool = False,
+    ) -> None:
+        self.host = host
+        self._requested_port = port
+        self._ctx = SessionContext(script, validate=validate, record_audio=record_audio)
+        self.finished: list[dict[str, Any]] = []
+        self.open: set[LeanBenchSession] = set()
+        self.conns: set[FakeConn] = set()
+        self._server: asyncio.Server | None = None
+
+    @property
+    def violations(self) -> list[str]:
+        return self._ctx.violations
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "LeanFakeServer is not started"
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: FakeConn(self), self.host, self._requested_port)
+
+    async def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        for conn in list(self.conns):
+            conn.close(1001, "fake: server shutting down")
+        waiters = [conn.closed_waiter for conn in list(self.conns)]
+        if waiters:
+            await asyncio.wait(waiters, timeout=2.0)
+        for conn in list(self.conns):
+            conn.abort()
+        await self._server.wait_closed()
+
+    async def __aenter__(self) -> LeanFakeServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+# ----------------------------------------------------------------------------- websockets transport
 
 
 class BenchFakeServer(FakeRealtimeServer):
@@ -129,6 +527,16 @@ class BenchFakeServer(FakeRealtimeServer):
             session._buf = bytearray()  # keep only the timestamps of closed sessions
 
 
+def prewarm_synth(ctx: SessionContext) -> None:
+    """Synthesise (and cache) every line the fake will say, in both formats, before any call:
+    otherwise the first reply of each text costs ~20 ms of CPU in the middle of a level."""
+    delta_ms = max(10, int(ctx.script.delta_ms))
+    for text in dict.fromkeys([ctx.script.greeting, *ctx.script.replies]):
+        seed = zlib.crc32(text.encode()) & 0xFFFF
+        for fmt in (PCM24K, PCMU):
+            ctx.synth_chunks(fmt, duration_ms_for_text(text), seed, delta_ms)
+
+
 async def serve(args: argparse.Namespace) -> None:
     script = Script(
         replies=REPLIES * 20,
@@ -142,12 +550,15 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with BenchFakeServer(script, host=args.host, port=args.port) as server:
+    server_cls = LeanFakeServer if args.impl == "lean" else BenchFakeServer
+    async with server_cls(script, host=args.host, port=args.port) as server:
+        prewarm_synth(server._ctx)
         # Load-generator hygiene: without this, full collections of the ~150k objects imported at
         # start-up stall this loop for ~50 ms every few seconds and show up as inbound latency.
         gc.collect()
         gc.freeze()
-        print(orjson.dumps({"ready": True, "port": server.port, "pid": os.getpid()}).decode(), flush=True)
+        ready = {"ready": True, "port": server.port, "pid": os.getpid(), "impl": args.impl}
+        print(orjson.dumps(ready).decode(), flush=True)
         await stop.wait()
         sessions = server.finished + [s.export() for s in server.open]
         data = {
@@ -155,6 +566,7 @@ async def serve(args: argparse.Namespace) -> None:
             "violations": server.violations[:200],
             "violation_count": len(server.violations),
             "lag": monitor.export(),
+            "impl": args.impl,
         }
         args.out.write_bytes(orjson.dumps(data))
         monitor.stop()
@@ -169,6 +581,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--realtime-factor", type=float, default=4.0)
     parser.add_argument("--delta-ms", type=int, default=100)
     parser.add_argument("--first-delta-delay-ms", type=float, default=0.0)
+    parser.add_argument(
+        "--impl",
+        choices=["lean", "websockets"],
+        default="lean",
+        help="transport: lean_ws (default) or the websockets server FakeRealtimeServer uses",
+    )
     parser.add_argument("--no-uvloop", action="store_true")
     args = parser.parse_args(argv)
     lc.pin(lc.parse_cpus(args.cpu))
