@@ -182,8 +182,8 @@ class Rig:
             "--log-level",
             o.server_log_level,
         ]
-        if o.gc_freeze:
-            server_args.append("--gc-freeze")
+        if o.no_gc_freeze:
+            server_args.append("--no-gc-freeze")
         if o.profiler == "cprofile" and getattr(self, "cprofile", None):
             server_args += ["--cprofile", str(self.cprofile)]  # type: ignore[attr-defined]
         self.server = await spawn("server", server_args, self.workdir)
@@ -1109,7 +1109,7 @@ async def main_async(opts: argparse.Namespace) -> int:
         "fake Realtime + callers on CPU "
         f"{opts.load_cpus}. Fake replies: {opts.delta_ms} ms deltas at {opts.realtime_factor:g}x real time. "
         f"1 call in {round(1 / opts.barge_fraction) if opts.barge_fraction else '∞'} barges in."
-        + (" EXPERIMENT: the server calls gc.freeze() after start-up." if opts.gc_freeze else ""),
+        + (" EXPERIMENT: the server skips callbot serve's gc.freeze()." if opts.no_gc_freeze else ""),
         "",
     ]
     levels: list[dict[str, Any]] = report["levels"]
@@ -1232,9 +1232,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--server-log-level", default="INFO")
     p.add_argument(
-        "--gc-freeze",
+        "--no-gc-freeze",
         action="store_true",
-        help="experiment: the server calls gc.freeze() after start-up (not what callbot serve does)",
+        help="experiment: the server skips the gc.freeze() that callbot serve does after start-up",
     )
     p.add_argument(
         "--wait-quiet-s",

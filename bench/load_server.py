@@ -17,7 +17,7 @@ stderr at INFO). Bench-only additions, none on a call's hot path:
 
 It prints one JSON line `{"ready": true, "port": ..., "pid": ...}` on stdout once listening
 and exits cleanly on SIGINT/SIGTERM. `--cprofile FILE` profiles the whole process run;
-`--gc-freeze` is an experiment (not what `callbot serve` does): `gc.freeze()` once started.
+Like `callbot serve`, it calls `gc.freeze()` once started (`--no-gc-freeze` to compare without).
 """
 
 from __future__ import annotations
@@ -218,9 +218,8 @@ async def serve(args: argparse.Namespace) -> None:
         "ws": getattr(ws_impl, "__name__", str(ws_impl)),
         "http": getattr(getattr(config, "http_protocol_class", None), "__name__", ""),
     }
-    if args.gc_freeze:
-        gc.collect()
-        gc.freeze()  # start-up objects move to the permanent generation: full collections get cheap
+    if not args.no_gc_freeze:
+        gc.freeze()  # as `callbot serve` does: start-up objects leave the collector's full passes
         ready["gc_frozen"] = gc.get_freeze_count()
     print(orjson.dumps(ready).decode(), flush=True)
     await task
@@ -237,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--lag-interval-ms", type=float, default=10.0)
     parser.add_argument("--no-uvloop", action="store_true")
-    parser.add_argument("--gc-freeze", action="store_true", help="experiment: gc.freeze() after start-up")
+    parser.add_argument("--no-gc-freeze", action="store_true", help="skip callbot serve's gc.freeze()")
     parser.add_argument("--cprofile", type=Path, default=None, help="write a cProfile of the run here")
     args = parser.parse_args(argv)
     lc.pin(lc.parse_cpus(args.cpu))
