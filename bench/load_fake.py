@@ -30,6 +30,7 @@ import time
 import warnings
 import zlib
 from array import array
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -165,22 +166,24 @@ class LeanVad(EnergyVad):
         self.base_ms += samples * 1000 / self.rate
         self._raw = b""
 
-    def feed_bytes(self, data: bytes) -> list[tuple[str, int]]:
+    def feed_bytes(self, data: bytes) -> Sequence[tuple[str, int]]:
         """Consume encoded audio; return ("start", audio_start_ms) / ("stop", audio_end_ms) events."""
-        if self._raw:
-            data = self._raw + data
         wb = self._wbytes
-        whole = len(data) // wb
-        if whole == 0:
-            self._raw = data
-            return []
-        self._raw = data[whole * wb :]
-        pcm = audioop.ulaw2lin(data[: whole * wb], 2) if self._ulaw else data[: whole * wb]
+        if self._raw or len(data) % wb:  # a partial window is pending or left over
+            data = self._raw + data
+            whole = len(data) // wb
+            self._raw = data[whole * wb :]
+            if whole == 0:
+                return ()
+            data = data[: whole * wb]
+        else:  # the usual 20 ms append: whole windows
+            whole = len(data) // wb
+        pcm = audioop.ulaw2lin(data, 2) if self._ulaw else data
         level = self.level
         end = self._windows_done + whole
         if not self.speaking and not self._recent and audioop.max(pcm, 2) < level:
             self._windows_done = end  # no sample reaches the RMS threshold: every window is quiet
-            return []
+            return ()
         step = self.window * 2
         loud = [audioop.rms(pcm[k : k + step], 2) >= level for k in range(0, whole * step, step)]
         # From here on exactly EnergyVad.feed, on the list of loud flags.
@@ -216,7 +219,7 @@ class LeanVad(EnergyVad):
         return events
 
 
-VALIDATE_FIRST = 200
+VALIDATE_FIRST = 20
 _VALIDATED: dict[str, int] = {}
 """Per server event type: how many the lean fake has validated in this process."""
 
@@ -246,20 +249,23 @@ class LeanBenchSession(BenchSession):
     def __init__(self, ctx: SessionContext, conn: lean_ws.WsServer, model: str, call: str) -> None:
         super().__init__(ctx, conn, model, call)  # type: ignore[arg-type]
         self._out = _DirectOut(self, conn)  # type: ignore[assignment]
+        self.lean_appends = not (ctx.validate or ctx.record_audio)
+        """Appends may skip the generic handler: they are neither validated nor recorded."""
 
     def receive(self, text: str, now_ns: int) -> None:
         """One client text frame: `FakeSession.handle`, with a direct path for appends.
 
         For an append the generic handler would only parse it and dispatch to `_on_append`
         (appends are neither recorded nor validated in benchmark mode), so this does just that.
+        Appends in the bridge's exact JSON shape do not even get here (`FakeConn.on_text_bytes`).
         """
-        if text.startswith(APPEND_PREFIX):
+        try:
+            obj = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            obj = None
+        if type(obj) is dict and obj.get("type") == "input_audio_buffer.append":
             self.append_ns.append(now_ns)
-            try:
-                obj = orjson.loads(text)
-            except orjson.JSONDecodeError:
-                obj = None
-            if type(obj) is dict and obj.get("type") == "input_audio_buffer.append" and not self.ctx.validate:
+            if self.lean_appends:
                 try:
                     self._on_append(obj)
                 except (KeyError, TypeError, AttributeError, ValueError) as exc:
@@ -332,11 +338,6 @@ class LeanBenchSession(BenchSession):
                 loop.call_soon(step, i + 1)
 
         step(0)
-
-    @property
-    def lean_appends(self) -> bool:
-        """Appends may skip the generic handler: they are neither validated nor recorded."""
-        return not (self.ctx.validate or self.ctx.record_audio)
 
     def _on_append(self, obj: dict[str, Any]) -> None:
         """FakeSession._on_append with the base64 decode in C and the VAD on the raw bytes."""
