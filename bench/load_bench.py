@@ -1106,7 +1106,7 @@ async def main_async(opts: argparse.Namespace) -> int:
         "## callbot load benchmark",
         "",
         f"{machine_line()}; callbot {code_version()}; server pinned to CPU {opts.server_cpu}, "
-        "fake Realtime + callers on CPU "
+        f"fake Realtime ({opts.fake_impl}) + callers ({opts.caller_impl}) on CPU "
         f"{opts.load_cpus}. Fake replies: {opts.delta_ms} ms deltas at {opts.realtime_factor:g}x real time. "
         f"1 call in {round(1 / opts.barge_fraction) if opts.barge_fraction else '∞'} barges in."
         + (" EXPERIMENT: the server skips callbot serve's gc.freeze()." if opts.no_gc_freeze else ""),
@@ -1206,7 +1206,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--server-cpu", default="0", help="CPU(s) for the server process")
     p.add_argument("--load-cpus", default="1", help="CPU(s) for the fake Realtime server and the callers")
     p.add_argument("--caller-procs", type=int, default=0, help="caller processes (default: 1 per 100 calls)")
-    p.add_argument("--calls-per-caller-proc", type=int, default=100)
+    p.add_argument(
+        "--calls-per-caller-proc",
+        type=int,
+        default=None,
+        help="calls per caller process (default 300 for the lean callers, 100 for the simulator)",
+    )
     p.add_argument(
         "--ramp-s", type=float, default=None, help="spread call starts over this long (default N/50 s, ≥ 2)"
     )
@@ -1254,6 +1259,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         opts.calls, opts.seconds = "10,25", 10.0
     if opts.wait_quiet_s is None:
         opts.wait_quiet_s = 10.0 if opts.quick else 120.0
+    if opts.caller_record:
+        opts.caller_impl = "simulator"
+    if opts.calls_per_caller_proc is None:
+        opts.calls_per_caller_proc = 300 if opts.caller_impl == "lean" else 100
     opts.calls = [int(x) for x in str(opts.calls).split(",") if x.strip()]
     opts.modes = [m.strip() for m in opts.modes.split(",") if m.strip()]
     given = argv if argv is not None else sys.argv[1:]
