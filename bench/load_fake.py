@@ -398,6 +398,23 @@ class FakeConn(lean_ws.WsServer):
         self.server.conns.add(self)
         session.emit({"type": "session.created", "session": copy.deepcopy(session.config)})
 
+    def data_received(self, data: bytes) -> None:
+        # What nearly every read carries: one masked, unfinished-by-nothing text frame of 126-65535
+        # bytes holding one append. Its header is checked here directly (FIN + text, no reserved
+        # bits, masked, 16-bit length, nothing else in the read) to save the generic frame loop.
+        if (
+            len(data) > 8
+            and data[0] == 0x81
+            and data[1] == 0xFE
+            and len(data) == 8 + ((data[2] << 8) | data[3])
+            and self.state == lean_ws.OPEN
+            and self._plain
+            and not self._buf
+        ):
+            self.on_text_bytes(lean_ws.apply_mask(data[8:], data[4:8]), time.monotonic_ns())
+            return
+        super().data_received(data)
+
     def on_text_bytes(self, data: bytes, now_ns: int) -> None:
         session = self.session
         assert session is not None
