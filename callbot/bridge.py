@@ -62,7 +62,8 @@ class Pacer:
     """One 20 ms clock for every call in the process, instead of a timer task per call."""
 
     def __init__(self, metrics: Metrics | None = None) -> None:
-        self._calls: set[CallBridge] = set()
+        self._calls: dict[CallBridge, int] = {}  # each call's housekeeping slot, 0..24
+        self._added = 0
         self._task: asyncio.Task[None] | None = None
         self._metrics = metrics
         self.max_lag_ms = 0.0
@@ -71,13 +72,14 @@ class Pacer:
         """Start ticking for `bridge`; True the first time it is added."""
         if bridge in self._calls:
             return False
-        self._calls.add(bridge)
+        self._calls[bridge] = self._added % HOUSEKEEPING_TICKS
+        self._added += 1
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="pacer")
         return True
 
     def discard(self, bridge: CallBridge) -> None:
-        self._calls.discard(bridge)
+        self._calls.pop(bridge, None)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -94,12 +96,19 @@ class Pacer:
             if self._metrics is not None:
                 self._metrics.loop_lag.observe(max(0.0, loop.time() - next_at))
             ticks += 1
-            # Calls with nothing to play only need their deadlines checked (twice a second):
-            # skipping them saves a coroutine per call per 20 ms.
-            housekeeping = ticks % HOUSEKEEPING_TICKS == 0
-            for bridge in list(self._calls):
-                if housekeeping or bridge.session.playback.queued_frames:
-                    await bridge.on_tick()
+            await self.sweep(ticks)
+
+    async def sweep(self, tick: int) -> None:
+        """One tick: every call with frames queued, and the calls whose housekeeping slot it is.
+
+        Calls with nothing to play only need their deadlines checked (twice a second): skipping
+        them saves a coroutine per call per 20 ms. Each call has its own slot, so the checks are
+        spread over the ticks instead of all landing on one (a burst of loop lag at 200 calls).
+        """
+        slot = tick % HOUSEKEEPING_TICKS
+        for bridge, own_slot in list(self._calls.items()):
+            if own_slot == slot or bridge.session.playback.queued_frames:
+                await bridge.on_tick()
 
     async def stop(self) -> None:
         self._calls.clear()
