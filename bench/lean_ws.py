@@ -373,7 +373,7 @@ class WsProtocol(asyncio.Protocol):
         """Send one text message (bytes must be UTF-8); False once the connection is closing."""
         if self.state != OPEN:
             return False
-        payload = text if type(text) is bytes else text.encode("utf-8")
+        payload = text.encode("utf-8") if isinstance(text, str) else text
         n = len(payload)
         if self.is_client:  # encode_frame, inlined for the callers' 50 frames per second per call
             key = _rand32(32).to_bytes(4, "little")
@@ -518,13 +518,14 @@ async def connect(
     parts = urlsplit(url)
     if parts.scheme != "ws" or parts.hostname is None:
         raise ValueError(f"only ws:// URLs are supported: {url}")
+    hostname = parts.hostname
     port = parts.port or 80
     host_header = parts.netloc
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     loop = asyncio.get_running_loop()
 
     async def opening() -> Any:
-        _, proto = await loop.create_connection(factory, parts.hostname, port)
+        _, proto = await loop.create_connection(factory, hostname, port)
         proto.send_request(host_header, path, headers or {})
         try:
             await proto.opened

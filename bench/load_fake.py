@@ -568,7 +568,7 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    server_cls = LeanFakeServer if args.impl == "lean" else BenchFakeServer
+    server_cls: Any = LeanFakeServer if args.impl == "lean" else BenchFakeServer
     async with server_cls(script, host=args.host, port=args.port) as server:
         prewarm_synth(server._ctx)
         # Load-generator hygiene: without this, full collections of the ~150k objects imported at
