@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import pytest
 from openai import AsyncOpenAI
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
+from websockets.streams import StreamReader
 
 from callbot.adapters.realtime_openai import (
     OpenAIRealtimeConnector,
     UpstreamError,
     _direct_send,
     _FrameWriter,
+    _MaskKeys,
+    client_text_frame,
 )
 from callbot.core import realtime as rt
 from callbot.sim.fake_realtime import FakeRealtimeServer
@@ -60,10 +64,19 @@ async def test_the_fast_path_falls_back_to_send_raw_when_the_sdk_changes() -> No
 class _Protocol:
     def __init__(self, state: State) -> None:
         self.state = state
+        self.extensions: list[object] = []
         self.framed: list[bytes] = []
 
     def send_text(self, data: bytes) -> None:
         self.framed.append(data)
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
 
 
 class _Websocket:
@@ -71,6 +84,7 @@ class _Websocket:
 
     def __init__(self, state: State = State.OPEN) -> None:
         self.protocol = _Protocol(state)
+        self.transport = _Transport()
         self.fragmented_send_waiter: object | None = None
         self.paused = False
         self.flushed = 0
@@ -84,6 +98,49 @@ class _Websocket:
         self.slow.append(data)
 
 
+def _parse_client_frames(raw: bytes) -> list[Frame]:
+    """Frames as a websockets server reads them (it insists on masking from a client)."""
+    reader = StreamReader()
+    reader.feed_data(raw)
+    reader.feed_eof()
+    frames = []
+    while reader.buffer:
+        parser = Frame.parse(reader.read_exact, mask=True, max_size=None, extensions=[])
+        try:
+            next(parser)
+        except StopIteration as done:
+            frames.append(done.value)
+    return frames
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 1280, 65535, 65536])
+def test_client_text_frames_parse_as_websockets_reads_them(size: int) -> None:
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    [frame] = _parse_client_frames(client_text_frame(data, b"\x01\x02\x03\x04"))
+    assert (frame.opcode, frame.fin, frame.data) == (Opcode.TEXT, True, data)
+    assert not (frame.rsv1 or frame.rsv2 or frame.rsv3)
+
+
+def test_mask_keys_come_in_fours_from_refilled_random_blocks() -> None:
+    keys = _MaskKeys()
+    drawn = [keys.next() for _ in range(3 * _MaskKeys.BLOCK // 4 + 1)]  # three refills and a bit
+    assert all(len(key) == 4 for key in drawn)
+    assert len(set(drawn)) > len(drawn) * 0.99  # 32 random bits: repeats are rare, not systematic
+
+
+async def test_the_frame_writer_frames_itself_and_lets_websockets_frame_with_extensions() -> None:
+    ws = _Websocket()
+    writer = _FrameWriter(ws)
+    await writer(b'{"type":"input_audio_buffer.append","audio":"AAAA"}')
+    await writer(b"second")
+    frames = _parse_client_frames(b"".join(ws.transport.written))
+    assert [f.data for f in frames] == [b'{"type":"input_audio_buffer.append","audio":"AAAA"}', b"second"]
+    assert ws.transport.written[0][2:6] != ws.transport.written[1][2:6]  # a fresh key per frame
+    ws.protocol.extensions = [object()]  # e.g. permessage-deflate: websockets must encode
+    await writer(b"third")
+    assert (ws.protocol.framed, ws.flushed, len(ws.transport.written)) == ([b"third"], 1, 2)
+
+
 @pytest.mark.parametrize(
     "blocker",
     ["paused", "fragmented", "closing"],
@@ -94,7 +151,7 @@ async def test_the_frame_writer_takes_the_full_send_when_the_socket_is_not_plain
     ws = _Websocket()
     writer = _FrameWriter(ws)
     await writer(b"one")
-    assert (ws.protocol.framed, ws.flushed, ws.slow) == ([b"one"], 1, [])
+    assert (len(ws.transport.written), ws.slow) == (1, [])
     if blocker == "paused":
         ws.paused = True  # transport back-pressure: websockets' send waits for the drain
     elif blocker == "fragmented":
@@ -102,7 +159,7 @@ async def test_the_frame_writer_takes_the_full_send_when_the_socket_is_not_plain
     else:
         ws.protocol.state = State.CLOSING  # websockets' send raises ConnectionClosed
     await writer(b"two")
-    assert (ws.protocol.framed, ws.flushed, ws.slow) == ([b"one"], 1, [b"two"])
+    assert (len(ws.transport.written), ws.slow) == (1, [b"two"])
 
 
 async def test_a_refused_connection_is_an_upstream_error() -> None:
