@@ -186,37 +186,7 @@ class LeanVad(EnergyVad):
             return ()
         step = self.window * 2
         loud = [audioop.rms(pcm[k : k + step], 2) >= level for k in range(0, whole * step, step)]
-        # From here on exactly EnergyVad.feed, on the list of loud flags.
-        if not self.speaking and not self._recent and not any(loud):
-            self._windows_done = end
-            return []
-        if self.speaking and (
-            all(loud) or (not any(loud) and self._t(end) - self._last_loud_end < self.silence_duration_ms)
-        ):
-            self._windows_done = end
-            if loud[-1]:
-                self._last_loud_end = self._t(end)
-            return []
-        events: list[tuple[str, int]] = []
-        for flag in loud:
-            idx = self._windows_done
-            self._windows_done += 1
-            if not self.speaking:
-                self._recent = [i for i in self._recent if i > idx - self.START_SPAN]
-                if flag:
-                    self._recent.append(idx)
-                if len(self._recent) >= self.START_NEEDED:
-                    self.speaking = True
-                    onset = self._t(self._recent[0])
-                    self._last_loud_end = self._t(idx + 1)
-                    self._recent = []
-                    events.append(("start", int(max(0.0, onset - self.prefix_padding_ms))))
-            elif flag:
-                self._last_loud_end = self._t(idx + 1)
-            elif self._t(idx + 1) - self._last_loud_end >= self.silence_duration_ms:
-                self.speaking = False
-                events.append(("stop", int(self._last_loud_end)))
-        return events
+        return self.advance(loud)  # EnergyVad's state machine on these loudness flags
 
 
 VALIDATE_FIRST = 20

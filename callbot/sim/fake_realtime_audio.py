@@ -6,6 +6,7 @@ test double never depends on the code it is used to test.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,20 +167,24 @@ class EnergyVad:
             return []
         frames = samples[: whole * self.window].reshape(whole, self.window).astype(np.float32)
         loud = np.einsum("ij,ij->i", frames, frames) >= self._energy  # sum of squares vs. RMS level
+        return self.advance(loud.tolist())
+
+    def advance(self, loud: Sequence[bool]) -> list[tuple[str, int]]:
+        """Run the state machine over the next windows, given whether each one was loud."""
         # Fast paths: the common 20 ms append is all-quiet while idle or all-loud while speaking.
-        end = self._windows_done + whole
-        if not self.speaking and not self._recent and not loud.any():
+        end = self._windows_done + len(loud)
+        if not self.speaking and not self._recent and not any(loud):
             self._windows_done = end
             return []
         if self.speaking and (
-            loud.all() or (not loud.any() and self._t(end) - self._last_loud_end < self.silence_duration_ms)
+            all(loud) or (not any(loud) and self._t(end) - self._last_loud_end < self.silence_duration_ms)
         ):
             self._windows_done = end
             if loud[-1]:
                 self._last_loud_end = self._t(end)
             return []
         events: list[tuple[str, int]] = []
-        for flag in loud.tolist():
+        for flag in loud:
             idx = self._windows_done
             self._windows_done += 1
             if not self.speaking:
