@@ -51,7 +51,6 @@ from callbot.sim.fake_realtime import FakeRealtimeServer
 from callbot.sim.fake_realtime_audio import PCM24K, PCMU, AudioFormat, EnergyVad
 from callbot.sim.fake_realtime_responses import ActiveResponse
 from callbot.sim.fake_realtime_session import (
-    BUFFER_KEEP_MS,
     HOT_SERVER,
     FakeSession,
     SessionContext,
@@ -158,8 +157,6 @@ class LeanVad(EnergyVad):
         self._ulaw = fmt.type == "audio/pcmu"
         self._wbytes = self.window * fmt.bytes_per_sample
         self._raw = b""
-        self.keep_bytes = fmt.nbytes(BUFFER_KEEP_MS)
-        """FakeSession drops old input audio beyond BUFFER_KEEP_MS while nobody speaks."""
 
     def skip_residual(self) -> None:
         samples = len(self._raw) // (1 if self._ulaw else 2)
@@ -309,34 +306,10 @@ class LeanBenchSession(BenchSession):
 
         step(0)
 
-    def _on_append(self, obj: dict[str, Any]) -> None:
-        """FakeSession._on_append with the base64 decode in C and the VAD on the raw bytes."""
-        try:
-            data = binascii.a2b_base64(obj["audio"], strict_mode=True)
-        except (binascii.Error, ValueError):
-            self.error(
-                "Invalid 'audio': not valid base64.",
-                code="invalid_value",
-                param="audio",
-                event_id=obj.get("event_id"),
-            )
-            return
-        self.append_audio(data)
-
-    def append_audio(self, data: bytes) -> None:
-        """The rest of `_on_append` once the audio is decoded: buffer it and run the VAD."""
-        self._buf += data
-        vad = self._vad
-        if vad is None:
-            return
+    def _vad_events(self, vad: EnergyVad, data: bytes) -> Sequence[tuple[str, int]]:
+        """The VAD on the raw bytes (audioop), not on a decoded numpy array."""
         assert isinstance(vad, LeanVad)
-        for kind, ms in vad.feed_bytes(data):
-            if kind == "start":
-                self._speech_started(ms)
-            else:
-                self._speech_stopped(ms)
-        if not vad.speaking and len(self._buf) > vad.keep_bytes:
-            self._drop_buffer_until(self._timeline_ms - BUFFER_KEEP_MS / 3)
+        return vad.feed_bytes(data)
 
 
 class FakeConn(lean_ws.WsServer):

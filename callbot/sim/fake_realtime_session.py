@@ -11,11 +11,11 @@ synchronously.
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import copy
 import math
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -311,8 +311,8 @@ class FakeSession(ItemsMixin, ResponseMixin):
 
     def _on_append(self, obj: dict[str, Any]) -> None:
         try:
-            data = base64.b64decode(obj["audio"], validate=True)
-        except (binascii.Error, ValueError):
+            data = binascii.a2b_base64(obj["audio"], strict_mode=True)
+        except (binascii.Error, ValueError, TypeError):
             self.error(
                 "Invalid 'audio': not valid base64.",
                 code="invalid_value",
@@ -320,17 +320,24 @@ class FakeSession(ItemsMixin, ResponseMixin):
                 event_id=obj.get("event_id"),
             )
             return
+        self.append_audio(data)
+
+    def append_audio(self, data: bytes) -> None:
+        """The appended audio, decoded: buffer it and run the server VAD over it."""
         self._buf += data
         vad = self._vad
         if vad is None:
             return
-        for kind, ms in vad.feed(self._in_fmt.decode(data)):
+        for kind, ms in self._vad_events(vad, data):
             if kind == "start":
                 self._speech_started(ms)
             else:
                 self._speech_stopped(ms)
         if not vad.speaking and self._in_fmt.ms(len(self._buf)) > BUFFER_KEEP_MS:
             self._drop_buffer_until(self._timeline_ms - BUFFER_KEEP_MS / 3)
+
+    def _vad_events(self, vad: EnergyVad, data: bytes) -> Sequence[tuple[str, int]]:
+        return vad.feed(self._in_fmt.decode(data))
 
     def _drop_buffer_until(self, ms: float) -> None:
         n = max(0, min(len(self._buf), self._in_fmt.nbytes(ms - self._buf_start_ms)))
