@@ -28,6 +28,8 @@ class TwilioSocket:
         self._lock = asyncio.Lock()
         self._channel: TextChannel | None = None
         self.closed = False
+        """Nothing more can be sent: the peer left, a send failed, or we closed."""
+        self._drained = False  # recv() has seen the end of the peer's messages, or we closed
         self.oversized = 0
 
     def accepted(self) -> None:
@@ -40,12 +42,15 @@ class TwilioSocket:
         return self._channel is not None
 
     async def recv(self) -> str | None:
-        """The next text frame, or None once Twilio has gone; oversized frames are skipped."""
+        """The next text frame, or None once Twilio has gone; oversized frames are skipped.
+
+        A failed send does not end receiving: what Twilio sent before it left (its `stop`,
+        say) is still read, in order, before the None."""
         channel = self._channel
-        while not self.closed:
+        while not self._drained:
             text = await (channel.receive() if channel is not None else self._asgi_next())
             if text is None:
-                self.closed = True
+                self._drained = self.closed = True
                 return None
             if len(text) > self._max:
                 self.oversized += 1
@@ -89,4 +94,4 @@ class TwilioSocket:
             # Twilio closes right after `stop`; closing a closed socket is fine.
             with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
                 await self._ws.close(code)
-        self.closed = True
+        self.closed = self._drained = True
