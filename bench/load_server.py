@@ -42,6 +42,7 @@ from fastapi.responses import JSONResponse, Response
 from openai import AsyncOpenAI, OpenAIError
 from pydantic import SecretStr
 
+import callbot
 from callbot.adapters.realtime_openai import (
     OpenAIRealtimeConnector,
     OpenAIRealtimeLink,
@@ -51,7 +52,12 @@ from callbot.bridge import call_sid_var
 from callbot.core.record import CallRecord
 from callbot.logs import setup_logging
 from callbot.settings import Settings
-from callbot.web.app import Services, create_app, server_options
+from callbot.web.app import Services, create_app
+
+try:
+    from callbot.web.app import server_options
+except ImportError:  # a callbot from before server_options (load_bench --server-src)
+    server_options = None
 
 
 class BenchConnector(OpenAIRealtimeConnector):
@@ -199,7 +205,11 @@ async def serve(args: argparse.Namespace) -> None:
     gcwatch = GcWatch()
     routes = bench_routes(monitor, observer, gcwatch)
     app = create_app(settings, connector=connector, observer=observer, extra_setup=routes)
-    config = uvicorn.Config(app, host=args.host, port=args.port, lifespan="on", **server_options(settings))
+    if server_options is not None:
+        options = server_options(settings)
+    else:  # as `callbot serve` configured uvicorn before server_options existed
+        options = {"ws_max_size": settings.max_message_bytes, "proxy_headers": True, "log_config": None}
+    config = uvicorn.Config(app, host=args.host, port=args.port, lifespan="on", **options)
     server = uvicorn.Server(config)
     monitor.start()
     task = asyncio.create_task(server.serve(), name="uvicorn")
@@ -217,6 +227,7 @@ async def serve(args: argparse.Namespace) -> None:
         "loop": lc.loop_name(),
         "ws": getattr(ws_impl, "__name__", str(ws_impl)),
         "http": getattr(getattr(config, "http_protocol_class", None), "__name__", ""),
+        "callbot": str(Path(callbot.__file__).parent),
     }
     if not args.no_gc_freeze:
         gc.freeze()  # as `callbot serve` does: start-up objects leave the collector's full passes
