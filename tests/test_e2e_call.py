@@ -131,3 +131,34 @@ async def test_metrics_count_the_call_and_its_outcome() -> None:
     assert 'callbot_tokens_total{direction="input"}' in text
     assert "callbot_bridge_inbound_latency_seconds_count" in text
     assert "callbot_call_duration_seconds_count 1.0" in text
+
+
+async def test_freed_memory_goes_back_to_the_os_once_the_last_call_has_ended(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Trimming the heap runs when the server becomes idle, not while another call is live."""
+    trims: list[int] = []  # how many calls had ended (and reached the ticket sink) at each trim
+
+    async with running_rig(TWO_TURNS) as rig:
+        monkeypatch.setattr(
+            "callbot.web.app.release_free_memory", lambda: trims.append(len(rig.observer.ended))
+        )
+        short = rig.caller().run([Silence(300), HangUp()])
+        long = rig.caller().run([Silence(1500), HangUp()])
+        results = await asyncio.gather(short, long)
+        for _ in range(100):
+            if trims:
+                break
+            await asyncio.sleep(0.02)
+    assert [r.outcome for r in results] == ["completed", "completed"]
+    assert trims == [2]
+
+
+def test_releasing_free_memory_uses_glibc_malloc_trim_where_there_is_one() -> None:
+    import platform
+
+    from callbot.adapters import heap
+
+    if platform.libc_ver()[0] == "glibc":
+        assert heap._MALLOC_TRIM is not None
+    assert heap.release_free_memory() is (heap._MALLOC_TRIM is not None)

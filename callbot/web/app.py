@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import VoiceResponse
 
+from callbot.adapters.heap import release_free_memory
 from callbot.adapters.realtime_openai import OpenAIRealtimeConnector, RealtimeConnector
 from callbot.adapters.spool import Spool
 from callbot.adapters.store_migrate import upgrade_database
@@ -242,6 +243,8 @@ def create_app(
         finally:
             services.active_calls.discard(bridge)
             services.metrics.active_calls.dec()
+            if not services.active_calls:
+                release_free_memory()  # idle: RSS goes back to its baseline (adapters/heap.py)
 
     def current_store() -> SqlTicketStore:
         store: SqlTicketStore | None = app.state.services.store
