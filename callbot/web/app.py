@@ -244,7 +244,7 @@ def create_app(
             services.active_calls.discard(bridge)
             services.metrics.active_calls.dec()
             if not services.active_calls:
-                release_free_memory()  # idle: RSS goes back to its baseline (adapters/heap.py)
+                release_free_memory()  # idle: freed heap pages go back to the OS (adapters/heap.py)
 
     def current_store() -> SqlTicketStore:
         store: SqlTicketStore | None = app.state.services.store
