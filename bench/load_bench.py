@@ -952,8 +952,9 @@ def level_table(n: int, results: list[dict[str, Any]]) -> str:
 
 
 def carries(r: dict[str, Any]) -> bool:
-    """The level ran without late frames and with the loop lag p99 under the target."""
-    return r["late_frames"] == 0 and (r["server_loop_lag_ms"]["p99"] or 0) < TARGETS["loop_lag_p99_ms"]
+    """The level ran without late frames or errors, and with the loop lag p99 under the target."""
+    lag_ok = (r["server_loop_lag_ms"]["p99"] or 0) < TARGETS["loop_lag_p99_ms"]
+    return r["late_frames"] == 0 and r["error_total"] == 0 and lag_ok
 
 
 def fits_one_core(r: dict[str, Any]) -> bool:
@@ -994,14 +995,16 @@ def verdicts(results: list[dict[str, Any]]) -> list[str]:
         carried = [r for r in levels if carries(r)]
         best = max(carried, key=lambda r: r["calls"], default=None)
         dropped = [
-            f"{r['calls']} ({r['late_frames']} late, lag p99 {fmt(r['server_loop_lag_ms']['p99'], 1)} ms)"
+            f"{r['calls']} ({r['late_frames']} late, {r['error_total']} errors, "
+            f"lag p99 {fmt(r['server_loop_lag_ms']['p99'], 1)} ms)"
             for r in levels
             if not carries(r)
         ]
         out.append(
             f"* one core carries, {mode}: "
             + (
-                f"{best['calls']} calls with no late frames and loop lag p99 < {t['loop_lag_p99_ms']:g} ms "
+                f"{best['calls']} calls with no late frames, no errors and loop lag p99 "
+                f"< {t['loop_lag_p99_ms']:g} ms "
                 f"({fmt(best['cpu_ms_per_call_s'])} CPU-ms/call-s, {fmt(best['server_cpu_pct'], 0)} % CPU)"
                 if best
                 else "no level without late frames"
@@ -1145,9 +1148,9 @@ async def main_async(opts: argparse.Namespace) -> int:
     root = Path(opts.workdir or tempfile.mkdtemp(prefix="callbot-load-"))
     root.mkdir(parents=True, exist_ok=True)
     lc.pin(lc.parse_cpus(opts.load_cpus))
-    code = code_version(Path(opts.server_src)) if opts.server_src else code_version()
+    code = code_version()
     if opts.server_src:
-        code += f" (server from {opts.server_src}; load side {code_version()})"
+        code = f"{code_version(Path(opts.server_src))} (server from {opts.server_src}; load side {code})"
     report: dict[str, Any] = {
         "machine": machine_line(),
         "code": code,

@@ -13,7 +13,7 @@ import load_bench
 
 
 def _level(
-    mode: str, calls: int, *, cpu_ms: float, late: int, lag: float, barge: float | None
+    mode: str, calls: int, *, cpu_ms: float, late: int, lag: float, barge: float | None, errors: int = 0
 ) -> dict[str, Any]:
     return {
         "mode": mode,
@@ -21,6 +21,7 @@ def _level(
         "cpu_ms_per_call_s": cpu_ms,
         "server_cpu_pct": calls * cpu_ms / 10,
         "late_frames": late,
+        "error_total": errors,
         "server_loop_lag_ms": {"p99": lag},
         "inbound_ms": {"p99": 1.5},
         "outbound_first_frame_ms": {"p99": 1.0},
@@ -36,6 +37,7 @@ def test_verdicts_name_the_levels_each_target_holds_at() -> None:
         _level("pcm24k", 300, cpu_ms=3.6, late=0, lag=40.7, barge=41.0),
         _level("pcm24k", 400, cpu_ms=2.9, late=607, lag=87.3, barge=115.7),
         _level("pcmu", 100, cpu_ms=2.7, late=0, lag=1.2, barge=1.3),
+        _level("pcmu", 200, cpu_ms=2.7, late=0, lag=2.2, barge=2.8, errors=3),
         _level("pcmu", 400, cpu_ms=2.2, late=0, lag=4.4, barge=None),
     ]
     lines = load_bench.verdicts(results)
@@ -44,14 +46,13 @@ def test_verdicts_name_the_levels_each_target_holds_at() -> None:
     assert lines[2].startswith("* 400 calls pcm24k on one core: FAIL")
     carries = {line.split(",")[1].split(":")[0].strip(): line for line in lines if "one core carries" in line}
     assert carries["pcm24k"].startswith("* one core carries, pcm24k: 200 calls")
-    assert "not at 300 (0 late, lag p99 40.7 ms), 400 (607 late" in carries["pcm24k"]
-    assert (
-        carries["pcmu"].startswith("* one core carries, pcmu: 400 calls") and "not at" not in carries["pcmu"]
-    )
+    assert "not at 300 (0 late, 0 errors, lag p99 40.7 ms), 400 (607 late" in carries["pcm24k"]
+    assert carries["pcmu"].startswith("* one core carries, pcmu: 400 calls")
+    assert carries["pcmu"].endswith("; not at 200 (0 late, 3 errors, lag p99 2.2 ms)")  # calls failed there
     barge = [line for line in lines if line.startswith("* barge-in")]
     assert barge[0].startswith("* barge-in clear p99 ≤ 5 ms, pcm24k: FAIL — within it at 2 of 4 levels")
     assert "over at 300 (41.00 ms), 400 (115.70 ms)" in barge[0]
-    assert barge[1].startswith("* barge-in clear p99 ≤ 5 ms, pcmu: PASS — within it at 1 of 1 levels")
+    assert barge[1].startswith("* barge-in clear p99 ≤ 5 ms, pcmu: PASS — within it at 2 of 2 levels")
 
 
 def test_only_the_server_runs_another_checkout() -> None:
