@@ -38,14 +38,12 @@ from array import array
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import lean_ws
 import numpy as np
 import orjson
-from twilio.request_validator import RequestValidator
 
-from callbot.sim.caller import TwilioCaller, _stream_ws_url
+from callbot.sim.caller import TwilioCaller
 from callbot.sim.caller_codec import FRAME_BYTES, FRAME_MS, mulaw_encode, silence_frame
 from callbot.sim.caller_playback import playback_stats
 from callbot.sim.caller_result import CallResult
@@ -653,16 +651,8 @@ class LeanTwilioCaller(TwilioCaller):
         self.on_call = on_call
 
     async def _stream(self, stream_url: str, script: Any, result: CallResult) -> None:
-        headers: dict[str, str] = {"User-Agent": USER_AGENT}
-        if self.auth_token is not None:
-            headers["x-twilio-signature"] = RequestValidator(self.auth_token).compute_signature(
-                stream_url, {}
-            )
-        connect_url = stream_url
-        if self.public_base_url is not None:
-            local = urlsplit(_stream_ws_url(self.webhook_url, "/"))
-            target = urlsplit(stream_url)
-            connect_url = urlunsplit((local.scheme, local.netloc, target.path, target.query, ""))
+        connect_url, headers = self._stream_connection(stream_url)
+        headers = {"User-Agent": USER_AGENT, **headers}
         cursor = LeanCursor(script)
 
         def factory() -> LeanCall:

@@ -235,10 +235,9 @@ class TwilioCaller:
             result.custom_parameters[name] = value
         return stream_url
 
-    async def _stream(
-        self, stream_url: str, script: CallerScript | Iterable[Step], result: CallResult
-    ) -> None:
-        """Open the signed Media Streams socket and run the session on it."""
+    def _stream_connection(self, stream_url: str) -> tuple[str, dict[str, str]]:
+        """Where to open the stream and its headers: signed like Twilio signs the upgrade, and
+        pointed at the local server when the TwiML names the public URL."""
         headers: dict[str, str] = {}
         if self.auth_token is not None:
             headers["x-twilio-signature"] = RequestValidator(self.auth_token).compute_signature(
@@ -249,6 +248,13 @@ class TwilioCaller:
             local = urlsplit(_stream_ws_url(self.webhook_url, "/"))
             target = urlsplit(stream_url)
             connect_url = urlunsplit((local.scheme, local.netloc, target.path, target.query, ""))
+        return connect_url, headers
+
+    async def _stream(
+        self, stream_url: str, script: CallerScript | Iterable[Step], result: CallResult
+    ) -> None:
+        """Open the signed Media Streams socket and run the session on it."""
+        connect_url, headers = self._stream_connection(stream_url)
         try:
             ws = await connect(
                 connect_url,
