@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from callbot.adapters.fastpaths import probe_fast_paths
+    from callbot.adapters.uvicorn_server import build_server
     from callbot.logs import setup_logging
     from callbot.settings import Settings, SettingsError
     from callbot.web.app import create_app, server_options
@@ -22,53 +23,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"callbot: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, json_lines=settings.log_json)
-    app = create_app(settings)
+    # Everything alive after start-up lives as long as the process: freezing it keeps it out of
+    # the collector's full passes, which otherwise stall every call at once.
+    app = create_app(settings, freeze_gc_after_startup=True)
     config = uvicorn.Config(
         app, host=args.host, port=args.port, timeout_graceful_shutdown=5, **server_options(settings)
     )
-    DrainingServer(config, settings.drain_timeout_s).run()
+
+    async def drain() -> None:
+        await app.state.services.drain(settings.drain_timeout_s)
+
+    draining = probe_fast_paths(settings.fast_paths).sigterm_drain.active
+    build_server(config, drain, draining=draining).run()
     return 0
-
-
-def DrainingServer(config: Any, drain_timeout_s: float) -> Any:
-    """A uvicorn server whose first SIGTERM/SIGINT drains calls before shutting down.
-
-    Plain uvicorn closes every websocket at once on SIGTERM, hanging up on callers. Here the
-    first signal makes readiness fail and the webhook refuse new calls politely, lets active
-    calls finish for up to `drain_timeout_s`, ends the rest (Twilio speaks the end message),
-    and only then lets uvicorn stop; tickets are written as each call ends. A second signal
-    stops at once.
-    """
-    import asyncio
-    import gc
-
-    import uvicorn
-
-    class _Server(uvicorn.Server):
-        draining = False
-
-        async def startup(self, sockets: Any = None) -> None:
-            await super().startup(sockets)
-            # Everything alive now (imports, app, clients) lives as long as the process: keep it
-            # out of the collector, whose full passes otherwise stall every call at once.
-            gc.freeze()
-
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            if self.draining or self.should_exit:
-                super().handle_exit(sig, frame)
-                return
-            self.draining = True
-            loop = asyncio.get_event_loop()
-            loop.call_soon_threadsafe(lambda: loop.create_task(self._drain_then_exit()))
-
-        async def _drain_then_exit(self) -> None:
-            app: Any = self.config.app
-            services = getattr(app.state, "services", None)
-            if services is not None:
-                await services.drain(drain_timeout_s)
-            self.should_exit = True
-
-    return _Server(config)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -70,6 +70,12 @@ class Metrics:
         )
         self.barge_ins = Counter("callbot_barge_ins", "Caller interruptions", registry=r)
         self.errors = Counter("callbot_errors", "Problems by kind", ["kind"], registry=r)
+        self.fast_path = Gauge(
+            "callbot_fast_path",
+            "1 if this fast path past a library's public API runs, 0 if its probe failed or it is off",
+            ["path"],
+            registry=r,
+        )
 
     def call_finished(
         self, end_reason: str, duration_s: float, stats: CallStats, summaries: int, tokens: tuple[int, int]

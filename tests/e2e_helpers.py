@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from openai import AsyncOpenAI
 
+from callbot.adapters.fastpaths import probe_fast_paths
 from callbot.adapters.realtime_openai import OpenAIRealtimeConnector
 from callbot.adapters.summariser_openai import Summariser
 from callbot.core.record import CallRecord
@@ -79,17 +80,24 @@ async def running_rig(
     server_ws: str | None = None,
     **setting_overrides: Any,
 ) -> AsyncIterator[Rig]:
-    """`server_ws` names one of uvicorn's own websocket protocols instead of callbot's channel."""
+    """`server_ws` names one of uvicorn's own websocket protocols instead of callbot's channel;
+    `fast_paths=False` serves with the public paths only, as `callbot serve` does when the
+    probes fail (adapters/fastpaths.py)."""
     settings = make_settings(**setting_overrides)
+    fast_paths = probe_fast_paths(settings.fast_paths)
     async with FakeRealtimeServer(script or Script()) as fake:
         client = AsyncOpenAI(api_key="fake", base_url=fake.base_url)
         observer = RecordingObserver()
         app = create_app(
             settings,
-            connector=OpenAIRealtimeConnector(client, settings.model),
+            connector=OpenAIRealtimeConnector(
+                client, settings.model, direct_send=fast_paths.realtime_frames.active
+            ),
             observer=observer,
             summariser=summariser,
         )
+        if server_ws is None and not fast_paths.twilio_channel.active:
+            server_ws = "auto"
         options = {"ws": server_ws} if server_ws else {}
         async with serve_app(app, **options) as base_url:
             yield Rig(fake, base_url, observer, settings)

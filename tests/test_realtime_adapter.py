@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 from openai import AsyncOpenAI
+from websockets.asyncio.client import ClientConnection
+from websockets.client import ClientProtocol
+from websockets.exceptions import ConnectionClosed
+from websockets.extensions.permessage_deflate import (
+    ClientPerMessageDeflateFactory,
+    ServerPerMessageDeflateFactory,
+)
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
+from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
+from websockets.uri import parse_uri
 
 from callbot.adapters.realtime_openai import (
     OpenAIRealtimeConnector,
@@ -34,7 +46,7 @@ async def test_direct_and_sdk_send_paths_deliver_the_same_events(direct: bool) -
         )
         connector._direct_send = direct
         link = await connector.connect()
-        assert isinstance(link._send, _FrameWriter) == direct  # the fast path is really taken
+        assert isinstance(link._send, _FrameWriter) == direct  # the path under test is really taken
         for event in events:
             await link.send(event)
         seen: list[str] = []
@@ -48,6 +60,8 @@ async def test_direct_and_sdk_send_paths_deliver_the_same_events(direct: bool) -
 
 async def test_the_fast_path_falls_back_to_send_raw_when_the_sdk_changes() -> None:
     class NewSdkConnection:
+        """An SDK release that keeps its websocket elsewhere (or is not on websockets at all)."""
+
         def __init__(self) -> None:
             self.sent: list[str] = []
 
@@ -55,57 +69,74 @@ async def test_the_fast_path_falls_back_to_send_raw_when_the_sdk_changes() -> No
             self.sent.append(data)
 
     conn = NewSdkConnection()
-    send = _direct_send(conn)
-    assert not isinstance(send, _FrameWriter)
+    assert _direct_send(conn) is None
+    connector = OpenAIRealtimeConnector(AsyncOpenAI(api_key="k"), "gpt-realtime-1.5")
+    send = connector._sender(conn)
     await send(b'{"type":"response.cancel"}')
     assert conn.sent == ['{"type":"response.cancel"}']
 
 
-class _Protocol:
-    def __init__(self, state: State) -> None:
-        self.state = state
-        self.extensions: list[object] = []
-        self.framed: list[bytes] = []
+class _MemoryTransport(asyncio.WriteTransport):
+    """A transport that keeps what is written and reports whatever buffer the test sets."""
 
-    def send_text(self, data: bytes) -> None:
-        self.framed.append(data)
-
-
-class _Transport:
     def __init__(self) -> None:
+        super().__init__()
         self.written: list[bytes] = []
+        self.buffered = 0
+        self.protocol: asyncio.BaseProtocol | None = None
 
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (16384, 65536)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def abort(self) -> None:  # as a real transport does, soon after
+        if self.protocol is not None:
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
 
 
-class _Websocket:
-    """Just the websockets.asyncio connection surface `_FrameWriter` touches."""
+def _open_websocket(compress: bool = False) -> tuple[ClientConnection, _MemoryTransport, ServerProtocol]:
+    """A real websockets client connection, opened by a real handshake over a memory transport."""
+    deflate = [ClientPerMessageDeflateFactory()] if compress else None
+    client = ClientProtocol(parse_uri("ws://127.0.0.1/v1/realtime"), extensions=deflate)
+    ws = ClientConnection(client, close_timeout=0.05)
+    transport = _MemoryTransport()
+    transport.protocol = ws
+    ws.connection_made(transport)
+    server = ServerProtocol(extensions=[ServerPerMessageDeflateFactory()] if compress else None)
+    client.send_request(client.connect())
+    server.receive_data(b"".join(client.data_to_send()))
+    [request] = server.events_received()
+    server.send_response(server.accept(request))
+    ws.data_received(b"".join(server.data_to_send()))
+    assert ws.state is State.OPEN and ws.response is not None
+    return ws, transport, server
 
-    def __init__(self, state: State = State.OPEN) -> None:
-        self.protocol = _Protocol(state)
-        self.transport = _Transport()
-        self.fragmented_send_waiter: object | None = None
-        self.paused = False
-        self.flushed = 0
-        self.slow: list[bytes] = []
 
-    def send_data(self) -> None:
-        self.flushed += 1
-
-    async def send(self, data: bytes, text: bool | None = None) -> None:
-        assert text is True
-        self.slow.append(data)
-
-
-def _parse_client_frames(raw: bytes) -> list[Frame]:
+def _parse_client_frames(raw: bytes, extensions: list[Any] | None = None) -> list[Frame]:
     """Frames as a websockets server reads them (it insists on masking from a client)."""
     reader = StreamReader()
     reader.feed_data(raw)
     reader.feed_eof()
     frames = []
     while reader.buffer:
-        parser = Frame.parse(reader.read_exact, mask=True, max_size=None, extensions=[])
+        parser = Frame.parse(reader.read_exact, mask=True, max_size=None, extensions=extensions or [])
         try:
             next(parser)
         except StopIteration as done:
@@ -128,38 +159,47 @@ def test_mask_keys_come_in_fours_from_refilled_random_blocks() -> None:
     assert len(set(drawn)) > len(drawn) * 0.99  # 32 random bits: repeats are rare, not systematic
 
 
-async def test_the_frame_writer_frames_itself_and_lets_websockets_frame_with_extensions() -> None:
-    ws = _Websocket()
+async def test_the_frame_writer_frames_itself_with_a_fresh_key_per_frame() -> None:
+    ws, transport, _ = _open_websocket()
     writer = _FrameWriter(ws)
     await writer(b'{"type":"input_audio_buffer.append","audio":"AAAA"}')
     await writer(b"second")
-    frames = _parse_client_frames(b"".join(ws.transport.written))
+    frames = _parse_client_frames(b"".join(transport.written))
     assert [f.data for f in frames] == [b'{"type":"input_audio_buffer.append","audio":"AAAA"}', b"second"]
-    assert ws.transport.written[0][2:6] != ws.transport.written[1][2:6]  # a fresh key per frame
-    ws.protocol.extensions = [object()]  # e.g. permessage-deflate: websockets must encode
+    assert transport.written[0][2:6] != transport.written[1][2:6]  # a fresh key per frame
+
+
+async def test_with_a_negotiated_extension_websockets_frames_every_message() -> None:
+    ws, transport, server = _open_websocket(compress=True)
+    writer = _FrameWriter(ws)
     await writer(b"third")
-    assert (ws.protocol.framed, ws.flushed, len(ws.transport.written)) == ([b"third"], 1, 2)
+    raw = b"".join(transport.written)
+    assert raw[0] & 0x40  # RSV1: compressed by websockets, which the fast path never does
+    server.receive_data(raw)
+    [frame] = server.events_received()
+    assert (frame.opcode, frame.data) == (Opcode.TEXT, b"third")
 
 
-@pytest.mark.parametrize(
-    "blocker",
-    ["paused", "fragmented", "closing"],
-)
-async def test_the_frame_writer_takes_the_full_send_when_the_socket_is_not_plainly_writable(
+@pytest.mark.parametrize("blocker", ["back-pressure", "closing"])
+async def test_the_frame_writer_takes_websockets_send_when_the_socket_is_not_plainly_writable(
     blocker: str,
 ) -> None:
-    ws = _Websocket()
+    ws, transport, server = _open_websocket()
     writer = _FrameWriter(ws)
     await writer(b"one")
-    assert (len(ws.transport.written), ws.slow) == (1, [])
-    if blocker == "paused":
-        ws.paused = True  # transport back-pressure: websockets' send waits for the drain
-    elif blocker == "fragmented":
-        ws.fragmented_send_waiter = object()
+    assert len(transport.written) == 1
+    if blocker == "back-pressure":
+        transport.buffered = 65536  # at the high-water mark: websockets' send waits for the drain
+        await writer(b"two")
+        frames = _parse_client_frames(b"".join(transport.written))
+        assert [f.data for f in frames] == [b"one", b"two"]  # in order, framed by websockets
     else:
-        ws.protocol.state = State.CLOSING  # websockets' send raises ConnectionClosed
-    await writer(b"two")
-    assert (len(ws.transport.written), ws.slow) == (1, [b"two"])
+        server.send_close(1001)  # the server goes away: the client answers, then the socket closes
+        ws.data_received(b"".join(server.data_to_send()))
+        transport.written.clear()
+        with pytest.raises(ConnectionClosed):  # websockets' send refuses, as it should
+            await writer(b"two")
+        assert transport.written == []
 
 
 async def test_a_refused_connection_is_an_upstream_error() -> None:

@@ -2,8 +2,9 @@
 
 Events travel as plain dicts. Incoming frames are read raw (`recv_bytes`) and parsed with
 orjson instead of the SDK's pydantic union: the audio deltas are most of the traffic and the
-typed parse costs more than the rest of the bridge (audio.md section 5). Outgoing events are
-framed straight onto the websocket when it can take them (`_FrameWriter`); their shapes are
+typed parse costs more than the rest of the bridge (bench/README.md). Outgoing events are
+framed straight onto the websocket when it can take them (`_FrameWriter`, the `realtime_frames`
+fast path, guarded by `probe()`; otherwise the SDK's public `send_raw`); their shapes are
 checked against the SDK's client-event models in the tests (the fake Realtime server validates
 every event it gets).
 SDK and websocket exceptions are translated into `UpstreamError` here and nowhere else.
@@ -13,15 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import struct
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import orjson
 from openai import AsyncOpenAI, OpenAIError
+from websockets.asyncio.client import ClientConnection
 from websockets.frames import apply_mask
 from websockets.protocol import State
+
+log = logging.getLogger("callbot.realtime")
 
 
 class UpstreamError(Exception):
@@ -40,9 +46,20 @@ class RealtimeConnector(Protocol):
 
 Sender = Callable[[bytes], Awaitable[None]]
 
+FALLBACK = "the SDK's send_raw"
+
+TOUCHES = {
+    # The SDK's connection keeps its websockets connection here (private, no public accessor).
+    "openai.resources.realtime.realtime.AsyncRealtimeConnection": ("_connection",),
+    # websockets.asyncio: the connection's asyncio transport (undocumented attribute); the rest
+    # (`state`, `response`, `send`) is documented API.
+    "websockets.asyncio.client.ClientConnection": ("transport",),
+}
+"""Every name of another library's internals this module touches (the contract test checks them)."""
+
 
 def _sdk_send(connection: Any) -> Sender:
-    """The SDK's `send_raw` (through its reconnect queue): the slow but always-available path."""
+    """The SDK's public `send_raw` (through its reconnect queue): slower, always available."""
 
     async def send(data: bytes) -> None:
         await connection.send_raw(data.decode())
@@ -53,9 +70,9 @@ def _sdk_send(connection: Any) -> Sender:
 class _MaskKeys:
     """Client frame masking keys (RFC 6455 5.3) from the kernel's CSPRNG, 1,024 per syscall.
 
-    websockets asks `secrets.token_bytes(4)` for every frame: one getrandom syscall per 20 ms
-    of caller audio, 9 % of the server's CPU at 100 calls on a VM. The keys come from the same
-    source here, read in 4 KiB blocks; each key is used once.
+    websockets asks `secrets.token_bytes(4)` for every frame: one getrandom syscall per 20 ms of
+    caller audio (its cost: bench/README.md). The keys come from the same source here, read in
+    4 KiB blocks; each key is used once.
     """
 
     BLOCK = 4096
@@ -88,55 +105,128 @@ class _FrameWriter:
     """Writes a text frame straight to the transport when nothing stands in the way.
 
     `send_raw` routes every frame through the SDK's reconnect machinery (locks, a send queue,
-    receipts): about a quarter of the server's CPU at 100 calls in the load benchmark, for a
-    feature callbot leaves off (it reconnects itself, PROTOCOLS.md 5.5). websockets' own `send`
-    costs ~16 us a frame in its async context manager and a getrandom syscall for the mask.
-    So while the connection is open, no fragmented message is in flight and the transport is
-    not applying back-pressure, the frame is built here (with pooled mask keys) and written;
-    with a negotiated extension (permessage-deflate) websockets frames it; otherwise `send`
-    runs as usual, which waits for the buffer to drain or raises on close.
+    receipts), a feature callbot leaves off (it reconnects itself, docs/protocols.md), and
+    websockets' own `send` costs an async context manager and a getrandom syscall per frame
+    (the figures: bench/README.md). So while the connection is open, negotiated no extension
+    (the SDK turns compression off) and the transport's buffer is below its high-water mark,
+    the frame is built here (with pooled mask keys) and written; otherwise websockets' `send`
+    runs, which waits for the buffer to drain or raises on close. Frames stay in order either
+    way: both append to the same transport buffer, in call order.
     """
 
-    def __init__(self, ws: Any) -> None:
+    def __init__(self, ws: ClientConnection) -> None:
         self._ws = ws
-        self._protocol = ws.protocol
+        self._transport: Any = ws.transport  # asyncio's or uvloop's (which is no WriteTransport subclass)
+        response = ws.response
+        self._plain = response is None or "Sec-WebSocket-Extensions" not in response.headers
         self._keys = _MaskKeys()
 
     async def __call__(self, data: bytes) -> None:
-        ws = self._ws
-        protocol = self._protocol
-        if protocol.state is State.OPEN and ws.fragmented_send_waiter is None and not ws.paused:
-            if protocol.extensions:
-                protocol.send_text(data)
-                ws.send_data()
-            else:
-                ws.transport.write(client_text_frame(data, self._keys.next()))
+        transport = self._transport
+        if (
+            self._plain
+            and self._ws.state is State.OPEN
+            and transport.get_write_buffer_size() < transport.get_write_buffer_limits()[1]
+        ):
+            transport.write(client_text_frame(data, self._keys.next()))
         else:
-            await ws.send(data, text=True)
+            await self._ws.send(data, text=True)
 
 
-def _direct_send(connection: Any) -> Sender:
-    """The fastest send this SDK release allows, falling back to `send_raw`.
+_TRANSPORT_NEEDS = ("write", "get_write_buffer_size", "get_write_buffer_limits")
 
-    The websockets connection is a private attribute of the SDK and the sans-I/O hooks are
-    websockets internals, so if a release renames any of them this falls back to `send_raw`;
-    tests check every path puts the same frames on the wire.
-    """
-    ws: Any = getattr(connection, "_connection", None)
-    protocol = getattr(ws, "protocol", None)
-    if all(hasattr(ws, name) for name in _FAST_PATH_NEEDS) and hasattr(protocol, "extensions"):
+
+def _direct_send(connection: Any) -> Sender | None:
+    """The frame writer over the SDK connection's websocket, or None if it has none we know."""
+    ws = getattr(connection, "_connection", None)
+    transport = getattr(ws, "transport", None)
+    if isinstance(ws, ClientConnection) and all(
+        callable(getattr(transport, n, None)) for n in _TRANSPORT_NEEDS
+    ):
         return _FrameWriter(ws)
-    return _sdk_send(connection)
+    return None
 
 
-_FAST_PATH_NEEDS = ("protocol", "transport", "send_data", "send", "fragmented_send_waiter", "paused")
+class _ProbeTransport(asyncio.WriteTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (16384, 65536)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+
+async def _self_test() -> str:
+    from openai.resources.realtime.realtime import AsyncRealtimeConnection
+    from websockets.client import ClientProtocol
+    from websockets.frames import Frame, Opcode
+    from websockets.streams import StreamReader
+    from websockets.uri import parse_uri
+
+    ws = ClientConnection(ClientProtocol(parse_uri("ws://127.0.0.1/v1/realtime")))
+    transport = _ProbeTransport()
+    ws.connection_made(transport)
+    ws.protocol.state = State.OPEN  # as after the opening handshake
+    sdk_connection = AsyncRealtimeConnection(ws)
+    send = _direct_send(sdk_connection)
+    if send is None:
+        return "AsyncRealtimeConnection keeps no websockets ClientConnection with a transport in _connection"
+    await send(b'{"type":"response.cancel"}')
+    reader = StreamReader()
+    reader.feed_data(bytes(transport.written))
+    parser = Frame.parse(reader.read_exact, mask=True)
+    try:
+        next(parser)
+    except StopIteration as done:
+        frame: Frame = done.value
+    else:
+        return "the frame written did not parse as one whole websocket frame"
+    if frame.opcode is not Opcode.TEXT or frame.data != b'{"type":"response.cancel"}':
+        return f"the frame written parsed as {frame!r}"
+    return ""
+
+
+def probe() -> str:
+    """Frame one event through the SDK's connection in memory and parse it back with websockets.
+
+    '' when the fast path works on the installed openai and websockets, else what is wrong."""
+    outcome: list[str] = []
+
+    def run() -> None:
+        try:
+            outcome.append(asyncio.run(_self_test()))
+        except Exception as exc:  # a changed internal fails here as AttributeError, TypeError, ...
+            outcome.append(f"{type(exc).__name__}: {exc}")
+
+    thread = threading.Thread(target=run, name="callbot-probe-realtime-frames")
+    thread.start()
+    thread.join(timeout=10)
+    return outcome[0] if outcome else "the in-memory self-test did not finish"
 
 
 class OpenAIRealtimeLink:
-    def __init__(self, manager: Any, connection: Any, *, direct: bool = True) -> None:
+    def __init__(self, manager: Any, connection: Any, send: Sender) -> None:
         self._manager = manager
         self._conn = connection
-        self._send = _direct_send(connection) if direct else _sdk_send(connection)
+        self._send = send
         self._closed = False
 
     async def send(self, event: dict[str, Any]) -> None:
@@ -176,6 +266,8 @@ class OpenAIRealtimeConnector:
         self._model = model
         self._open_timeout_s = open_timeout_s
         self._direct_send = direct_send
+        """Use the `realtime_frames` fast path (when its probe passed, `fastpaths`)."""
+        self._warned = False
 
     async def connect(self) -> OpenAIRealtimeLink:
         manager = self._client.realtime.connect(
@@ -187,4 +279,15 @@ class OpenAIRealtimeConnector:
             raise UpstreamError(f"could not open the Realtime session: {exc!r}") from exc
         except Exception as exc:  # websockets.InvalidStatus and friends
             raise UpstreamError(f"could not open the Realtime session: {exc!r}") from exc
-        return OpenAIRealtimeLink(manager, connection, direct=self._direct_send)
+        return OpenAIRealtimeLink(manager, connection, self._sender(connection))
+
+    def _sender(self, connection: Any) -> Sender:
+        fast = _direct_send(connection) if self._direct_send else None
+        if fast is not None:
+            log.debug("Realtime session open: frames written directly")
+            return fast
+        if self._direct_send and not self._warned:
+            self._warned = True
+            log.warning("a Realtime connection has no websocket the fast path knows; using %s", FALLBACK)
+        log.debug("Realtime session open: sending through %s", FALLBACK)
+        return _sdk_send(connection)

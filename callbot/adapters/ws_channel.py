@@ -13,23 +13,62 @@ The handshake, close, ping/pong, size limits and UTF-8 checks stay with uvicorn 
 `websockets` parser. An app that doesn't open the channel, or runs under another server (or
 Starlette's TestClient), just sees ASGI: `open_channel` returns None there.
 
-Pass the class to uvicorn as `uvicorn.Config(..., ws=ChannelWebSocketProtocol)`.
+Pass the class to uvicorn as `uvicorn.Config(..., ws=ChannelWebSocketProtocol)`, and only when
+`probe()` passes (`callbot.adapters.fastpaths`): the class extends uvicorn internals, listed in
+`TOUCHES`. When the probe fails, callbot serves with uvicorn's own protocol and plain ASGI.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
 from websockets.frames import apply_mask
 from websockets.http11 import Request
 
+if TYPE_CHECKING:
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+else:
+    try:
+        from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    except ImportError:  # uvicorn < 0.35 or a release that moved it: probe() says so, nothing uses the class
+        WebSocketsSansIOProtocol = asyncio.Protocol
+
 EXTENSION = "callbot.text_channel"
 """The scope["extensions"] key; its value is a callable that opens the channel."""
+
+FALLBACK = "uvicorn's own websocket protocol (plain ASGI messages)"
+
+TOUCHES = {
+    "uvicorn.protocols.websockets.websockets_sansio_impl.WebSocketsSansIOProtocol": (
+        # overridden methods
+        "handle_connect",
+        "data_received",
+        "send_receive_event_to_app",
+        "connection_lost",
+        # state read or written
+        "config",
+        "conn",
+        "queue",
+        "transport",
+        "writable",
+        "read_paused",
+        "handshake_complete",
+        "close_sent",
+        "disconnected",
+        "frames",
+        "curr_msg_data_type",
+        "scope",
+    ),
+    "uvicorn.config.Config": ("ws_max_size",),
+    # websockets' documented sans-I/O API, through uvicorn's `conn`
+    "websockets.server.ServerProtocol": ("send_text", "data_to_send"),
+}
+"""Every name of another library's internals this module touches (the contract test checks them)."""
 
 
 class TextChannel:
@@ -158,11 +197,12 @@ class ChannelWebSocketProtocol(WebSocketsSansIOProtocol):
         Once the channel is open, an unfragmented, uncompressed, masked text frame (all Twilio
         sends) is unmasked and handed to it here: the websockets parser's generators cost ~4x
         more. Any other complete frame (ping, close, binary, fragments, compressed) goes to that
-        parser whole, so it always starts at a frame boundary. A frame over `max_size` or not UTF-8 switches
-        this connection to the parser for good, which then fails it with 1009 or 1007.
+        parser whole, so it always starts at a frame boundary. A frame over uvicorn's `ws_max_size`
+        or not UTF-8 switches this connection to the parser for good, which then fails it with
+        1009 or 1007.
         """
         at, end = 0, len(buf)
-        max_size = self.conn.max_size
+        max_size = self.config.ws_max_size
         while end - at >= 2:
             first, second = buf[at], buf[at + 1]
             length, head = second & 0x7F, at + 2
@@ -233,3 +273,126 @@ def open_channel(scope: Mapping[str, Any]) -> TextChannel | None:
     """The websocket's text channel, if the server offers one; call after accepting."""
     opener: Callable[[], TextChannel] | None = (scope.get("extensions") or {}).get(EXTENSION)
     return opener() if opener is not None else None
+
+
+# ----- the capability probe -----
+
+
+class _ProbeTransport(asyncio.Transport):
+    """An in-memory transport: records writes, so the probe needs no socket."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closing = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 9) if name in ("sockname", "peername") else default
+
+
+_PROBE_HANDSHAKE = (
+    b"GET /probe HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def _masked_text_frame(text: bytes, key: bytes = b"\x01\x02\x03\x04") -> bytes:
+    assert len(text) < 126
+    return bytes([0x81, 0x80 | len(text)]) + key + apply_mask(text, key)
+
+
+async def _self_test() -> str:
+    """Serve one websocket through `ChannelWebSocketProtocol` in memory: handshake, a frame in
+    through the splitter, one echoed out through the channel. '' when all of it works."""
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    received: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        channel = open_channel(scope)
+        if channel is None:
+            return
+        text = await channel.receive()
+        if text is not None:
+            received.append(text)
+            await channel.send([text.upper()])
+
+    config = Config(app, ws=ChannelWebSocketProtocol, ws_max_size=1 << 16, log_config=None, lifespan="off")
+    config.load()
+    state = ServerState()
+    protocol = ChannelWebSocketProtocol(config=config, server_state=state, app_state={})
+    transport = _ProbeTransport()
+    protocol.connection_made(transport)
+    try:
+        protocol.data_received(_PROBE_HANDSHAKE)
+        if not await _until(lambda: transport.written.startswith(b"HTTP/1.1 101")):
+            return "the handshake did not complete"
+        transport.written.clear()
+        frame = _masked_text_frame(b"hello")
+        protocol.data_received(frame[:3])  # a frame split across reads, as TCP may deliver it
+        protocol.data_received(frame[3:])
+        await _until(lambda: bool(transport.written))
+    finally:
+        protocol.connection_lost(None)
+        if state.tasks:
+            await asyncio.wait(state.tasks, timeout=1)
+    if received != ["hello"]:
+        return f"the app received {received!r} instead of ['hello'] through the channel"
+    if bytes(transport.written) != b"\x81\x05HELLO":
+        return f"the channel wrote {bytes(transport.written)!r} instead of one text frame"
+    return ""
+
+
+async def _until(condition: Callable[[], bool], turns: int = 50) -> bool:
+    for _ in range(turns):
+        if condition():
+            return True
+        await asyncio.sleep(0)
+    return condition()
+
+
+def probe() -> str:
+    """Check the uvicorn internals `ChannelWebSocketProtocol` uses, then run it once in memory.
+
+    Returns '' when the fast path works on the installed uvicorn and websockets, else what is
+    missing or wrong. Runs on a thread of its own, so it works inside a running event loop too."""
+    if WebSocketsSansIOProtocol is asyncio.Protocol:
+        return "uvicorn has no protocols.websockets.websockets_sansio_impl.WebSocketsSansIOProtocol"
+    from uvicorn.config import Config
+
+    methods = TOUCHES["uvicorn.protocols.websockets.websockets_sansio_impl.WebSocketsSansIOProtocol"][:4]
+    lacking = [name for name in methods if not callable(getattr(WebSocketsSansIOProtocol, name, None))]
+    if not hasattr(Config(lambda: None, log_config=None), "ws_max_size"):
+        lacking.append("Config.ws_max_size")
+    if lacking:
+        return "uvicorn lacks " + ", ".join(lacking)
+    outcome: list[str] = []
+
+    def run() -> None:
+        try:
+            outcome.append(asyncio.run(_self_test()))
+        except Exception as exc:  # a changed internal fails here as AttributeError, TypeError, ...
+            outcome.append(f"{type(exc).__name__}: {exc}")
+
+    thread = threading.Thread(target=run, name="callbot-probe-twilio-channel")
+    thread.start()
+    thread.join(timeout=10)
+    return outcome[0] if outcome else "the in-memory self-test did not finish"

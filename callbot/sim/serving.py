@@ -9,6 +9,7 @@ from typing import Any
 
 import uvicorn
 
+from callbot.adapters.fastpaths import probe_fast_paths
 from callbot.adapters.ws_channel import ChannelWebSocketProtocol
 
 
@@ -18,8 +19,10 @@ async def serve_app(
 ) -> AsyncIterator[str]:
     """Run `app` with uvicorn until the block exits; yields its base URL (http://host:port).
 
-    Websockets are served as `callbot serve` serves them (with the direct text channel)."""
-    options.setdefault("ws", ChannelWebSocketProtocol)
+    Websockets are served as `callbot serve` serves them: with the direct text channel where its
+    probe passed, else with uvicorn's own protocol (`ws="auto"`)."""
+    if "ws" not in options:
+        options["ws"] = ChannelWebSocketProtocol if probe_fast_paths().twilio_channel.active else "auto"
     config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="on", **options)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(), name="uvicorn")

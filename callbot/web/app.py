@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import secrets
 import time
@@ -25,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import VoiceResponse
 
+from callbot.adapters.fastpaths import FastPaths, probe_fast_paths, summary_line
 from callbot.adapters.heap import release_free_memory
 from callbot.adapters.realtime_openai import OpenAIRealtimeConnector, RealtimeConnector
 from callbot.adapters.spool import Spool
@@ -101,6 +103,7 @@ class Services:
 
     settings: Settings
     connector: RealtimeConnector
+    fast_paths: FastPaths
     metrics: Metrics = field(default_factory=Metrics)
     pacer: Pacer = field(init=False)
     observer: CallObserver | None = None
@@ -113,6 +116,8 @@ class Services:
 
     def __post_init__(self) -> None:
         self.pacer = Pacer(self.metrics)
+        for path in self.fast_paths.all():
+            self.metrics.fast_path.labels(path.name).set(1 if path.active else 0)
 
     async def drain(self, timeout_s: float) -> None:
         """Graceful shutdown: take no new calls, let active ones finish, then end the rest politely.
@@ -147,15 +152,22 @@ def create_app(
     observer: CallObserver | None = None,
     summariser: Summariser | None = None,
     extra_setup: Callable[[FastAPI], Any] | None = None,
+    freeze_gc_after_startup: bool = False,
 ) -> FastAPI:
-    """Build the app. What is not injected (tests inject fakes) is built in the lifespan."""
+    """Build the app. What is not injected (tests inject fakes) is built in the lifespan.
+
+    `freeze_gc_after_startup` (`callbot serve`): once started, `gc.freeze()` what is alive."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if connector is None:
             settings.check_serving()
+        fast_paths = probe_fast_paths(settings.fast_paths)
+        log.info("fast paths: %s", summary_line(fast_paths))
         client = _openai_client(settings)
-        real_connector = connector or OpenAIRealtimeConnector(client, settings.model)
+        real_connector = connector or OpenAIRealtimeConnector(
+            client, settings.model, direct_send=fast_paths.realtime_frames.active
+        )
         real_summariser = summariser
         if real_summariser is None and settings.summary_enabled:
             real_summariser = OpenAISummariser(
@@ -169,6 +181,7 @@ def create_app(
         services = Services(
             settings=settings,
             connector=real_connector,
+            fast_paths=fast_paths,
             observer=observer,
             summariser=real_summariser,
             stream_secret=_stream_secret(settings),
@@ -178,6 +191,8 @@ def create_app(
             tickets = await Ticketing.open(settings, client)
             services.observer, services.store = tickets.service, tickets.store
         app.state.services = services
+        if freeze_gc_after_startup:
+            gc.freeze()
         try:
             yield
         finally:
@@ -197,7 +212,11 @@ def create_app(
     async def healthz(request: Request) -> JSONResponse:
         services: Services = request.app.state.services
         status = 200 if services.ready else 503
-        body = {"status": "ok" if services.ready else "draining", "active_calls": len(services.active_calls)}
+        body = {
+            "status": "ok" if services.ready else "draining",
+            "active_calls": len(services.active_calls),
+            "fast_paths": services.fast_paths.describe(),
+        }
         return JSONResponse(body, status_code=status)
 
     @app.post("/twilio/voice")
@@ -329,13 +348,16 @@ def _signature_ok(settings: Settings, request: Request, params: dict[str, str]) 
 
 def server_options(settings: Settings) -> dict[str, Any]:
     """How callbot is served by uvicorn (`callbot serve`, the load benchmark): the media stream's
-    websocket protocol with its direct text channel, and the message size bound."""
-    return {
-        "ws": ChannelWebSocketProtocol,
+    websocket protocol with its direct text channel where its probe passed (else uvicorn's own),
+    and the message size bound."""
+    options: dict[str, Any] = {
         "ws_max_size": settings.max_message_bytes,
         "proxy_headers": True,
         "log_config": None,
     }
+    if probe_fast_paths(settings.fast_paths).twilio_channel.active:
+        options["ws"] = ChannelWebSocketProtocol
+    return options
 
 
 def _upgrade_refusal(settings: Settings, signature: str | None) -> str | None:
