@@ -1,11 +1,11 @@
-"""Benchmark callbot.core.audio against the figures in /work/shared/audio.md (sections 1-4).
+"""Benchmark callbot.core.audio against the figures in docs/audio.md §5-§8.
 
 Run: python bench/audio_bench.py [--json out.json] [--calls N]
 
 Measures, for the project's own converters (FIR-96 polyphase + numpy mu-law tables):
 * CPU per 20 ms frame each way: median and p99 of per-call perf_counter_ns, and mean CPU from
   process_time over a separate loop; gc disabled, after warm-up. Outbound includes Framer.push,
-  as in audio.md. Also outbound cost per 20 ms when fed 200 ms deltas.
+  as in docs/audio.md §4. Also outbound cost per 20 ms when fed 200 ms deltas.
 * Image rejection (8 -> 24 kHz) and alias rejection (24 -> 8 kHz) with 1 s periodic -6 dBFS tones,
   passband flatness, round-trip SNR on band-limited synthetic speech.
 * Latency: content delay from the phase slope, and the delay added per output sample relative to
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as in audio.md; set before numpy loads
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as in docs/audio.md §4; set before numpy loads
 
 import argparse
 import contextlib
@@ -205,7 +205,8 @@ def bench_quality() -> dict[str, Any]:
     fr = np.fft.rfftfreq(len(s), 1 / HI)
     spec[(fr < 300) | (fr > 3400)] = 0
     x = np.fft.irfft(spec, len(s))
-    x = np.rint(x * 32767 * 10 ** (-20.6 / 20) / np.sqrt(np.mean(x**2))).astype(np.int16)  # as audio.md
+    # -20.6 dBFS RMS, the level of the speech in docs/audio.md §4
+    x = np.rint(x * 32767 * 10 ** (-20.6 / 20) / np.sqrt(np.mean(x**2))).astype(np.int16)
     lin = up(down(np.concatenate([x, np.zeros(300, dtype=np.int16)])))
     lag = best_lag(x, lin)
     q["snr_resample_only"] = snr_db(x, lin[lag:])
@@ -357,7 +358,7 @@ def main() -> None:
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         with contextlib.suppress(OSError):
-            os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core, as in audio.md
+            os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core, as in docs/audio.md §4
     started = time.perf_counter()
     cpu = bench_cpu(args.calls)
     q = bench_quality()

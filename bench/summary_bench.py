@@ -21,7 +21,7 @@ the real code path, without wall-clock pacing:
 
 Every token figure printed comes from the fake server's `response.done.usage` (or the fake
 summariser's `usage`); nothing is estimated here. Costs use the gpt-realtime-1.5 prices of
-PROTOCOLS.md 9.4 (text in $4/M, audio in $32/M, cached in $0.40/M, text out $16/M, audio out
+docs/protocols.md §11.4 (text in $4/M, audio in $32/M, cached in $0.40/M, text out $16/M, audio out
 $64/M). The fake reports no cached tokens, so the real bill would be lower in every
 configuration, and more so without summaries (deleting items busts the prompt cache from the
 point of change). Caller transcription (billed separately, identical in every configuration)
@@ -77,7 +77,7 @@ from callbot.sim.speech import duration_ms_for_text
 
 MODEL = "gpt-realtime-1.5"
 SUMMARY_MODEL = "gpt-5.4-mini"
-# USD per 1M tokens, PROTOCOLS.md 9.4 (gpt-realtime-1.5)
+# USD per 1M tokens, docs/protocols.md §11.4 (gpt-realtime-1.5)
 PRICE = {"text_in": 4.0, "audio_in": 32.0, "cached_in": 0.40, "text_out": 16.0, "audio_out": 64.0}
 
 INSTRUCTIONS = (
@@ -588,7 +588,7 @@ def report(results: list[RunResult], price_in: float, price_out: float) -> str:
     lines.append("")
     lines.append(
         "prices: gpt-realtime-1.5 text in $4/M, audio in $32/M, cached in $0.40/M, text out $16/M, "
-        f"audio out $64/M (PROTOCOLS.md 9.4); summariser {SUMMARY_MODEL} assumed ${price_in:g}/M in, "
+        f"audio out $64/M (docs/protocols.md §11.4); summariser {SUMMARY_MODEL} assumed ${price_in:g}/M in, "
         f"${price_out:g}/M out."
     )
     lines.append(

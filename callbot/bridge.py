@@ -103,7 +103,8 @@ class Pacer:
 
         Calls with nothing to play only need their deadlines checked (twice a second): skipping
         them saves a coroutine per call per 20 ms. Each call has its own slot, so the checks are
-        spread over the ticks instead of all landing on one (a burst of loop lag at 200 calls).
+        spread over the ticks instead of all landing on one, which showed as a burst of loop lag
+        under load (bench/README.md#code-figures).
         """
         slot = tick % HOUSEKEEPING_TICKS
         for bridge, own_slot in list(self._calls.items()):

@@ -61,7 +61,7 @@ class Settings(BaseSettings):
         default=False,
         description=(
             "Refuse media websockets without X-Twilio-Signature. Off by default: whether Twilio signs "
-            "the upgrade is unverified (PROTOCOLS.md 2.5); a present signature is always checked, and "
+            "the upgrade is unverified (docs/protocols.md §3.3); a present signature is always checked, and "
             "the per-call stream token is always required."
         ),
     )

@@ -4,7 +4,7 @@ Every Realtime server event built here is validated against the concrete class o
 `openai` SDK (`openai.types.realtime`) before it is returned, and rejected if any nested model
 carries unknown fields (`model_extra`): the tests cannot drift from the GA protocol. Client
 events the core emits are checked with `assert_client_event` against the SDK's
-`RealtimeClientEvent` union in the same strict way. Twilio messages follow PROTOCOLS.md 3.2.
+`RealtimeClientEvent` union in the same strict way. Twilio messages follow docs/protocols.md §4.2.
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ def committed(item_id: str, previous_item_id: str | None = None) -> dict[str, An
     )
 
 
-# --- items (GA shapes, PROTOCOLS.md 8.1) ---
+# --- items (GA shapes, docs/protocols.md §10.1) ---
 
 
 def user_audio_item(item_id: str, transcript: str | None = None, status: str = "completed") -> dict[str, Any]:
@@ -494,7 +494,7 @@ def output_audio_buffer_started(response_id: str) -> dict[str, Any]:
     )
 
 
-# ----- Twilio Media Streams messages (PROTOCOLS.md 3.2) -----------------------------------------
+# ----- Twilio Media Streams messages (docs/protocols.md §4.2) -----------------------------------------
 
 _seq = itertools.count(1)
 
@@ -581,7 +581,7 @@ def tw_stop() -> str:
     )
 
 
-# ----- a fake Twilio player (PROTOCOLS.md 3.3/3.4) ---------------------------------------------
+# ----- a fake Twilio player (docs/protocols.md §4.3/§4.4) ---------------------------------------------
 
 
 class FakeTwilioPlayer:

@@ -2,7 +2,7 @@
 
 Every test asserts on what Twilio or the Realtime server would receive. Every `SendRealtime`
 the session emits is validated against the SDK's `RealtimeClientEvent` (no unknown fields),
-every `SendTwilio` must be exactly a PROTOCOLS.md 3.3 message, and every server event fed in is
+every `SendTwilio` must be exactly a docs/protocols.md §4.3 message, and every server event fed in is
 a validated GA event (tests/core_helpers.py).
 """
 
@@ -81,7 +81,7 @@ class Call:
                 h.assert_client_event(action.event)
             if isinstance(action, SendTwilio):
                 for name in self.twilio.receive(action.text, self.now):
-                    # Twilio echoes every pending mark at once after a clear (PROTOCOLS.md 3.4).
+                    # Twilio echoes every pending mark at once after a clear (docs/protocols.md §4.4).
                     self.pending_echoes.append(name)
         return actions
 
@@ -235,7 +235,7 @@ def test_realtime_connected_sends_the_ga_session_update(mode: str) -> None:
         "create_response": True,
         "interrupt_response": True,
     }
-    # Beta field names would be silently ignored by the server (PROTOCOLS.md 11.1-11.2).
+    # Beta field names would be silently ignored by the server (docs/protocols.md §7.3).
     assert "input_audio_format" not in session and "voice" not in session
 
 
@@ -357,7 +357,7 @@ def test_twilio_stop_ends_the_call_once() -> None:
 
 
 def test_nothing_is_sent_to_twilio_after_stop() -> None:
-    # PROTOCOLS.md 11.11: after `stop`, send nothing. Realtime events still in flight must not
+    # docs/protocols.md §4.5: after `stop`, send nothing. Realtime events still in flight must not
     # produce Twilio messages for a stream that no longer exists.
     call = active("pcmu")
     start_turn(call, "item_u1", "item_a1", "resp_1", None, 0)
@@ -556,7 +556,7 @@ def test_marks_follow_their_frames_in_order_across_two_items() -> None:
 
 def test_two_turns_with_transcripts_on_both_sides() -> None:
     call = active("pcmu")
-    # Turn 1: the caller's transcript arrives only after response.done (PROTOCOLS.md 11.4).
+    # Turn 1: the caller's transcript arrives only after response.done (docs/protocols.md §10.6).
     start_turn(call, "item_u1", "item_a1", "resp_1", None, 1000)
     call.realtime_in(h.transcript_delta("resp_1", "item_a1", "Sure, "), 1010)
     call.realtime_in(h.audio_delta("resp_1", "item_a1", speechlike(800)), 1011)
@@ -732,7 +732,7 @@ def test_barge_in_after_the_response_finished_clears_and_truncates_without_cance
 def test_barge_in_truncate_is_clamped_to_the_generated_audio() -> None:
     # 200 bytes (25 ms) generated, padded to two frames (40 ms) for Twilio. If the echo of the
     # padded frame's mark is seen while the first is still pending, heard (40) > generated (25):
-    # the truncate must not ask for more audio than exists (PROTOCOLS.md 8.4).
+    # the truncate must not ask for more audio than exists (docs/protocols.md §10.4).
     call = active("pcmu")
     start_turn(call, "item_u1", "item_a1", "resp_1", None, 0)
     first = to_twilio(call.realtime_in(h.audio_delta("resp_1", "item_a1", speechlike(200)), 10))

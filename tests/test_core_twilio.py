@@ -1,4 +1,4 @@
-"""callbot.core.twilio: Media Streams messages in (never raising) and out (PROTOCOLS.md 3)."""
+"""callbot.core.twilio: Media Streams messages in (never raising) and out (docs/protocols.md §4)."""
 
 from __future__ import annotations
 
@@ -175,7 +175,7 @@ BAD: list[tuple[str, str | bytes, str]] = [
         json.dumps({"event": "start", "start": {"callSid": CALL_SID}}),
         "start",
     ),
-    # Numbers Twilio sends must be numbers (PROTOCOLS.md 3.1); garbage must not be silently
+    # Numbers Twilio sends must be numbers (docs/protocols.md §4.1); garbage must not be silently
     # replaced by a default: a sampleRate of "abc" must not pass the call's 8000 Hz check.
     ("media timestamp is garbage", _media_with(timestamp="soon"), "media"),
     ("media timestamp is a list", _media_with(timestamp=[820]), "media"),
@@ -273,7 +273,7 @@ def test_parse_never_raises_on_arbitrary_json_values(value: Any) -> None:
     assert tw.parse(json.dumps(value)) is not None
 
 
-# ----- encoders (PROTOCOLS.md 3.3: exactly these fields, no track, no sequenceNumber) ---------
+# ----- encoders (docs/protocols.md §4.3: exactly these fields, no track, no sequenceNumber) ---------
 
 
 def test_encode_media_is_exactly_twilio_outbound_media() -> None:
@@ -307,7 +307,7 @@ def test_encode_clear_is_exactly_twilio_clear() -> None:
 
 
 def test_encoded_mark_round_trips_through_parse_as_twilios_echo() -> None:
-    # Twilio echoes the mark with the same name (PROTOCOLS.md 3.4); our parser reads it back.
+    # Twilio echoes the mark with the same name (docs/protocols.md §4.4); our parser reads it back.
     echoed = json.loads(tw.encode_mark(STREAM_SID, "g0.3"))
     echoed["sequenceNumber"] = "63"
     assert tw.parse(json.dumps(echoed)) == tw.Mark(STREAM_SID, "g0.3")

@@ -23,7 +23,8 @@ from openai import AsyncOpenAI
 from callbot import phone
 from callbot.adapters.realtime_openai import OpenAIRealtimeConnector
 from callbot.adapters.store_sql import SqlTicketStore
-from callbot.phone import PhoneOptions, ScriptError, input_steps, parse_script, run_phone, split_utterances
+from callbot.phone import PhoneOptions, run_phone
+from callbot.phone.script import ScriptError, input_steps, parse_script, split_utterances
 from callbot.sim.caller import (
     Dtmf,
     HangUp,

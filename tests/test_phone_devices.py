@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from callbot.phone import Console, PhoneOptions, run_phone
-from callbot.phone_audio import (
+from callbot.phone import PhoneOptions, run_phone
+from callbot.phone.console import Console
+from callbot.phone.devices import (
     AudioDeviceError,
     LiveAudio,
     MicSource,
@@ -105,7 +106,7 @@ class FakeStream:
 
 
 class FakeSoundDevice(ModuleType):
-    """The parts of sounddevice that callbot.phone_audio uses, with devices a test describes."""
+    """The parts of sounddevice that callbot.phone.devices uses, with devices a test describes."""
 
     PortAudioError = FakePortAudioError
 

@@ -1,10 +1,12 @@
 """Audio conversion between Twilio (G.711 mu-law, 8 kHz) and OpenAI Realtime (PCM16 LE, 24 kHz).
 
-Pure and synchronous: no I/O, no clock, no asyncio, only numpy. It follows /work/shared/audio.md:
-a streaming 96-tap Kaiser polyphase FIR (3x up, 3x down) and numpy lookup tables for mu-law.
+Pure and synchronous: no I/O, no clock, no asyncio, only numpy. It follows the comparison in
+docs/audio.md §2: a streaming 96-tap Kaiser polyphase FIR (3x up, 3x down) and numpy lookup
+tables for mu-law.
 
 * Latency: the linear-phase FIR adds only its group delay, 47.5 samples at 24 kHz (1.98 ms) per
-  direction, and every call returns all it can (block resamplers such as soxr hold 40-80 ms back).
+  direction, and every call returns all it can (block resamplers such as soxr hold tens of ms
+  back and release them in bursts, docs/audio.md §7).
 * No clicks: filter history (and, going down, the input phase) is carried between calls, so any
   chunking gives output bit-identical to one-block processing.
 * Determinism: coefficients sit on a 2**-30 grid and samples are integers, so every product and
@@ -107,7 +109,8 @@ for _table in (_ULAW_DECODE, _ULAW_DECODE_F64, _ULAW_ENCODE, LOWPASS, _UP_BANK, 
 
 
 def _to_int16(y: FloatArray) -> Int16Array:
-    """Round half to even and saturate, in place (np.clip's Python wrapper costs ~3 us more)."""
+    """Round half to even and saturate, in place: np.clip's Python wrapper costs more than the work
+    on one frame (how much: bench/README.md#code-figures)."""
     np.rint(y, out=y)
     np.minimum(y, 32767.0, out=y)
     np.maximum(y, -32768.0, out=y)
@@ -115,7 +118,8 @@ def _to_int16(y: FloatArray) -> Int16Array:
 
 
 def _rows(buf: FloatArray, nrows: int, width: int, stride: int) -> FloatArray:
-    """Overlapping rows of buf without copying (np.ndarray is ~10x cheaper than as_strided)."""
+    """Overlapping rows of buf without copying, through the np.ndarray constructor: as_strided's
+    per-call overhead is many times larger (bench/README.md#code-figures)."""
     return np.ndarray((nrows, width), np.float64, buf, 0, (stride * _STEP, _STEP))
 
 
@@ -270,7 +274,8 @@ class InboundConverter(_Converter):
     The same filter as `Upsampler3`, bit for bit, specialised for mu-law input: the history is
     kept as the last 31 mu-law bytes, so one table lookup decodes history and frame together
     into a fresh work buffer. That saves the history copy and the assignment into a persistent
-    buffer: a third of the numpy calls per 20 ms frame, which is what the time goes on.
+    buffer: a third of the numpy calls per 20 ms frame, and numpy's per-call overhead is where
+    the time goes (the profile: bench/README.md, step 5 of the optimisation table).
     """
 
     def __init__(self, mode: Mode) -> None:

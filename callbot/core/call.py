@@ -109,7 +109,7 @@ class CallStats:
     dtmf_digits: str = ""
 
 
-# Realtime events we know and deliberately ignore (PROTOCOLS.md 7).
+# Realtime events we know and deliberately ignore (docs/protocols.md §9.2).
 _IGNORED = frozenset(
     {
         "session.created",
@@ -133,7 +133,7 @@ _IGNORED = frozenset(
     }
 )
 
-# Errors that are expected in races and harmless (PROTOCOLS.md 6, 8.4, 11.10).
+# Errors that are expected in races and harmless (docs/protocols.md §8.2).
 _BENIGN_ERROR_CODES = frozenset({"response_cancel_not_active", "conversation_already_has_active_response"})
 
 
@@ -251,7 +251,7 @@ class CallSession:
         return [SendRealtime(rt.append(binascii.b2a_base64(audio, newline=False).decode("ascii")))]
 
     def _on_dtmf(self, event: tw.Dtmf, now_ms: int) -> list[Action]:
-        """Keypad digits reach the model as a user text item (PROTOCOLS.md 11.20)."""
+        """Keypad digits reach the model as a user text item (docs/protocols.md §4.6)."""
         self.stats.dtmf_digits += event.digit
         if self.phase != "active":
             return []
@@ -303,7 +303,7 @@ class CallSession:
     def receive_realtime(self, event: dict[str, Any], now_ms: int) -> list[Action]:
         self.stats.realtime_events += 1
         if self.phase == "ended":
-            return []  # nothing goes to Twilio after stop (PROTOCOLS.md 11.11)
+            return []  # nothing goes to Twilio after stop (docs/protocols.md §4.5)
         kind = event.get("type")
         if kind == "response.output_audio.delta":
             return self._on_audio_delta(event, now_ms)
@@ -342,7 +342,7 @@ class CallSession:
         return []
 
     def _on_speech_started(self, event: dict[str, Any], now_ms: int) -> list[Action]:
-        """Barge-in (PROTOCOLS.md 8.4): clear Twilio, cancel, truncate at what was heard."""
+        """Barge-in (docs/protocols.md §10.4): clear Twilio, cancel, truncate at what was heard."""
         self._caller_speaking = True
         playing = self.playback.is_playing(now_ms) or self._framer.pending > 0
         if not playing and self._active_response is None:

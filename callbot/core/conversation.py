@@ -7,7 +7,7 @@ summary. The invariant that ties them: every turn is either still in the context
 names the summary (inserted into the context) that covers it.
 
 Caller transcripts are produced asynchronously and often arrive after the assistant's reply
-(PROTOCOLS.md 11.4), so order comes from `previous_item_id`, never from arrival time.
+(docs/protocols.md §10.6), so order comes from `previous_item_id`, never from arrival time.
 """
 
 from __future__ import annotations

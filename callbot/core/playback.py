@@ -1,7 +1,7 @@
 """What the caller has heard: outbound frame pacing, Twilio marks, and the barge-in cut point.
 
 Twilio plays queued audio in order and echoes a `mark` once everything queued before it has
-played, or at once after a `clear` (PROTOCOLS.md 3.4). So a mark echo is the only evidence of
+played, or at once after a `clear` (docs/protocols.md §4.4). So a mark echo is the only evidence of
 what reached the caller's ear. Every mark name carries a generation number that changes on
 each `clear`: an echo from an older generation means "discarded", not "played".
 

@@ -2,7 +2,7 @@
 
 Every builder here produces an event that validates against the SDK's client-event models
 (`openai/types/realtime/`); the fake Realtime server checks that in every test. Dicts rather
-than SDK models keep the audio hot path free of pydantic (PROTOCOLS.md 5.4: the SDK does not
+than SDK models keep the audio hot path free of pydantic (docs/protocols.md §6.2: the SDK does not
 validate outgoing dicts anyway, so the tests are where shape errors are caught).
 """
 
@@ -58,7 +58,7 @@ def _turn_detection(cfg: AgentConfig) -> dict[str, Any]:
 
 
 def session_update(cfg: AgentConfig) -> dict[str, Any]:
-    """The GA `session.update` for a phone call (PROTOCOLS.md 5.6): audio in and out, server VAD."""
+    """The GA `session.update` for a phone call (docs/protocols.md §7.1): audio in and out, server VAD."""
     audio_in: dict[str, Any] = {
         "format": FORMATS[cfg.audio_mode],
         "turn_detection": _turn_detection(cfg),
@@ -82,7 +82,7 @@ def session_update(cfg: AgentConfig) -> dict[str, Any]:
 
 
 def formats_problem(session: dict[str, Any], mode: AudioMode) -> str | None:
-    """Check the effective config echoed in `session.updated` (PROTOCOLS.md 11.2)."""
+    """Check the effective config echoed in `session.updated` (docs/protocols.md §7.2)."""
     audio = session.get("audio") or {}
     want = FORMATS[mode]["type"]
     got_in = ((audio.get("input") or {}).get("format") or {}).get("type")
@@ -150,7 +150,7 @@ def user_text(item_id: str, text: str) -> dict[str, Any]:
 
 
 def assistant_text(item_id: str, text: str, previous_item_id: str | None = None) -> dict[str, Any]:
-    """Assistant history can only be inserted as text (PROTOCOLS.md 11.19)."""
+    """Assistant history can only be inserted as text (docs/protocols.md §10.1)."""
     return _create_message(item_id, "assistant", "output_text", text, previous_item_id)
 
 
@@ -159,7 +159,7 @@ def delete(item_id: str) -> dict[str, Any]:
 
 
 def is_out_of_band(response: dict[str, Any]) -> bool:
-    """Out-of-band responses must not touch call state (PROTOCOLS.md 11.3).
+    """Out-of-band responses must not touch call state (docs/protocols.md §10.5).
 
     callbot never creates one itself (summaries use a separate text model), so only a response
     tagged with a `purpose` in its metadata counts; `conversation_id` alone is not trusted

@@ -1,7 +1,7 @@
 """Keeping a call alive across a lost or expiring Realtime session.
 
 A phone line is not a chat window: when the Realtime websocket drops, or its session nears
-the ~60 minute limit (PROTOCOLS.md 9.6), the call opens a fresh session, configures it again and
+the ~60 minute limit (docs/protocols.md §12.1), the call opens a fresh session, configures it again and
 restores the context as text (the current summary as a system item, then the verbatim turns
 in order) under the same item ids, so the local mirror and the new server agree at once.
 """

@@ -3,7 +3,7 @@
 The voice webhook (which Twilio signs) mints `HMAC(secret, call_sid:expiry)` and passes it to
 Twilio as a `<Parameter>`; the media websocket refuses a `start` whose token does not match
 its call sid or has expired, so nobody can open a stream for a call they did not place
-(PROTOCOLS.md 2.5). Time is an argument: this module never reads a clock.
+(docs/protocols.md §3.4). Time is an argument: this module never reads a clock.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Twilio Media Streams messages: parse what Twilio sends, encode what we send back.
 
 Parsing never raises: a peer's odd message becomes `Invalid` with a reason the bridge logs, so
-one bad frame cannot end a call (PROTOCOLS.md 3.1-3.3). Numbers Twilio sends as strings
+one bad frame cannot end a call (docs/protocols.md §4.1-§4.3). Numbers Twilio sends as strings
 (`timestamp`, `chunk`, `sequenceNumber`) are converted to int here, once.
 """
 
@@ -167,7 +167,7 @@ def parse(raw: str | bytes) -> TwilioEvent:
     return Invalid(f"unknown event {event!r}", _str(event))
 
 
-# --- what we send (PROTOCOLS.md 3.3); the stream sid is echoed on every message ---
+# --- what we send (docs/protocols.md §4.3); the stream sid is echoed on every message ---
 
 
 def encode_media(stream_sid: str, ulaw: bytes) -> str:

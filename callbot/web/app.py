@@ -333,7 +333,8 @@ def _read(path: Path | None) -> str | None:
 
 
 def _signature_ok(settings: Settings, request: Request, params: dict[str, str]) -> bool:
-    """Validate against the public URL Twilio called, not the one we see behind a proxy (PROTOCOLS.md 2.2)."""
+    """Validate against the public URL Twilio called, not the one we see behind a proxy
+    (docs/protocols.md §3.2)."""
     if not settings.validate_twilio_signatures:
         return True
     signature = request.headers.get("x-twilio-signature")
@@ -361,7 +362,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
 
 
 def _upgrade_refusal(settings: Settings, signature: str | None) -> str | None:
-    """Check the media websocket upgrade against the wss:// URL in our TwiML (PROTOCOLS.md 2.5)."""
+    """Check the media websocket upgrade against the wss:// URL in our TwiML (docs/protocols.md §3.3)."""
     if not settings.validate_twilio_signatures:
         return None
     if signature is None:
@@ -394,7 +395,7 @@ def _twiml(services: Services, params: dict[str, str]) -> str:
     stream.parameter(name="from", value=params.get("From", ""))
     stream.parameter(name="to", value=params.get("To", ""))
     # <Connect> blocks until our websocket closes; if callbot ends the call itself (upstream
-    # failure, shutdown), Twilio goes on to this and the caller hears why (PROTOCOLS.md 1.3).
+    # failure, shutdown), Twilio goes on to this and the caller hears why (docs/protocols.md §2.3).
     response.say(settings.end_message)
     return str(response)
 
