@@ -2,7 +2,7 @@
 
 Events travel as plain dicts. Incoming frames are read raw (`recv_bytes`) and parsed with
 orjson instead of the SDK's pydantic union: the audio deltas are most of the traffic and the
-typed parse costs more than the rest of the bridge (bench/README.md). Outgoing events are
+typed parse costs more than the rest of the bridge (docs/audio.md §9). Outgoing events are
 framed straight onto the websocket when it can take them (`_FrameWriter`, the `realtime_frames`
 fast path, guarded by `probe()`; otherwise the SDK's public `send_raw`); their shapes are
 checked against the SDK's client-event models in the tests (the fake Realtime server validates
@@ -71,7 +71,7 @@ class _MaskKeys:
     """Client frame masking keys (RFC 6455 5.3) from the kernel's CSPRNG, 1,024 per syscall.
 
     websockets asks `secrets.token_bytes(4)` for every frame: one getrandom syscall per 20 ms of
-    caller audio (its cost: bench/README.md). The keys come from the same source here, read in
+    caller audio (its cost: bench/README.md#code-figures). The keys come from the same source here, read in
     4 KiB blocks; each key is used once.
     """
 
@@ -105,9 +105,9 @@ class _FrameWriter:
     """Writes a text frame straight to the transport when nothing stands in the way.
 
     `send_raw` routes every frame through the SDK's reconnect machinery (locks, a send queue,
-    receipts), a feature callbot leaves off (it reconnects itself, docs/protocols.md), and
+    receipts), a feature callbot leaves off (it reconnects itself, docs/protocols.md §12.2), and
     websockets' own `send` costs an async context manager and a getrandom syscall per frame
-    (the figures: bench/README.md). So while the connection is open, negotiated no extension
+    (the figures: bench/README.md#code-figures). So while the connection is open, negotiated no extension
     (the SDK turns compression off) and the transport's buffer is below its high-water mark,
     the frame is built here (with pooled mask keys) and written; otherwise websockets' `send`
     runs, which waits for the buffer to drain or raises on close. Frames stay in order either

@@ -1,6 +1,6 @@
 """A simulated Twilio caller: webhook, TwiML, Media Streams socket, playback buffer, recording.
 
-It behaves towards the bot the way Twilio does (PROTOCOLS.md sections 1-4): signed form POST to
+It behaves towards the bot the way Twilio does (docs/protocols.md §2-§5): signed form POST to
 `/twilio/voice`, `<Connect><Stream>` parsing, a signed WebSocket upgrade, `connected` + `start`,
 then one 160-byte mu-law `media` frame every 20 ms whether or not the caller talks, and a playback
 buffer that honours `mark` and `clear` exactly as Twilio documents. Everything the bot sends is
