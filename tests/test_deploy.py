@@ -557,11 +557,15 @@ def test_dockerfile_builds_a_slim_non_root_server_image() -> None:
     assert stop.value == ("SIGTERM",)
     (cmd,) = final_stage("CMD")
     assert cmd.json and image_command(list(cmd.value)) == SERVE_COMMAND
-    # the package is installed from the repository: its metadata and the package itself
+    # the package is installed from the repository: its metadata and the package itself, and its
+    # dependencies from the lock, hash-checked, never re-resolved
     copied = {
         src for stage in stages for c in stage if c.cmd == "COPY" and not c.flags for src in c.value[:-1]
     }
-    assert {"pyproject.toml", "README.md", "callbot"} <= copied
+    assert {"pyproject.toml", "README.md", "LICENSE", "callbot", "requirements.lock"} <= copied
+    runs = " ".join(" ".join(c.value) for stage in stages for c in stage if c.cmd == "RUN")
+    assert "pip install --require-hashes -r requirements.lock" in runs
+    assert "pip install --no-deps ." in runs
 
 
 def test_dockerfile_healthcheck_uses_python_against_healthz() -> None:
