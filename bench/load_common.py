@@ -44,6 +44,16 @@ def parse_cpus(text: str) -> set[int]:
     return {int(part) for part in text.split(",") if part.strip()}
 
 
+def parse_ms_range(text: str) -> tuple[int, int]:
+    """'100-300' -> (100, 300); '200' -> (200, 200). ValueError unless 0 < MIN <= MAX."""
+    lo, sep, hi = text.partition("-")
+    low = int(lo)
+    high = int(hi) if sep else low
+    if not 0 < low <= high:
+        raise ValueError(f"not a range of positive milliseconds: {text!r}")
+    return low, high
+
+
 def proc_cpu_s(pid: int) -> float:
     """utime + stime of a process (all threads), in seconds, from /proc/<pid>/stat."""
     with open(f"/proc/{pid}/stat", "rb") as f:
