@@ -244,6 +244,8 @@ class Rig:
         ]
         if o.no_gc_freeze:
             server_args.append("--no-gc-freeze")
+        if o.server_lag_interval_ms is not None:
+            server_args += ["--lag-interval-ms", str(o.server_lag_interval_ms)]
         if getattr(o, "peer", None) is not None and not o.callbot_greeting:
             server_args.append("--no-greeting")  # side by side: the same script as the peer's
         if o.profiler == "cprofile" and getattr(self, "cprofile", None):
@@ -763,6 +765,9 @@ async def run_level(
         await rig.wait_idle()
         baseline = await rig.collect()
         await rig.stats(reset_pacer=1)
+        idle_cpu = None
+        if getattr(opts, "peer", None) is not None:  # side by side: each server's fixed cost
+            idle_cpu = await idle_cpu_ms_per_s(rig.server.pid, 2.0)
 
         ramp = opts.ramp_s if opts.ramp_s is not None else max(1.0 if opts.quick else 2.0, n / 50)
         procs = opts.caller_procs or max(1, math.ceil(n / opts.calls_per_caller_proc))
@@ -826,6 +831,8 @@ async def run_level(
             peer_logs=[workdir / "server.stdout.log", workdir / "server.stderr.log"] if peer else None,
         )
         result["server_process"] = rig.server_ready  # its websocket protocol and callbot package
+        if idle_cpu is not None:
+            result["idle_cpu_ms_per_s"] = idle_cpu
         if profile is not None:
             result["profile"] = profile
         if opts.profiler == "cprofile" and getattr(rig, "cprofile", None):
@@ -835,6 +842,14 @@ async def run_level(
     finally:
         with contextlib.suppress(Exception):
             await rig.stop()
+
+
+async def idle_cpu_ms_per_s(pid: int, seconds: float) -> float:
+    """The server's CPU per wall second with no call (its timers and housekeeping), in ms."""
+    c0, t0 = lc.proc_sched_ns(pid), time.monotonic_ns()
+    await asyncio.sleep(seconds)
+    c1, t1 = lc.proc_sched_ns(pid), time.monotonic_ns()
+    return 1000 * (c1 - c0) / (t1 - t0)
 
 
 def one_line(r: dict[str, Any]) -> str:
@@ -1587,6 +1602,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--server-log-level", default="INFO")
     p.add_argument(
+        "--server-lag-interval-ms",
+        type=float,
+        default=None,
+        help="the server's loop-lag probe period (default 10 ms; 100 ms with --peer: the probe's "
+        "wake-ups are CPU the peer does not spend, ~13 ms per second at 10 ms on an idle VM)",
+    )
+    p.add_argument(
         "--no-gc-freeze",
         action="store_true",
         help="experiment: the server skips the gc.freeze() that callbot serve does after start-up",
@@ -1684,6 +1706,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         opts.jitter = {"every_s": opts.jitter_every, "min_ms": low, "max_ms": high}
     if opts.repeat < 1:
         p.error("--repeat must be at least 1")
+    if opts.server_lag_interval_ms is None and opts.peer is not None:
+        opts.server_lag_interval_ms = 100.0
     opts.modes = [m.strip() for m in opts.modes.split(",") if m.strip()]
     given = argv if argv is not None else sys.argv[1:]
     levels_asked = any(a.startswith(("--calls", "--quick")) for a in given)

@@ -39,6 +39,7 @@ class Metric:
 METRICS: list[Metric] = [
     Metric("cpu_ms_per_call_s", "server CPU ms per call-second", short="CPU ms/call-s"),
     Metric("server_cpu_pct", "server CPU % of one core (steady window)", 1),
+    Metric("idle_cpu_ms_per_s", "server CPU ms per second idle (no call, after the warm-up)", 2),
     Metric("rss_baseline_mb", "server RSS baseline MB (after warm-up)", 1),
     Metric("rss_peak_mb", "server RSS peak MB", 1, short="RSS peak MB"),
     Metric("rss_per_call_kb", "server RSS per call KB ((peak − baseline) / calls)", 0, short="RSS/call KB"),
@@ -97,6 +98,7 @@ def flatten(r: dict[str, Any]) -> dict[str, float | None]:
     return {
         "cpu_ms_per_call_s": _num(r.get("cpu_ms_per_call_s")),
         "server_cpu_pct": _num(r.get("server_cpu_pct")),
+        "idle_cpu_ms_per_s": _num(r.get("idle_cpu_ms_per_s")),
         "rss_baseline_mb": _num(r.get("rss_baseline_mb")),
         "rss_peak_mb": _num(r.get("rss_peak_mb")),
         "rss_per_call_kb": _num(r.get("rss_per_call_kb")),
