@@ -1444,15 +1444,18 @@ async def main_async(opts: argparse.Namespace) -> int:
 async def side_by_side(opts: argparse.Namespace, root: Path, report: dict[str, Any], md: list[str]) -> None:
     """`--peer`: at each level, `--repeat` times, callbot in each mode and the peer, under the same
     load side, alternating their order; a table per level with the callbot/peer ratios."""
-    spec = load_peer.peer_spec(
-        opts.peer,
-        peer_dir=opts.peer_dir,
-        command=opts.peer_cmd,
-        webhook_path=opts.peer_webhook,
-        env=dict(opts.peer_env),
-    )
-    python = opts.peer_python or str(load_peer.ensure_venv(spec, Path(opts.peer_venv_cache)))
-    peer = PeerRun(spec, python, load_peer.copy_source(spec, root))
+    try:
+        spec = load_peer.peer_spec(
+            opts.peer,
+            peer_dir=opts.peer_dir,
+            command=opts.peer_cmd,
+            webhook_path=opts.peer_webhook,
+            env=dict(opts.peer_env),
+        )
+        python = opts.peer_python or str(load_peer.ensure_venv(spec, Path(opts.peer_venv_cache)))
+        peer = PeerRun(spec, python, load_peer.copy_source(spec, root))
+    except (OSError, ValueError) as exc:  # a missing source or an unknown peer: say so, no traceback
+        raise SystemExit(f"--peer {opts.peer}: {exc}") from None
     jitter = opts.jitter
     md += [
         f"Peer: {spec.name} from {spec.src} (source {load_peer.source_digest(spec.src)}), "
