@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import random
 import secrets
 import time
 from array import array
@@ -203,6 +204,39 @@ class LeanCursor:
         return None
 
 
+# ----------------------------------------------------------------------------- network jitter
+
+
+def jitter_schedule(
+    seed: int, seconds: float, every_s: float, min_ms: int, max_ms: int, *, quiet_end_s: float = 1.0
+) -> list[tuple[int, int]]:
+    """When one caller stops reading its socket: [(tick, stall ms), ...], seeded, in tick order.
+
+    Gaps between stalls are exponential with mean `every_s` (random moments, no rhythm shared by
+    the calls), each stall lasts a uniform `min_ms`-`max_ms`, the next starts at least one tick
+    after the previous ended, and none starts in the last `quiet_end_s` of the call (a stall
+    across the hang-up would turn the bot's last messages into messages "after stop"). Bounded:
+    at most one stall per tick of the call.
+    """
+    if every_s <= 0 or seconds <= 0 or max_ms <= 0:
+        return []
+    if not 0 < min_ms <= max_ms:
+        raise ValueError(f"jitter stall range {min_ms}-{max_ms} ms is not a range of positive ms")
+    rng = random.Random(f"jitter-{seed}")
+    last_tick = int((seconds - quiet_end_s) * 1000 / FRAME_MS)
+    out: list[tuple[int, int]] = []
+    t_ms = 0.0
+    while len(out) < last_tick:
+        t_ms += rng.expovariate(1.0 / (every_s * 1000))
+        tick = int(t_ms // FRAME_MS)
+        if tick >= last_tick:
+            break
+        ms = rng.randint(min_ms, max_ms)
+        out.append((tick, ms))
+        t_ms = (tick + 1) * FRAME_MS + ms  # the next gap counts from this stall's end
+    return out
+
+
 # ----------------------------------------------------------------------------- playback
 
 
@@ -370,6 +404,7 @@ class LeanCall(lean_ws.WsClient):
         cursor: LeanCursor,
         result: CallResult,
         max_call_s: float,
+        stalls: list[tuple[int, int]] | None = None,
     ) -> None:
         super().__init__()
         self.ticker = ticker
@@ -393,6 +428,13 @@ class LeanCall(lean_ws.WsClient):
         self.send_ns = array("q")
         self.media_in_ns = array("q")
         self.clear_ns = array("q")
+        self.stalls = list(stalls or ())
+        """Network jitter: (tick, ms) at which this caller stops reading its socket for ms."""
+        self._next_stall = self.stalls[0][0] if self.stalls else -1
+        self._stall_index = 0
+        self._resume: asyncio.TimerHandle | None = None
+        self.stalled_ms = 0
+        self.stalls_done = 0
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         sid = stream_sid.encode("ascii")
         self._media_head = b'{"event":"media","streamSid":"' + sid + b'","media":{"payload":"'
@@ -448,6 +490,8 @@ class LeanCall(lean_ws.WsClient):
         if self.closed:
             return False
         tick = self.tick
+        if tick == self._next_stall:
+            self.stall()
         playback = self.playback
         if playback._queue or playback._finishing:
             played, finished = playback.tick()
@@ -475,6 +519,29 @@ class LeanCall(lean_ws.WsClient):
             return False
         return True
 
+    def stall(self) -> None:
+        """Stop reading the socket for this stall's ms (what the bot sends waits in the kernel's
+        buffers, as behind a network hiccup), then drain it all at once. The 20 ms clock, the
+        playback model and the caller's own frames go on: an empty buffer meanwhile is late frames."""
+        ms = self.stalls[self._stall_index][1]
+        self._stall_index += 1
+        self._next_stall = self.stalls[self._stall_index][0] if self._stall_index < len(self.stalls) else -1
+        transport = self.transport
+        if transport is None or transport.is_closing() or self._resume is not None:
+            return
+        transport.pause_reading()
+        self.stalls_done += 1
+        self.stalled_ms += ms
+        self._resume = asyncio.get_running_loop().call_later(ms / 1000, self.unstall)
+
+    def unstall(self) -> None:
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                transport.resume_reading()
+
     def echo_mark(self, name: str, ms: float, status: str) -> None:
         message = {"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}}
         if self.send_event(message):
@@ -484,6 +551,7 @@ class LeanCall(lean_ws.WsClient):
         """`stop`, then the closing handshake, unless the bot already closed."""
         if self.closed:
             return
+        self.unstall()  # read the server's answer to the stop and its close frame
         stop = {
             "event": "stop",
             "streamSid": self.stream_sid,
@@ -607,6 +675,9 @@ class LeanCall(lean_ws.WsClient):
         if not self.stopped and self.result.closed_by is None:
             self.result.closed_by = "server"
         self.closed = True
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
         self.finish()
         if not self.done.done():
             self.done.set_result(None)
@@ -634,21 +705,31 @@ class LeanCall(lean_ws.WsClient):
             "send_late_us": [(t - t0 - k * FRAME_NS) // 1000 for k, t in enumerate(self.send_ns)],
             "media_in_ns": list(self.media_in_ns),
             "clear_ns": list(self.clear_ns),
+            "stalls": self.stalls_done,
+            "stalled_ms": self.stalled_ms,
         }
 
 
 class LeanTwilioCaller(TwilioCaller):
     """The simulator's webhook and TwiML handling; the media stream runs on a `LeanCall`.
 
-    `on_call` (if given) gets the finished LeanCall (for its timestamps) before `run` returns.
+    `on_call` (if given) gets the finished LeanCall (for its timestamps) before `run` returns;
+    `stalls` is the call's network-jitter schedule (`jitter_schedule`).
     """
 
     def __init__(
-        self, base_url: str, *, ticker: Ticker, on_call: Callable[[LeanCall], None] | None = None, **kw: Any
+        self,
+        base_url: str,
+        *,
+        ticker: Ticker,
+        on_call: Callable[[LeanCall], None] | None = None,
+        stalls: list[tuple[int, int]] | None = None,
+        **kw: Any,
     ) -> None:
         super().__init__(base_url, **kw)
         self.ticker = ticker
         self.on_call = on_call
+        self.stalls = stalls
 
     async def _stream(self, stream_url: str, script: Any, result: CallResult) -> None:
         connect_url, headers = self._stream_connection(stream_url)
@@ -664,6 +745,7 @@ class LeanTwilioCaller(TwilioCaller):
                 cursor=cursor,
                 result=result,
                 max_call_s=self.max_call_s,
+                stalls=self.stalls,
             )
 
         try:

@@ -41,6 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
 import load_common as lc
+import load_compare
+import load_peer
 import orjson
 
 HERE = Path(__file__).resolve().parent
@@ -150,8 +152,49 @@ async def spawn(name: str, args: list[str], workdir: Path, callbot_src: str | No
 
 
 @dataclass
+class PeerRun:
+    """A peer server (`--peer`) as this run serves it: its spec, interpreter and copied source."""
+
+    spec: load_peer.PeerSpec
+    python: str
+    src: Path
+
+
+async def spawn_peer(peer: PeerRun, workdir: Path, fake_port: int, server_cpu: str) -> tuple[Proc, int]:
+    """Start the peer on a free loopback port, pinned to the server CPU; (process, port) once it answers."""
+    port = load_peer.free_port()
+    argv = load_peer.build_command(
+        peer.spec, python=peer.python, port=port, fake_port=fake_port, src=peer.src
+    )
+    env = load_peer.build_env(peer.spec, child_env(), port=port, fake_port=fake_port, src=peer.src)
+    env.pop("PYTHONUNBUFFERED", None)  # the peer's prints buffer as they would in a deployment
+    cpus = lc.parse_cpus(server_cpu)
+    err = workdir / "server.stderr.log"
+    out = workdir / "server.stdout.log"
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdout=out.open("wb"),
+        stderr=err.open("wb"),
+        stdin=asyncio.subprocess.DEVNULL,
+        env=env,
+        cwd=str(peer.src),
+        preexec_fn=lambda: lc.pin(cpus),
+    )
+    handle = Proc("server", proc, err)
+    try:
+        await load_peer.wait_listening(proc, port, peer.spec.ready_path)
+    except (RuntimeError, TimeoutError) as exc:
+        await handle.interrupt(5.0)
+        tail = err.read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"peer {peer.spec.name} did not start ({exc}):\n{tail}") from exc
+    handle.ready = {"peer": peer.spec.name, "argv": argv, "pid": proc.pid, "port": port}
+    return handle, port
+
+
+@dataclass
 class Rig:
-    """A fake Realtime server and a callbot server for one mode (and one level)."""
+    """A fake Realtime server and a callbot server for one mode (and one level), or with
+    `peer` set, the fake and that peer server instead of callbot (`mode` is then its name)."""
 
     mode: str
     workdir: Path
@@ -161,6 +204,7 @@ class Rig:
     base_url: str = ""
     server_ready: dict[str, Any] | None = None
     http: httpx.AsyncClient | None = None
+    peer: PeerRun | None = None
 
     async def start(self) -> None:
         o = self.opts
@@ -182,6 +226,11 @@ class Rig:
             self.workdir,
         )
         fake_port = (await self.fake.read_ready())["port"]
+        if self.peer is not None:
+            self.server, port = await spawn_peer(self.peer, self.workdir, fake_port, o.server_cpu)
+            self.server_ready = self.server.ready
+            self.base_url = f"http://127.0.0.1:{port}"
+            return
         server_args = [
             str(HERE / "load_server.py"),
             "--fake-url",
@@ -195,6 +244,10 @@ class Rig:
         ]
         if o.no_gc_freeze:
             server_args.append("--no-gc-freeze")
+        if o.server_lag_interval_ms is not None:
+            server_args += ["--lag-interval-ms", str(o.server_lag_interval_ms)]
+        if getattr(o, "peer", None) is not None and not o.callbot_greeting:
+            server_args.append("--no-greeting")  # side by side: the same script as the peer's
         if o.profiler == "cprofile" and getattr(self, "cprofile", None):
             server_args += ["--cprofile", str(self.cprofile)]  # type: ignore[attr-defined]
         self.server = await spawn("server", server_args, self.workdir, o.server_src)
@@ -203,16 +256,33 @@ class Rig:
         self.http = httpx.AsyncClient(base_url=self.base_url, timeout=60.0, trust_env=False)
 
     async def stats(self, **params: Any) -> dict[str, Any]:
+        if self.peer is not None:  # a peer has no bench endpoints: what /proc tells
+            assert self.server is not None
+            return {
+                "active_calls": 0,
+                "observer": {"end_reasons": {}},
+                "pacer_max_lag_ms": None,
+                "gc": {},
+                "lag": {"t_ns": [], "lag_us": []},
+                "rss_bytes": lc.proc_rss_bytes(self.server.pid),
+            }
         assert self.http is not None
         response = await self.http.get("/bench/stats", params=params)
         return orjson.loads(response.content)
 
     async def collect(self, types: bool = False) -> dict[str, Any]:
+        """callbot: gc.collect() in the server, then its RSS and live objects; a peer: its RSS."""
+        if self.peer is not None:
+            assert self.server is not None
+            return {"rss_bytes": lc.proc_rss_bytes(self.server.pid), "objects": None, "tasks": None}
         assert self.http is not None
         response = await self.http.post("/bench/gc", params={"types": "1"} if types else {})
         return orjson.loads(response.content)
 
     async def wait_idle(self, timeout: float = 60.0) -> bool:
+        if self.peer is not None:  # it cannot say: its callers have hung up, give it a moment
+            await asyncio.sleep(0.5)
+            return True
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if (await self.stats())["active_calls"] == 0:
@@ -223,10 +293,18 @@ class Rig:
     async def stop(self) -> dict[str, Any]:
         if self.http is not None:
             await self.http.aclose()
-        if self.server is not None:
-            await self.server.interrupt()
-        if self.fake is not None:
-            await self.fake.interrupt()
+        if self.peer is not None:
+            # The fake first: the peer keeps its Realtime sockets open after the caller hung up, and
+            # closing them ends its handlers, so it can shut down without waiting for them.
+            if self.fake is not None:
+                await self.fake.interrupt()
+            if self.server is not None:
+                await self.server.interrupt(5.0)
+        else:
+            if self.server is not None:
+                await self.server.interrupt()
+            if self.fake is not None:
+                await self.fake.interrupt()
         path = self.workdir / "fake.json"
         return orjson.loads(path.read_bytes()) if path.exists() else {}
 
@@ -253,6 +331,7 @@ async def run_callers(
             "record": o.caller_record,
             "impl": o.caller_impl,
             "calls": chunk,
+            **caller_target_spec(o, rig.peer.spec if rig.peer is not None else None),
         }
         spec.write_bytes(orjson.dumps(body))
         proc = await spawn(
@@ -278,6 +357,22 @@ async def run_callers(
         data["pid"] = proc.pid
         outputs.append(data)
     return outputs
+
+
+def caller_target_spec(opts: argparse.Namespace, peer: load_peer.PeerSpec | None) -> dict[str, Any]:
+    """What the callers need to know about the server they call, and the network jitter.
+
+    callbot: its signed webhook (`/twilio/voice`); a peer: its webhook. In side-by-side mode every
+    call opens with `--opening-ms` of silence on both servers (the same script for a server that
+    does not speak first; callbot then runs without its greeting unless `--callbot-greeting`)."""
+    spec: dict[str, Any] = {"webhook_path": peer.webhook_path if peer is not None else "/twilio/voice"}
+    side_by_side = getattr(opts, "peer", None) is not None
+    if side_by_side or (peer is not None and not peer.greets):
+        spec["opening_ms"] = int(opts.opening_ms)
+    jitter = getattr(opts, "jitter", None)
+    if jitter:
+        spec["jitter"] = jitter
+    return spec
 
 
 def plan_calls(
@@ -339,9 +434,15 @@ def analyse_level(
     log_path: Path,
     server_cpu: str = "0",
     load_cpus: str = "1",
+    *,
+    peer_logs: list[Path] | None = None,
 ) -> dict[str, Any]:
     calls = [c for out in callers for c in out["calls"]]
-    sessions = {s["call"]: s for s in fake.get("sessions", [])}
+    all_sessions = fake.get("sessions", [])
+    sessions = {s["call"]: s for s in all_sessions if s.get("call")}
+    anonymous = [s for s in all_sessions if not s.get("call")]
+    if anonymous:  # a peer's: no call sid in its Realtime URL
+        sessions.update(join_by_open_order(calls, anonymous))
     inbound: list[float] = []
     outbound: list[float] = []
     barge: list[float] = []
@@ -427,7 +528,12 @@ def analyse_level(
         "calls_without_realtime_session": sum(1 for c in calls if c["sid"] not in sessions),
         "outbound_first_frame_missing": outbound_missing,
     }
-    log_counts, log_top = server_log_problems(log_path)
+    messages = message_counts(calls, [sessions[c["sid"]] for c in calls if c["sid"] in sessions])
+    errors["realtime_error_events"] = messages["realtime_errors"]
+    if peer_logs is not None:
+        log_counts, log_top = peer_log_problems(peer_logs)
+    else:
+        log_counts, log_top = server_log_problems(log_path)
     errors["server_log_warnings"] = log_counts.get("WARNING", 0)
     errors["server_log_errors"] = log_counts.get("ERROR", 0) + log_counts.get("CRITICAL", 0)
     end_reasons = server["final"]["observer"]["end_reasons"]
@@ -458,7 +564,11 @@ def analyse_level(
         "rss_per_call_kb": (peak_rss - base_rss) / n / 1024,
         "rss_after_mb": server["after"]["rss_bytes"] / 2**20,
         "rss_after_minus_baseline_mb": (server["after"]["rss_bytes"] - base_rss) / 2**20,
-        "objects_after_minus_baseline": server["after"]["objects"] - server["baseline"]["objects"],
+        "objects_after_minus_baseline": (
+            server["after"]["objects"] - server["baseline"]["objects"]
+            if server["after"].get("objects") is not None and server["baseline"].get("objects") is not None
+            else None
+        ),
         "inbound_ms": lc.dist(inbound),
         "inbound_offset_disagreements": offsets_disagree,
         "outbound_first_frame_ms": lc.dist(outbound),
@@ -476,6 +586,9 @@ def analyse_level(
         "caller_send_late_ms": lc.dist(send_late),
         "fake_loop_lag_ms": scale(lc.dist(fake_lag), 1e-3),
         "caller_processes": len(callers),
+        "messages": messages,
+        "jitter_stalls": sum(c.get("stalls", 0) for c in calls),
+        "jitter_stalled_ms": sum(c.get("stalled_ms", 0) for c in calls),
         "errors": errors,
         "error_total": error_total,
         "error_examples": examples,
@@ -484,6 +597,73 @@ def analyse_level(
         "end_reasons": end_reasons,
         "steady_window_s": round((steady1 - steady0) / 1e9, 1),
     }
+
+
+def join_by_open_order(
+    calls: list[dict[str, Any]], sessions: list[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Pair a peer's Realtime sessions with the calls they served, by the order they opened.
+
+    A peer opens its Realtime socket as soon as it accepts the caller's stream and its URL does
+    not carry the call, so the i-th session to open (at or after the level's first call start;
+    earlier ones are the warm-up's) is taken to belong to the i-th call to open its stream
+    (`t0_ns`). Calls start ~20 ms apart, so a swap needs the server to reorder two handshakes;
+    a swapped pair shows up as `inbound_offset_disagreements` (the append timing then disagrees
+    with the frame count). Calls without a stream and surplus sessions stay unpaired."""
+    if not calls:
+        return {}
+    first = min(c["start_ns"] for c in calls)
+    opened = sorted((s for s in sessions if s.get("opened_ns", 0) >= first), key=lambda s: s["opened_ns"])
+    streams = sorted((c for c in calls if c.get("t0_ns")), key=lambda c: c["t0_ns"])
+    return {c["sid"]: s for c, s in zip(streams, opened, strict=False)}
+
+
+def message_counts(calls: list[dict[str, Any]], sessions: list[dict[str, Any]]) -> dict[str, Any]:
+    """Messages each way over a level: media, marks and clears between callers and the server
+    (as the callers counted them), and the server's events to and from the fake Realtime."""
+    client: collections.Counter[str] = collections.Counter()
+    server: collections.Counter[str] = collections.Counter()
+    examples: list[str] = []
+    for s in sessions:
+        client.update(s.get("client_events", {}))
+        server.update(s.get("server_events", {}))
+        if len(examples) < 5:
+            examples.extend(s.get("errors", [])[: 5 - len(examples)])
+    return {
+        "media_to_callers": sum(c.get("frames_received", 0) for c in calls),
+        "marks_to_callers": sum(c.get("marks_received", 0) for c in calls),
+        "clears_to_callers": sum(c.get("clears", 0) for c in calls),
+        "media_from_callers": sum(c.get("frames_sent", 0) for c in calls),
+        "marks_from_callers": sum(c.get("marks_echoed", 0) for c in calls),
+        "appends_to_realtime": sum(s.get("appends", len(s.get("append_ns", []))) for s in sessions),
+        "other_to_realtime": sum(client.values()),
+        "deltas_from_realtime": server.get("response.output_audio.delta", 0),
+        "events_from_realtime": sum(server.values()),
+        "realtime_errors": server.get("error", 0),
+        "realtime_error_examples": examples,
+        "client_events": dict(client),
+        "server_events": dict(server),
+        "sessions_joined": len(sessions),
+    }
+
+
+def peer_log_problems(paths: list[Path]) -> tuple[collections.Counter[str], list[tuple[str, int]]]:
+    """Problems in a peer's plain-text output (its prints on stdout, uvicorn's log on stderr):
+    tracebacks, ERROR lines, and the lines that print an error or an exception."""
+    counts: collections.Counter[str] = collections.Counter()
+    messages: collections.Counter[str] = collections.Counter()
+    pattern = re.compile(r"Traceback|\bERROR\b|\bError\b|Exception|'type': 'error'")
+    for path in paths:
+        if not path.exists():
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            if pattern.search(line):
+                counts["ERROR"] += 1
+                messages[re.sub(r"\d+", "N", line.strip())[:140]] += 1
+            elif "WARNING" in line:
+                counts["WARNING"] += 1
+                messages[re.sub(r"\d+", "N", line.strip())[:140]] += 1
+    return counts, messages.most_common(5)
 
 
 def scale(d: dict[str, Any], factor: float) -> dict[str, Any]:
@@ -559,11 +739,21 @@ async def wait_quiet(opts: argparse.Namespace, label: str) -> float:
         progress(f"[{label}] waiting for the machine to be quiet: other processes use {foreign:.0f}% CPU")
 
 
-async def run_level(opts: argparse.Namespace, mode: str, n: int, level_id: int, root: Path) -> dict[str, Any]:
+async def run_level(
+    opts: argparse.Namespace,
+    mode: str,
+    n: int,
+    level_id: int,
+    root: Path,
+    *,
+    peer: PeerRun | None = None,
+    tag: str = "",
+) -> dict[str, Any]:
+    """One level: N calls against callbot in `mode`, or with `peer` against that peer server."""
     await wait_quiet(opts, f"{mode} N={n}")
-    workdir = root / f"{mode}-{n}"
+    workdir = root / f"{mode.replace(' ', '-')}-{n}{tag}"
     workdir.mkdir(parents=True, exist_ok=True)
-    rig = Rig(mode, workdir, opts)
+    rig = Rig(mode, workdir, opts, peer=peer)
     if opts.profiler == "cprofile" and getattr(opts, "_profile_level", False):
         rig.cprofile = workdir / "server.prof"  # type: ignore[attr-defined]
     try:
@@ -575,6 +765,9 @@ async def run_level(opts: argparse.Namespace, mode: str, n: int, level_id: int, 
         await rig.wait_idle()
         baseline = await rig.collect()
         await rig.stats(reset_pacer=1)
+        idle_cpu = None
+        if getattr(opts, "peer", None) is not None:  # side by side: each server's fixed cost
+            idle_cpu = await idle_cpu_ms_per_s(rig.server.pid, 2.0)
 
         ramp = opts.ramp_s if opts.ramp_s is not None else max(1.0 if opts.quick else 2.0, n / 50)
         procs = opts.caller_procs or max(1, math.ceil(n / opts.calls_per_caller_proc))
@@ -635,8 +828,11 @@ async def run_level(opts: argparse.Namespace, mode: str, n: int, level_id: int, 
             workdir / "server.stderr.log",
             opts.server_cpu,
             opts.load_cpus,
+            peer_logs=[workdir / "server.stdout.log", workdir / "server.stderr.log"] if peer else None,
         )
         result["server_process"] = rig.server_ready  # its websocket protocol and callbot package
+        if idle_cpu is not None:
+            result["idle_cpu_ms_per_s"] = idle_cpu
         if profile is not None:
             result["profile"] = profile
         if opts.profiler == "cprofile" and getattr(rig, "cprofile", None):
@@ -646,6 +842,14 @@ async def run_level(opts: argparse.Namespace, mode: str, n: int, level_id: int, 
     finally:
         with contextlib.suppress(Exception):
             await rig.stop()
+
+
+async def idle_cpu_ms_per_s(pid: int, seconds: float) -> float:
+    """The server's CPU per wall second with no call (its timers and housekeeping), in ms."""
+    c0, t0 = lc.proc_sched_ns(pid), time.monotonic_ns()
+    await asyncio.sleep(seconds)
+    c1, t1 = lc.proc_sched_ns(pid), time.monotonic_ns()
+    return 1000 * (c1 - c0) / (t1 - t0)
 
 
 def one_line(r: dict[str, Any]) -> str:
@@ -1171,7 +1375,10 @@ async def main_async(opts: argparse.Namespace) -> int:
     ]
     levels: list[dict[str, Any]] = report["levels"]
     stopped_modes: set[str] = set()
-    if not opts.leak_only and not opts.profile:
+    if opts.peer is not None:
+        md[0] = "## callbot side by side with a peer server"
+        await side_by_side(opts, root, report, md)
+    elif not opts.leak_only and not opts.profile:
         level_id = 0
         for n in opts.calls:
             row: list[dict[str, Any]] = []
@@ -1232,6 +1439,104 @@ async def main_async(opts: argparse.Namespace) -> int:
                 for f in sub.glob("fake.json"):
                     f.unlink()
     return 0
+
+
+async def side_by_side(opts: argparse.Namespace, root: Path, report: dict[str, Any], md: list[str]) -> None:
+    """`--peer`: at each level, `--repeat` times, callbot in each mode and the peer, under the same
+    load side, alternating their order; a table per level with the callbot/peer ratios."""
+    try:
+        spec = load_peer.peer_spec(
+            opts.peer,
+            peer_dir=opts.peer_dir,
+            command=opts.peer_cmd,
+            webhook_path=opts.peer_webhook,
+            env=dict(opts.peer_env),
+        )
+        python = opts.peer_python or str(load_peer.ensure_venv(spec, Path(opts.peer_venv_cache)))
+        peer = PeerRun(spec, python, load_peer.copy_source(spec, root))
+    except (OSError, ValueError) as exc:  # a missing source or an unknown peer: say so, no traceback
+        raise SystemExit(f"--peer {opts.peer}: {exc}") from None
+    jitter = opts.jitter
+    md += [
+        f"Peer: {spec.name} from {spec.src} (source {load_peer.source_digest(spec.src)}), "
+        f"`{' '.join(spec.command.split())}`, Python {peer_python_version(python)}. "
+        f"Both servers pinned to CPU {opts.server_cpu}; the same load side on CPU {opts.load_cpus}. "
+        f"Every call opens with {opts.opening_ms} ms of silence "
+        + ("(callbot greets meanwhile). " if opts.callbot_greeting else "(neither server speaks first). ")
+        + (
+            f"Network jitter: every caller stops reading for {jitter['min_ms']}-{jitter['max_ms']} ms "
+            f"about every {jitter['every_s']:g} s. "
+            if jitter
+            else "No network jitter. "
+        )
+        + f"Each level {opts.repeat}x, order alternating. Compare these figures only with each other: "
+        "another machine changes them all.",
+        "",
+    ]
+    print("\n".join(md), flush=True)
+    targets: list[tuple[str, str]] = [("callbot", m) for m in opts.modes] + [("peer", spec.name)]
+    results: list[dict[str, Any]] = report["levels"]
+    level_id = 0
+    for n in opts.calls:
+        for rep in range(opts.repeat):
+            for kind, name in load_compare.run_order(targets, rep):
+                level_id += 1
+                result = await run_level(
+                    opts,
+                    name,
+                    n,
+                    level_id,
+                    root,
+                    peer=peer if kind == "peer" else None,
+                    tag=f"-r{rep + 1}",
+                )
+                result["target"] = load_compare.callbot_target(name) if kind == "callbot" else name
+                result["rep"] = rep
+                results.append(result)
+        grouped = load_compare.group(results)
+        table = load_compare.level_table(n, opts.seconds, opts.repeat, spec.name, opts.modes, grouped)
+        notes = [
+            f"* {r['target']} (run {r['rep'] + 1}) errors: "
+            + ", ".join(f"{k} {v}" for k, v in r["errors"].items() if v)
+            + "".join(f"; `{msg[:100]}` ×{count}" for msg, count in r["server_log_top"][:2])
+            for r in results
+            if r["calls"] == n and r["error_total"]
+        ]
+        table += ("\n" + "\n".join(notes) + "\n") if notes else ""
+        print("\n" + table, flush=True)
+        md.append(table)
+    grouped = load_compare.group(results)
+    summary = load_compare.summary_table(opts.calls, spec.name, opts.modes, grouped)
+    print("\n" + summary, flush=True)
+    md += ["### Summary (means over the repetitions; ratio = callbot / peer)", "", summary]
+    report["side_by_side"] = {
+        "peer": {
+            "name": spec.name,
+            "src": str(spec.src),
+            "source_digest": load_peer.source_digest(spec.src),
+            "command": spec.command,
+            "webhook_path": spec.webhook_path,
+            "python": python,
+        },
+        "repeat": opts.repeat,
+        "modes": opts.modes,
+        "comparison": load_compare.compare_json(opts.calls, spec.name, opts.modes, grouped),
+    }
+
+
+def peer_python_version(python: str) -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            [python, "-c", "import sys; print(sys.version.split()[0])"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1300,6 +1605,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--server-log-level", default="INFO")
     p.add_argument(
+        "--server-lag-interval-ms",
+        type=float,
+        default=None,
+        help="the server's loop-lag probe period (default 10 ms; 100 ms with --peer: the probe's "
+        "wake-ups are CPU the peer does not spend, ~13 ms per second at 10 ms on an idle VM)",
+    )
+    p.add_argument(
         "--no-gc-freeze",
         action="store_true",
         help="experiment: the server skips the gc.freeze() that callbot serve does after start-up",
@@ -1315,6 +1627,63 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--quiet-pct", type=float, default=15.0, help="'quiet' = other processes below this CPU %%"
     )
     p.add_argument("--no-stop-on-failure", dest="stop_on_failure", action="store_false")
+    side = p.add_argument_group("side by side with a peer server (bench/load_peer.py)")
+    side.add_argument(
+        "--peer",
+        default=None,
+        metavar="NAME",
+        help=f"run each level against callbot (--modes) and this peer (known: {', '.join(load_peer.PEERS)})",
+    )
+    side.add_argument(
+        "--peer-dir",
+        default=None,
+        help="the peer's source, copied before it runs (default ../shared/peers/NAME beside the checkout)",
+    )
+    side.add_argument(
+        "--peer-cmd",
+        default=None,
+        help="command serving the peer, with {python} {port} {fake_port} {src} (default: the known peer's)",
+    )
+    side.add_argument(
+        "--peer-webhook", default=None, help="the peer's voice webhook path (default /incoming-call)"
+    )
+    side.add_argument(
+        "--peer-env",
+        action="append",
+        default=[],
+        type=env_pair,
+        metavar="KEY=VALUE",
+        help="extra env for the peer",
+    )
+    side.add_argument(
+        "--peer-python", default=None, help="use this interpreter instead of building the peer venv"
+    )
+    side.add_argument(
+        "--peer-venv-cache", default=str(load_peer.VENV_CACHE), help="where the peer venvs are built and kept"
+    )
+    side.add_argument("--repeat", type=int, default=2, help="side by side: runs of each level and target")
+    side.add_argument(
+        "--opening-ms",
+        type=int,
+        default=1000,
+        help="side by side: every call opens with this much silence (instead of waiting for a greeting)",
+    )
+    side.add_argument(
+        "--callbot-greeting",
+        action="store_true",
+        help="side by side: callbot speaks first as in production (the peer does not; use --opening-ms 4000)",
+    )
+    jit = p.add_argument_group("network jitter (lean callers)")
+    jit.add_argument(
+        "--jitter-ms",
+        default=None,
+        metavar="MIN-MAX",
+        help="each caller stops reading its socket for MIN-MAX ms at random moments, then drains",
+    )
+    jit.add_argument(
+        "--jitter-every", type=float, default=5.0, metavar="S", help="mean seconds between a caller's stalls"
+    )
+    jit.add_argument("--no-jitter", dest="jitter_ms", action="store_const", const=None)
     p.add_argument("--workdir", default=None, help="keep raw data and logs here")
     p.add_argument("--keep-workdir", action="store_true", help="keep the raw timestamp files too")
     opts = p.parse_args(argv)
@@ -1327,12 +1696,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if opts.calls_per_caller_proc is None:
         opts.calls_per_caller_proc = 300 if opts.caller_impl == "lean" else 100
     opts.calls = [int(x) for x in str(opts.calls).split(",") if x.strip()]
+    opts.jitter = None
+    if opts.jitter_ms:
+        try:
+            low, high = lc.parse_ms_range(opts.jitter_ms)
+        except ValueError as exc:
+            p.error(f"--jitter-ms: {exc}")
+        if opts.jitter_every <= 0:
+            p.error("--jitter-every must be positive")
+        if opts.caller_impl != "lean":
+            p.error("--jitter-ms needs the lean callers (--caller-impl lean)")
+        opts.jitter = {"every_s": opts.jitter_every, "min_ms": low, "max_ms": high}
+    if opts.repeat < 1:
+        p.error("--repeat must be at least 1")
+    if opts.server_lag_interval_ms is None and opts.peer is not None:
+        opts.server_lag_interval_ms = 100.0
     opts.modes = [m.strip() for m in opts.modes.split(",") if m.strip()]
     given = argv if argv is not None else sys.argv[1:]
     levels_asked = any(a.startswith(("--calls", "--quick")) for a in given)
     opts.leak_only = opts.leak_only or (opts.sequential_calls > 0 and not levels_asked)
     opts._profile_level = False
     return opts
+
+
+def env_pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
 
 
 def main(argv: list[str] | None = None) -> int:

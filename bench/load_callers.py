@@ -3,7 +3,11 @@
     python bench/load_callers.py --spec spec.json --out callers.json --cpu 1
 
 `spec.json` (written by bench/load_bench.py): {"base_url", "seconds", "record", "impl",
-"calls": [{"sid", "start_ns", "seed", "barge"}]}. Each call starts at its `start_ns`
+"calls": [{"sid", "start_ns", "seed", "barge"}]}, and optionally "webhook_path" (default
+`/twilio/voice`; a peer server's, e.g. `/incoming-call`), "opening_ms" (open the call with this
+much silence instead of waiting for a greeting: for a server that does not speak first) and
+"jitter" ({"every_s", "min_ms", "max_ms"}: network jitter, lean callers only; see
+`lean_caller.jitter_schedule`). Each call starts at its `start_ns`
 (CLOCK_MONOTONIC, shared by all processes) and places a call for `seconds` of call time with a
 scripted conversation (see `build_script`): signed webhook, signed Media Streams socket, one
 20 ms media frame every tick, Twilio's playback buffer with marks and clears.
@@ -69,17 +73,22 @@ EXTRA: dict[str, dict[str, Any]] = {}
 """Per-call timestamps collected by BenchStreamSession, keyed by CallSid."""
 
 
-def build_script(seed: int, barge: bool, seconds: float) -> list[Step]:
+def build_script(seed: int, barge: bool, seconds: float, opening_ms: int | None = None) -> list[Step]:
     """A caller who speaks ~1.5 s every ~6 s; a barge-in caller talks over every second reply
     (the first, third, ...).
 
-    The greeting is awaited first. A normal turn is 1.5 s of speech then 4-5 s of silence (the
-    fake answers after its 500 ms end-of-turn silence with 2-3 s of audio). A barge-in turn is
-    1.5 s of speech, then 1.2 s of speech started 0.6-1.0 s into the reply (the server must
-    clear Twilio's buffer), then 3-4 s of silence while the reply to that plays.
+    The greeting is awaited first (or, with `opening_ms`, that much silence is sent instead: the
+    same script for a server that does not speak first). A normal turn is 1.5 s of speech then
+    4-5 s of silence (the fake answers after its 500 ms end-of-turn silence with 2-3 s of
+    audio). A barge-in turn is 1.5 s of speech, then 1.2 s of speech started 0.6-1.0 s into the
+    reply (the server must clear Twilio's buffer), then 3-4 s of silence while the reply to that
+    plays.
     """
     rng = random.Random(seed)
-    steps: list[Step] = [WaitForAssistant(timeout_s=10, quiet_ms=300)]
+    opening: Step = (
+        WaitForAssistant(timeout_s=10, quiet_ms=300) if opening_ms is None else Silence(opening_ms)
+    )
+    steps: list[Step] = [opening]
     planned = 5.0
     turn = 0
     while planned < seconds + 12:
@@ -179,6 +188,7 @@ def summarise(result: CallResult, extra: dict[str, Any] | None = None) -> dict[s
         "frame_lateness_max_ms": max(result.frame_lateness_ms, default=0),
         "bursts": len(result.bursts),
         "clears": len(result.clears),
+        "marks_received": len(result.marks_received),
         "marks_echoed": len(result.marks_echoed),
         "script_timeouts": result.script_timeouts,
         "messages_after_stop": result.messages_after_stop,
@@ -198,7 +208,19 @@ async def run(spec: dict[str, Any], out: Path) -> None:
         raise SystemExit(f"unknown caller impl {impl!r}")
     ticker = lean_caller.Ticker()
     seconds = float(spec["seconds"])
-    scripts = {c["sid"]: build_script(c["seed"], c["barge"], seconds) for c in spec["calls"]}
+    opening_ms = spec.get("opening_ms")
+    scripts = {c["sid"]: build_script(c["seed"], c["barge"], seconds, opening_ms) for c in spec["calls"]}
+    jitter = spec.get("jitter")
+    if jitter and impl != "lean":
+        raise SystemExit("network jitter needs the lean callers (--caller-impl lean)")
+    stalls = {
+        c["sid"]: lean_caller.jitter_schedule(
+            c["seed"], seconds, float(jitter["every_s"]), int(jitter["min_ms"]), int(jitter["max_ms"])
+        )
+        if jitter
+        else []
+        for c in spec["calls"]
+    }
     for clip in TURN_CLIPS + BARGE_CLIPS:  # mu-law + base64 of every clip frame, before any call starts
         lean_caller.clip_payloads(clip)
     gc.collect()
@@ -220,6 +242,7 @@ async def run(spec: dict[str, Any], out: Path) -> None:
                 "call_sid": call["sid"],
                 "http_client": http,
                 "max_call_s": seconds,
+                "webhook_path": spec.get("webhook_path") or "/twilio/voice",
             }
             extra: dict[str, Any] | None = None
 
@@ -229,7 +252,9 @@ async def run(spec: dict[str, Any], out: Path) -> None:
 
             caller: TwilioCaller
             if impl == "lean":
-                caller = lean_caller.LeanTwilioCaller(spec["base_url"], ticker=ticker, on_call=keep, **common)
+                caller = lean_caller.LeanTwilioCaller(
+                    spec["base_url"], ticker=ticker, on_call=keep, stalls=stalls.pop(call["sid"]), **common
+                )
             else:
                 caller = TwilioCaller(spec["base_url"], **common)
             state["active"] += 1

@@ -44,12 +44,32 @@ def parse_cpus(text: str) -> set[int]:
     return {int(part) for part in text.split(",") if part.strip()}
 
 
+def parse_ms_range(text: str) -> tuple[int, int]:
+    """'100-300' -> (100, 300); '200' -> (200, 200). ValueError unless 0 < MIN <= MAX."""
+    lo, sep, hi = text.partition("-")
+    low = int(lo)
+    high = int(hi) if sep else low
+    if not 0 < low <= high:
+        raise ValueError(f"not a range of positive milliseconds: {text!r}")
+    return low, high
+
+
 def proc_cpu_s(pid: int) -> float:
     """utime + stime of a process (all threads), in seconds, from /proc/<pid>/stat."""
     with open(f"/proc/{pid}/stat", "rb") as f:
         data = f.read()
     fields = data[data.rindex(b")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_sched_ns(pid: int) -> int:
+    """CPU time of a process's live threads in ns, from /proc/<pid>/task/*/schedstat (no 10 ms
+    clock-tick granularity, unlike /proc/<pid>/stat; threads that already exited are missing)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
 
 
 def cpu_busy_s() -> dict[str, float]:

@@ -8,12 +8,17 @@ It is `callbot.sim.fake_realtime.FakeRealtimeServer` in benchmark mode (`validat
 
 * the arrival of every `input_audio_buffer.append` (taken when the session handles the frame);
 * the moment each `input_audio_buffer.speech_started` is written to the socket;
-* the moment the first `response.output_audio.delta` of each response is written.
+* the moment the first `response.output_audio.delta` of each response is written;
+
+and counts every event type each way (appends as their timestamps) and the `error` events it
+sent, so the benchmark can compare message counts between servers.
 
 Sessions are keyed by the `bench_call` query parameter the bench connector adds (the Twilio
-CallSid). Closed sessions keep only these timestamps (their audio buffer is dropped), so a
-long leak check does not grow this process. On SIGINT/SIGTERM it writes everything, plus its
-own event-loop lag, to `--out` as JSON and exits. Prints `{"ready": true, "port": ...}` first.
+CallSid); a peer server's sessions (load_bench `--peer`) have no such parameter and are
+joined to their calls by the orchestrator. Closed sessions keep only these timestamps (their
+audio buffer is dropped), so a long leak check does not grow this process. On SIGINT/SIGTERM
+it writes everything, plus its own event-loop lag, to `--out` as JSON and exits. Prints
+`{"ready": true, "port": ...}` first.
 """
 
 from __future__ import annotations
@@ -91,11 +96,37 @@ class BenchSession(FakeSession):
         self.speech_started_ns = array("q")
         self.first_delta_ns = array("q")
         self.responses_with_audio: set[bytes] = set()
+        self.client_events: dict[str, int] = {}
+        """Client events by type, appends excepted (they are `append_ns`)."""
+        self.server_events: dict[str, int] = {}
+        self.errors: list[str] = []
+        """The first error events this fake sent (code: message)."""
+
+    def count_client(self, obj: Any) -> None:
+        etype = str(obj.get("type")) if type(obj) is dict else "(not an object)"
+        self.client_events[etype] = self.client_events.get(etype, 0) + 1
+
+    def count_server(self, event: dict[str, Any]) -> None:
+        etype = event["type"]
+        self.server_events[etype] = self.server_events.get(etype, 0) + 1
+        if etype == "error" and len(self.errors) < 20:
+            err = event.get("error") or {}
+            self.errors.append(f"{err.get('code')}: {str(err.get('message'))[:100]}")
 
     def handle(self, message: str | bytes) -> None:
         if isinstance(message, str) and message.startswith(APPEND_PREFIX):
             self.append_ns.append(time.monotonic_ns())
+        else:  # rare (a few per call): the extra parse only counts the type
+            try:
+                self.count_client(orjson.loads(message))
+            except orjson.JSONDecodeError:
+                self.count_client(None)
         super().handle(message)
+
+    def emit(self, event: dict[str, Any]) -> None:
+        if not self.closed:
+            self.count_server(event)
+        FakeSession.emit(self, event)
 
     def note_sent(self, frame: bytes) -> None:
         """Timestamp a frame about to be written if it is a speech_started or a response's first delta."""
@@ -130,6 +161,10 @@ class BenchSession(FakeSession):
             "speech_started_ns": list(self.speech_started_ns),
             "first_delta_ns": list(self.first_delta_ns),
             "utterances": self._utterances,
+            "appends": len(self.append_ns),
+            "client_events": self.client_events,
+            "server_events": self.server_events,
+            "errors": self.errors,
         }
 
 
@@ -239,6 +274,8 @@ class LeanBenchSession(BenchSession):
                     self.violation(f"client event input_audio_buffer.append could not be handled: {exc!r}")
                     self.error(f"Invalid 'input_audio_buffer.append' event: {exc}", code="invalid_value")
                 return
+        else:
+            self.count_client(obj)
         FakeSession.handle(self, text)
 
     def emit(self, event: dict[str, Any]) -> None:
@@ -251,6 +288,7 @@ class LeanBenchSession(BenchSession):
             return
         if self.closed:
             return
+        self.count_server(event)
         self._counter += 1
         event["event_id"] = f"event_{self._tag}{self._counter:06d}"
         etype = event["type"]

@@ -182,6 +182,7 @@ def bench_routes(monitor: lc.LagMonitor, observer: CountingObserver, gcwatch: Gc
 
 
 def build_settings(args: argparse.Namespace) -> Settings:
+    extra: dict[str, Any] = {"greeting": ""} if getattr(args, "no_greeting", False) else {}
     return Settings(
         _env_file=None,  # type: ignore[call-arg]
         public_url=lc.PUBLIC_URL,
@@ -193,6 +194,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
         max_concurrent_calls=100_000,
         log_level=args.log_level,
         log_json=True,
+        **extra,
     )
 
 
@@ -248,6 +250,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lag-interval-ms", type=float, default=10.0)
     parser.add_argument("--no-uvloop", action="store_true")
     parser.add_argument("--no-gc-freeze", action="store_true", help="skip callbot serve's gc.freeze()")
+    parser.add_argument(
+        "--no-greeting",
+        action="store_true",
+        help="the agent waits for the caller instead of speaking first (CALLBOT_GREETING empty)",
+    )
     parser.add_argument("--cprofile", type=Path, default=None, help="write a cProfile of the run here")
     args = parser.parse_args(argv)
     lc.pin(lc.parse_cpus(args.cpu))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import random
 import sys
 from pathlib import Path
@@ -199,6 +200,103 @@ def test_lean_playback_follows_twilio_buffer_rules_like_playback_queue(seed: int
         assert reference.empty == lean.empty
 
 
+# --------------------------------------------------------------------------- network jitter
+
+
+def test_jitter_schedule_is_seeded_bounded_and_never_overlaps() -> None:
+    schedule = lean_caller.jitter_schedule(7, 600.0, 5.0, 100, 300)
+    assert schedule == lean_caller.jitter_schedule(7, 600.0, 5.0, 100, 300)  # same seed, same moments
+    assert schedule != lean_caller.jitter_schedule(8, 600.0, 5.0, 100, 300)
+    # one stall per 5 s + its ~0.2 s on average over 599 s: 115 over seeds 0-199 (90-143); seed 7: 95
+    assert len(schedule) == 95
+    assert all(100 <= ms <= 300 for _, ms in schedule)
+    assert len({ms for _, ms in schedule}) > 50  # spread over the range, not one value
+    for (tick, ms), (nxt, _) in itertools.pairwise(schedule):
+        assert nxt * 20 >= (tick + 1) * 20 + ms  # the next stall starts after this one ended
+    assert schedule[-1][0] < (600 - 1.0) * 1000 / 20  # none in the last second of the call
+    gaps = {b[0] - a[0] for a, b in itertools.pairwise(schedule)}
+    assert len(gaps) > 50  # random moments, no shared rhythm
+
+
+def test_jitter_schedule_off_and_short_calls() -> None:
+    assert lean_caller.jitter_schedule(1, 60.0, 0.0, 100, 300) == []
+    assert lean_caller.jitter_schedule(1, 0.5, 5.0, 100, 300) == []  # shorter than the quiet end
+    one_tick = lean_caller.jitter_schedule(3, 30.0, 0.001, 20, 20)
+    ticks = [t for t, _ in one_tick]
+    assert ticks == sorted(set(ticks)) and all(ms == 20 for _, ms in one_tick)
+    assert len(one_tick) <= 29 * 50 // 2  # a 20 ms stall and at least one tick after it
+    with pytest.raises(ValueError):
+        lean_caller.jitter_schedule(1, 60.0, 5.0, 300, 100)
+
+
+class _Transport:
+    """Enough of an asyncio transport for a LeanCall that never touches the network."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.paused = False
+        self.pauses = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        self.paused = True
+        self.pauses += 1
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def close(self) -> None:
+        pass
+
+
+async def test_lean_call_stops_reading_at_its_stalls_and_keeps_sending() -> None:
+    result = CallResult(call_sid="CA1", account_sid="AC1")
+    call = lean_caller.LeanCall(
+        ticker=lean_caller.Ticker(),
+        account_sid="AC1",
+        call_sid="CA1",
+        stream_sid="MZ1",
+        cursor=lean_caller.LeanCursor([Silence(2000), HangUp()]),
+        result=result,
+        max_call_s=10.0,
+        stalls=[(3, 150), (10, 250)],
+    )
+    transport = _Transport()
+    call.connection_made(transport)  # type: ignore[arg-type]
+    call.state = lean_ws.OPEN
+    call.started = True
+    for _ in range(3):
+        assert call.one_tick(0)
+    assert transport.pauses == 0
+    assert call.one_tick(0)  # tick 3: the first stall begins
+    assert transport.paused and call.stalls_done == 1 and call.stalled_ms == 150
+    frames_before = len(transport.writes)
+    for _ in range(4):  # the 20 ms clock goes on: frames still go out while reading is paused
+        assert call.one_tick(0)
+    assert len(transport.writes) == frames_before + 4
+    call.unstall()  # (the timer's job) the stall ends, what waited in the kernel is read
+    assert not transport.paused
+    while call.tick < 11:
+        assert call.one_tick(0)
+    assert transport.paused and call.stalls_done == 2 and call.stalled_ms == 400
+    call.hang_up()  # hanging up reads again, for the server's answer and close frame
+    assert not transport.paused
+    assert call.extra()["stalls"] == 2 and call.extra()["stalled_ms"] == 400
+
+
+def test_build_script_opens_with_silence_for_a_server_that_does_not_speak_first() -> None:
+    greeting = load_callers.build_script(5, barge=True, seconds=20)
+    silent = load_callers.build_script(5, barge=True, seconds=20, opening_ms=1000)
+    assert isinstance(greeting[0], WaitForAssistant)
+    assert isinstance(silent[0], Silence) and silent[0].ms == 1000
+    assert [type(s) for s in silent[1:]] == [type(s) for s in greeting[1:]]  # the same turns after it
+
+
 # --------------------------------------------------------------------------- the fake's VAD
 
 
@@ -282,6 +380,58 @@ async def test_lean_fake_speaks_the_realtime_protocol_to_the_sdk() -> None:
         assert session["append_ns"][0] < session["speech_started_ns"][0] < session["first_delta_ns"][0]
 
 
+async def test_lean_fake_serves_a_peer_connecting_like_the_twilio_sample() -> None:
+    """A peer's connection: `websockets` client on /v1/realtime?model=...&temperature=...&voice=...
+    with a Bearer header (offering permessage-deflate, which the fake declines), a G.711
+    session.update without transcription, the caller's mu-law relayed as appends. The fake
+    answers in audio/pcmu deltas and counts every event each way."""
+    script = Script(replies=load_fake.REPLIES, realtime_factor=0)  # deltas as fast as they go
+    async with load_fake.LeanFakeServer(script) as fake:
+        load_fake.prewarm_synth(fake._ctx)
+        url = f"ws://127.0.0.1:{fake.port}/v1/realtime?model=gpt-realtime&temperature=0.8&voice=alloy"
+        async with ws_connect(url, additional_headers={"Authorization": "Bearer sk-x"}) as ws:
+            assert orjson.loads(await ws.recv())["type"] == "session.created"
+            update = {
+                "type": "session.update",
+                "session": {
+                    "type": "realtime",
+                    "model": "gpt-realtime",
+                    "output_modalities": ["audio"],
+                    "audio": {
+                        "input": {"format": {"type": "audio/pcmu"}, "turn_detection": {"type": "server_vad"}},
+                        "output": {"format": {"type": "audio/pcmu"}},
+                    },
+                    "instructions": "Be brief.",
+                },
+            }
+            await ws.send(orjson.dumps(update).decode())
+            updated = orjson.loads(await ws.recv())
+            assert updated["type"] == "session.updated"
+            assert updated["session"]["audio"]["output"]["format"] == {"type": "audio/pcmu"}
+            audio = PCMU.encode(np.concatenate([synth_speech(1200, 8000, seed=4), np.zeros(8000, np.int16)]))
+            for i in range(0, len(audio), 160):
+                chunk = base64.b64encode(audio[i : i + 160]).decode()
+                await ws.send(orjson.dumps({"type": "input_audio_buffer.append", "audio": chunk}).decode())
+            deltas: list[bytes] = []
+            while True:
+                event = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+                if event["type"] == "response.output_audio.delta":
+                    deltas.append(base64.b64decode(event["delta"]))
+                if event["type"] == "response.done":
+                    break
+        await asyncio.sleep(0.1)
+        assert fake.violations == []
+        [session] = fake.finished
+    assert session["call"] == ""  # no bench_call: load_bench joins it to its call by open order
+    assert session["appends"] == len(audio) // 160
+    assert session["client_events"] == {"session.update": 1}
+    assert session["server_events"]["response.output_audio.delta"] == len(deltas) > 10
+    assert session["server_events"]["input_audio_buffer.speech_started"] == 1
+    assert session["errors"] == []
+    # G.711 at 8 kHz: each 100 ms delta is 800 mu-law bytes (the last one may be shorter)
+    assert all(len(d) == 800 for d in deltas[:-1]) and 0 < len(deltas[-1]) <= 800
+
+
 # --------------------------------------------------------------------------- lean callers, real app
 
 # Fields of a caller's JSON entry that bench/load_bench.py reads.
@@ -303,6 +453,13 @@ BENCH_FIELDS = {
     "send_late_us",
     "media_in_ns",
     "clear_ns",
+    # message counts and the join of a peer's sessions (load_bench --peer)
+    "frames_received",
+    "marks_received",
+    "marks_echoed",
+    "t0_ns",
+    "stalls",
+    "stalled_ms",
 }
 
 
