@@ -59,7 +59,6 @@ TOUCHES = {
         "read_paused",
         "handshake_complete",
         "close_sent",
-        "disconnected",
         "frames",
         "curr_msg_data_type",
         "scope",
@@ -131,7 +130,7 @@ class TextChannel:
 
     def _write(self, texts: Iterable[str]) -> bool:
         protocol = self._protocol
-        if self.closed or protocol.close_sent or protocol.disconnected:
+        if self.closed or protocol.close_sent or protocol.transport.is_closing():
             return False
         try:
             for text in texts:
@@ -196,8 +195,9 @@ class ChannelWebSocketProtocol(WebSocketsSansIOProtocol):
 
         Once the channel is open, an unfragmented, uncompressed, masked text frame (all Twilio
         sends) is unmasked and handed to it here, at a fraction of the websockets parser's cost
-        (bench/README.md#code-figures). Any other complete frame (ping, close, binary, fragments, compressed) goes to that
-        parser whole, so it always starts at a frame boundary. A frame over uvicorn's `ws_max_size`
+        (bench/README.md#code-figures). Any other complete frame (ping, close, binary,
+        fragments, compressed) goes to that parser whole, so it always starts at a frame
+        boundary. A frame over uvicorn's `ws_max_size`
         or not UTF-8 switches this connection to the parser for good, which then fails it with
         1009 or 1007.
         """
@@ -323,22 +323,29 @@ async def _self_test() -> str:
     from uvicorn.server import ServerState
 
     received: list[str] = []
+    failures: list[str] = []
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await receive()  # websocket.connect
-        await send({"type": "websocket.accept"})
-        channel = open_channel(scope)
-        if channel is None:
-            return
-        text = await channel.receive()
-        if text is not None:
-            received.append(text)
-            await channel.send([text.upper()])
+        try:
+            await receive()  # websocket.connect
+            await send({"type": "websocket.accept"})
+            channel = open_channel(scope)
+            if channel is None:
+                return
+            text = await channel.receive()
+            if text is not None:
+                received.append(text)
+                await channel.send([text.upper()])
+        except Exception as exc:  # reported by the probe, not logged by uvicorn as an app crash
+            failures.append(f"{type(exc).__name__}: {exc}")
 
     config = Config(app, ws=ChannelWebSocketProtocol, ws_max_size=1 << 16, log_config=None, lifespan="off")
     config.load()
     state = ServerState()
     protocol = ChannelWebSocketProtocol(config=config, server_state=state, app_state={})
+    lacking = [name for name in _STATE if not hasattr(protocol, name)]
+    if lacking:
+        return "uvicorn's WebSocketsSansIOProtocol lacks " + ", ".join(lacking)
     transport = _ProbeTransport()
     protocol.connection_made(transport)
     try:
@@ -354,6 +361,8 @@ async def _self_test() -> str:
         protocol.connection_lost(None)
         if state.tasks:
             await asyncio.wait(state.tasks, timeout=1)
+    if failures:
+        return failures[0]
     if received != ["hello"]:
         return f"the app received {received!r} instead of ['hello'] through the channel"
     if bytes(transport.written) != b"\x81\x05HELLO":
@@ -367,6 +376,10 @@ async def _until(condition: Callable[[], bool], turns: int = 50) -> bool:
             return True
         await asyncio.sleep(0)
     return condition()
+
+
+_STATE = TOUCHES["uvicorn.protocols.websockets.websockets_sansio_impl.WebSocketsSansIOProtocol"][4:-1]
+"""The instance attributes read or written ("scope" comes with the upgrade)."""
 
 
 def probe() -> str:

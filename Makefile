@@ -1,0 +1,32 @@
+# The usual checks, the same commands CI runs (.ci/run). `make help` lists them.
+PY ?= python
+LOCK_FLAGS = --universal --python-version 3.11 --generate-hashes --quiet
+
+.PHONY: help install lock check-lock lint test test-core drift
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+install:  ## the locked dependencies, then callbot itself (editable)
+	$(PY) -m pip install -r requirements-dev.lock && $(PY) -m pip install --no-deps -e .
+
+lock:  ## refresh both locks to the newest releases pyproject.toml allows
+	uv pip compile pyproject.toml $(LOCK_FLAGS) --upgrade -o requirements.lock
+	uv pip compile pyproject.toml --extra dev --extra phone $(LOCK_FLAGS) --upgrade -c requirements.lock -o requirements-dev.lock
+
+check-lock:  ## the locks still match pyproject.toml
+	.ci/check_lock
+
+lint:  ## ruff and mypy
+	ruff check callbot tests bench
+	ruff format --check callbot tests bench
+	mypy
+
+test-core:  ## the I/O-free core's tests (seconds)
+	$(PY) -m pytest -q tests/test_core_*.py tests/test_audio.py tests/test_summary_policy.py tests/test_ticket_core.py
+
+test:  ## the whole suite (README's test command, without the install)
+	$(PY) -m pytest
+
+drift:  ## the newest releases, without the lock: what a library's release would break
+	.ci/drift
