@@ -23,8 +23,8 @@ from callbot.adapters.realtime_openai import OpenAIRealtimeConnector
 from callbot.adapters.store_sql import SqlTicketStore
 from callbot.settings import Settings
 from callbot.sim.caller import HangUp, Say, SayDuringAssistant, Silence, Step, TwilioCaller, WaitForAssistant
-from callbot.sim.fake_openai_http import serve_fake_openai
-from callbot.sim.fake_realtime import FakeRealtimeServer, Script
+from callbot.sim.fake_openai import FakeOpenAI
+from callbot.sim.fake_realtime import Script
 from callbot.sim.serving import serve_app
 from callbot.sim.speech import duration_ms_for_text, synth_speech
 from callbot.web.app import Services, create_app
@@ -103,12 +103,12 @@ async def run_demo(workdir: Path, *, speed: float = 1.0, output: Path | None = N
     database_url = f"sqlite+aiosqlite:///{workdir / 'demo.db'}"
     print("callbot offline demo: the real server on 127.0.0.1, the OpenAI side simulated", file=out)
     print("(fake Realtime server + fake text model; no API key, no network).", file=out)
-    async with FakeRealtimeServer(demo_script()) as fake, serve_fake_openai() as openai_url:
+    async with FakeOpenAI(demo_script()) as fake:  # what `callbot fake-openai` serves
         settings = Settings(
             public_url=PUBLIC_URL,
             twilio_auth_token=SecretStr(DEMO_TOKEN),
             openai_api_key=SecretStr("offline-demo"),
-            openai_base_url=openai_url,
+            openai_base_url=fake.base_url,
             database_url=database_url,
             spool_dir=workdir / "spool",
             summary_trigger_tokens=350,
@@ -134,8 +134,9 @@ async def run_demo(workdir: Path, *, speed: float = 1.0, output: Path | None = N
                 printer.line(f"stereo recording written to {output} (caller left, assistant right)")
             if services.observer is not None:
                 await services.observer.drain()  # type: ignore[attr-defined]
-    if fake.violations:
-        print("protocol violations seen by the fake Realtime server:", *fake.violations, sep="\n  ", file=out)
+    if fake.realtime.violations:
+        violations = fake.realtime.violations
+        print("protocol violations seen by the fake Realtime server:", *violations, sep="\n  ", file=out)
         return 1
     return await _print_ticket(database_url, result.call_sid, out)
 
