@@ -21,6 +21,7 @@ from pydantic import SecretStr
 
 from callbot.adapters.realtime_openai import OpenAIRealtimeConnector
 from callbot.adapters.store_sql import SqlTicketStore
+from callbot.core.ticket import context_change_text
 from callbot.settings import Settings
 from callbot.sim.caller import HangUp, Say, SayDuringAssistant, Silence, Step, TwilioCaller, WaitForAssistant
 from callbot.sim.fake_openai import FakeOpenAI
@@ -85,9 +86,15 @@ class _Printer:
     def line(self, text: str) -> None:
         print(f"[{time.monotonic() - self.t0:6.1f}s] {text}", file=self.out, flush=True)
 
+    def restart_clock(self) -> None:
+        """From here on, times are call time: what the ticket's timestamps count from."""
+        self.t0 = time.monotonic()
+
     def __call__(self, kind: str, data: dict[str, Any]) -> None:
-        if kind == "step" and data.get("label"):
+        if kind == "step" and data.get("label") and data.get("step") != "SayDuringAssistant":
             self.line(f"caller speaks: {data['label']}")
+        elif kind == "barge_in" and data.get("label"):
+            self.line(f"caller speaks over the assistant: {data['label']}")
         elif kind == "assistant_audio_start":
             self.line("assistant is speaking ...")
         elif kind == "clear":
@@ -122,6 +129,7 @@ async def run_demo(workdir: Path, *, speed: float = 1.0, output: Path | None = N
         app = create_app(settings, connector=connector)
         async with serve_app(app) as base_url:
             printer.line(f"server listening on {base_url}; placing a call to +15559870000")
+            printer.restart_clock()
             caller = TwilioCaller(
                 base_url, auth_token=DEMO_TOKEN, public_base_url=PUBLIC_URL, speed=speed, on_event=printer
             )
@@ -154,12 +162,15 @@ async def _print_ticket(database_url: str, call_sid: str, out: Any) -> int:
     for entry in ticket.transcript:
         who = {"user": "Caller", "assistant": "Assistant"}.get(entry.role, entry.role)
         flag = " [interrupted]" if entry.interrupted else ""
-        print(f"  {entry.at_ms / 1000:6.1f}s {who}: {entry.text or '(no transcript)'}{flag}", file=out)
+        when = f"{entry.spoken_at_ms / 1000:6.1f}s"
+        if entry.started_ms is not None and entry.ended_ms is not None:
+            when += f"-{entry.ended_ms / 1000:.1f}s"
+        print(f"  {when:<14} {who}: {entry.text or '(no transcript)'}{flag}", file=out)
     print("\n=== Summaries inserted during the call", file=out)
     for summary in ticket.summaries:
         print(
             f"  at {summary.at_ms / 1000:.1f}s: folded {summary.turns_folded} turns, "
-            f"context {summary.tokens_before} -> {summary.tokens_after} tokens",
+            f"{context_change_text(summary.tokens_before, summary.tokens_after)}",
             file=out,
         )
     if not ticket.summaries:

@@ -39,6 +39,7 @@ from typing import Any, TextIO
 import httpx
 import numpy as np
 
+from callbot.core.ticket import context_change_text
 from callbot.phone_audio import AudioDeviceError, LiveAudio, list_devices, load_sounddevice, parse_device
 from callbot.sim.caller import (
     CallResult,
@@ -409,14 +410,12 @@ class TranscriptWatcher:
                 continue
             self.summaries.add(summary_id)
             after = summary.get("tokens_after")
-            tokens = (
-                f"{summary.get('tokens_before')} -> {after}"
-                if after is not None
-                else summary.get("tokens_before")
+            change = context_change_text(
+                int(summary.get("tokens_before") or 0), after if isinstance(after, int) else None
             )
             self.console.line(
                 f"summary inserted at {summary.get('at_ms', 0) / 1000:.1f}s of the call: folded "
-                f"{summary.get('turns_folded')} turns, context {tokens} tokens"
+                f"{summary.get('turns_folded')} turns, {change}"
             )
 
     async def finish(self, wait_s: float = TICKET_WAIT_S) -> None:
