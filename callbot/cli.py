@@ -54,18 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parser(sub)
     phone.add_parser(sub)
     cli_tickets.register(sub)
-    fake = sub.add_parser("fake-realtime", help="run the fake OpenAI Realtime server (tests, benchmarks)")
-    fake.add_argument("--host", default="127.0.0.1")
-    fake.add_argument("--port", type=int, default=8765)
-    fake.set_defaults(func=_cmd_fake_realtime)
+    from callbot.sim import fake_openai
+
+    fake = sub.add_parser(
+        "fake-openai",
+        aliases=["fake-realtime"],
+        help="run the offline OpenAI: Realtime websocket and the text models (local tests)",
+        description="The offline OpenAI on one port: the Realtime websocket callbot talks to during a "
+        "call and the chat completions its summaries and tickets use. Scripted, not a model.",
+    )
+    fake_openai.add_arguments(fake)
+    fake.set_defaults(func=fake_openai.run)
     return parser
-
-
-def _cmd_fake_realtime(args: argparse.Namespace) -> int:
-    from callbot.sim.fake_realtime import main as fake_main
-
-    fake_main(["--host", args.host, "--port", str(args.port)])
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,10 +21,11 @@ from pydantic import SecretStr
 
 from callbot.adapters.realtime_openai import OpenAIRealtimeConnector
 from callbot.adapters.store_sql import SqlTicketStore
+from callbot.core.ticket import context_change_text
 from callbot.settings import Settings
 from callbot.sim.caller import HangUp, Say, SayDuringAssistant, Silence, Step, TwilioCaller, WaitForAssistant
-from callbot.sim.fake_openai_http import serve_fake_openai
-from callbot.sim.fake_realtime import FakeRealtimeServer, Script
+from callbot.sim.fake_openai import FakeOpenAI
+from callbot.sim.fake_realtime import Script
 from callbot.sim.serving import serve_app
 from callbot.sim.speech import duration_ms_for_text, synth_speech
 from callbot.web.app import Services, create_app
@@ -85,9 +86,15 @@ class _Printer:
     def line(self, text: str) -> None:
         print(f"[{time.monotonic() - self.t0:6.1f}s] {text}", file=self.out, flush=True)
 
+    def restart_clock(self) -> None:
+        """From here on, times are call time: what the ticket's timestamps count from."""
+        self.t0 = time.monotonic()
+
     def __call__(self, kind: str, data: dict[str, Any]) -> None:
-        if kind == "step" and data.get("label"):
+        if kind == "step" and data.get("label") and data.get("step") != "SayDuringAssistant":
             self.line(f"caller speaks: {data['label']}")
+        elif kind == "barge_in" and data.get("label"):
+            self.line(f"caller speaks over the assistant: {data['label']}")
         elif kind == "assistant_audio_start":
             self.line("assistant is speaking ...")
         elif kind == "clear":
@@ -103,12 +110,12 @@ async def run_demo(workdir: Path, *, speed: float = 1.0, output: Path | None = N
     database_url = f"sqlite+aiosqlite:///{workdir / 'demo.db'}"
     print("callbot offline demo: the real server on 127.0.0.1, the OpenAI side simulated", file=out)
     print("(fake Realtime server + fake text model; no API key, no network).", file=out)
-    async with FakeRealtimeServer(demo_script()) as fake, serve_fake_openai() as openai_url:
+    async with FakeOpenAI(demo_script()) as fake:  # what `callbot fake-openai` serves
         settings = Settings(
             public_url=PUBLIC_URL,
             twilio_auth_token=SecretStr(DEMO_TOKEN),
             openai_api_key=SecretStr("offline-demo"),
-            openai_base_url=openai_url,
+            openai_base_url=fake.base_url,
             database_url=database_url,
             spool_dir=workdir / "spool",
             summary_trigger_tokens=350,
@@ -122,6 +129,7 @@ async def run_demo(workdir: Path, *, speed: float = 1.0, output: Path | None = N
         app = create_app(settings, connector=connector)
         async with serve_app(app) as base_url:
             printer.line(f"server listening on {base_url}; placing a call to +15559870000")
+            printer.restart_clock()
             caller = TwilioCaller(
                 base_url, auth_token=DEMO_TOKEN, public_base_url=PUBLIC_URL, speed=speed, on_event=printer
             )
@@ -134,8 +142,9 @@ async def run_demo(workdir: Path, *, speed: float = 1.0, output: Path | None = N
                 printer.line(f"stereo recording written to {output} (caller left, assistant right)")
             if services.observer is not None:
                 await services.observer.drain()  # type: ignore[attr-defined]
-    if fake.violations:
-        print("protocol violations seen by the fake Realtime server:", *fake.violations, sep="\n  ", file=out)
+    if fake.realtime.violations:
+        violations = fake.realtime.violations
+        print("protocol violations seen by the fake Realtime server:", *violations, sep="\n  ", file=out)
         return 1
     return await _print_ticket(database_url, result.call_sid, out)
 
@@ -153,12 +162,15 @@ async def _print_ticket(database_url: str, call_sid: str, out: Any) -> int:
     for entry in ticket.transcript:
         who = {"user": "Caller", "assistant": "Assistant"}.get(entry.role, entry.role)
         flag = " [interrupted]" if entry.interrupted else ""
-        print(f"  {entry.at_ms / 1000:6.1f}s {who}: {entry.text or '(no transcript)'}{flag}", file=out)
+        when = f"{entry.spoken_at_ms / 1000:6.1f}s"
+        if entry.started_ms is not None and entry.ended_ms is not None:
+            when += f"-{entry.ended_ms / 1000:.1f}s"
+        print(f"  {when:<14} {who}: {entry.text or '(no transcript)'}{flag}", file=out)
     print("\n=== Summaries inserted during the call", file=out)
     for summary in ticket.summaries:
         print(
             f"  at {summary.at_ms / 1000:.1f}s: folded {summary.turns_folded} turns, "
-            f"context {summary.tokens_before} -> {summary.tokens_after} tokens",
+            f"{context_change_text(summary.tokens_before, summary.tokens_after)}",
             file=out,
         )
     if not ticket.summaries:

@@ -875,3 +875,114 @@ def test_batched_inbound_frames_carry_the_same_audio_as_one_append_per_frame(mod
     one_by_one, in_threes = sent_audio(1), sent_audio(3)
     assert len(one_by_one) == 6 and len(in_threes) == 2
     assert b"".join(in_threes) == b"".join(one_by_one)  # same samples: the filter state carries over
+
+
+# ================================================================================================
+# When things were said (issue #20): caller turns from the VAD's audio times, assistant turns
+# from when their audio played
+# ================================================================================================
+
+
+def active_at(now_ms: int, mode: str = "pcmu", **config: Any) -> Call:
+    """A call whose Realtime session became ready `now_ms` into the call (its audio clock's 0)."""
+    call = Call(mode, **config)
+    call.now = now_ms
+    assert call.activate() == []
+    return call
+
+
+def stream_caller_audio(call: Call, until_ms: int) -> None:
+    """Twilio's 20 ms frames, in real time, up to `until_ms` of call time."""
+    for now in range(call.now + 20, until_ms + 1, 20):
+        call.twilio_in(h.tw_media(SPEECH_FRAME, now), now)
+
+
+def caller_turn(
+    call: Call, item_id: str, audio_start_ms: int, audio_end_ms: int, previous: str | None
+) -> None:
+    """The VAD's events arrive after the audio they describe, as the server sends them."""
+    call.realtime_in(h.speech_started(item_id, audio_start_ms))
+    stream_caller_audio(call, call.now + 700)
+    call.realtime_in(h.speech_stopped(item_id, audio_end_ms))
+    call.realtime_in(h.committed(item_id, previous))
+    call.realtime_in(h.item_added(h.user_audio_item(item_id), previous))
+    call.realtime_in(h.item_done(h.user_audio_item(item_id), previous))
+
+
+def entry(call: Call, item_id: str) -> Any:
+    return next(e for e in call.session.conversation.transcript() if e.item_id == item_id)
+
+
+def test_a_caller_turn_is_stamped_when_it_was_said_not_when_its_item_arrived() -> None:
+    call = active_at(500)  # the session's audio clock starts half a second into the call
+    stream_caller_audio(call, 3000)  # 2.5 s of audio appended
+    # audio_start_ms includes the 300 ms prefix padding: the voice began at audio 1500 ms
+    caller_turn(call, "item_u1", audio_start_ms=1200, audio_end_ms=2800, previous=None)
+    call.realtime_in(h.input_transcription_completed("item_u1", "I'd like to move my appointment."), 4500)
+    turn = entry(call, "item_u1")
+    assert (turn.started_ms, turn.ended_ms) == (2000, 3300)
+    assert turn.at_ms > 3300  # the item arrived after the speech stopped
+
+
+def test_a_new_session_starts_a_new_audio_clock() -> None:
+    call = active_at(0, recovery=RecoveryPolicy(twilio_idle_timeout_ms=10**9))
+    stream_caller_audio(call, 10_000)
+    (reconnect,) = call.session.realtime_closed("code 1006", 10_000)
+    assert isinstance(reconnect, ReconnectRealtime)
+    call.connected(10_200)
+    call.realtime_in(h.session_created(h.PCM24K), 10_300)
+    assert call.realtime_in(h.session_updated(h.PCMU), 10_400) == []
+    stream_caller_audio(call, 12_000)
+    caller_turn(call, "item_u9", audio_start_ms=200, audio_end_ms=1200, previous=None)
+    turn = entry(call, "item_u9")
+    assert (turn.started_ms, turn.ended_ms) == (10_900, 11_600)  # 10_400 + 500 and + 1200
+
+
+def test_inbound_batching_does_not_shift_the_caller_clock() -> None:
+    call = active_at(500, inbound_batch_frames=3)
+    stream_caller_audio(call, 3000)  # the last append went at 3000 with 2.4 s appended (120 frames)
+    caller_turn(call, "item_u1", audio_start_ms=1200, audio_end_ms=2200, previous=None)
+    turn = entry(call, "item_u1")
+    assert (turn.started_ms, turn.ended_ms) == (2000, 2700)
+
+
+def test_an_assistant_turn_spans_the_time_its_audio_played() -> None:
+    call = active_at(0)
+    caller_turn(call, "item_u1", audio_start_ms=100, audio_end_ms=600, previous=None)
+    call.realtime_in(h.response_created("resp_1"), 1000)
+    call.realtime_in(h.item_added(h.assistant_audio_item("item_a1"), "item_u1"), 1010)
+    call.realtime_in(h.audio_delta("resp_1", "item_a1", speechlike(8000)), 1200)  # 1 s of audio
+    call.realtime_in(h.audio_done("resp_1", "item_a1"), 1210)
+    # so far: what was sent, at most 100 ms (the playback lead) ahead of the clock
+    assert (entry(call, "item_a1").started_ms, entry(call, "item_a1").ended_ms) == (1200, 1320)
+    call.run(2500)
+    turn = entry(call, "item_a1")
+    assert (turn.at_ms, turn.started_ms, turn.ended_ms) == (1010, 1200, 2200)
+
+
+def test_a_barged_in_assistant_turn_ends_when_the_caller_cut_it_off() -> None:
+    call = active_at(0)
+    playing_reply(call, 600)  # 2 s of audio from t=10, paced out until 600
+    call.realtime_in(h.speech_started("item_u2", 2500), 610)
+    call.run(3000)
+    turn = entry(call, "item_a1")
+    assert turn.interrupted
+    assert (turn.started_ms, turn.ended_ms) == (10, 610)
+
+
+def test_dtmf_turns_have_no_speech_times_and_show_when_they_arrived() -> None:
+    call = active_at(0)
+    (create,) = to_realtime(call.twilio_in(h.tw_dtmf("5"), 1200))
+    item = create["item"]
+    call.realtime_in(h.item_added(item, None), 1230)
+    turn = entry(call, item["id"])
+    assert (turn.started_ms, turn.ended_ms, turn.spoken_at_ms) == (None, None, 1230)
+
+
+def test_speech_the_server_never_commits_leaves_nothing_behind() -> None:
+    call = active_at(0)
+    stream_caller_audio(call, 2000)
+    for n in range(20):  # coughs: speech_started without an item
+        call.realtime_in(h.speech_started(f"item_cough{n}", 100))
+    assert len(call.session.conversation._speech) <= 8
+    assert call.session.conversation.transcript() == ()

@@ -329,3 +329,33 @@ async def test_stylesheet_is_served_without_login(client: httpx.AsyncClient) -> 
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/css")
     assert ".turn.interrupted" in response.text
     assert_secure(response)
+
+
+async def test_turns_show_when_they_were_said_on_the_page_and_in_the_json(
+    client: httpx.AsyncClient, store: SqlTicketStore
+) -> None:
+    spoken = CallRecord(
+        info=CallInfo("CA9", "MZ9", "AC1", "+15550100", "+15550199"),
+        started_at=BASE,
+        transcript=(  # the items arrived at 8.9 s and 9.0 s; the speech began at 6.1 s and 9.2 s
+            TranscriptEntry(
+                "u1", "user", "Hi, this is Maria.", at_ms=8_900, started_ms=6_100, ended_ms=8_400
+            ),
+            TranscriptEntry(
+                "a1", "assistant", "Hello Maria.", at_ms=9_000, started_ms=9_200, ended_ms=12_800
+            ),
+        ),
+    )
+    ticket_id = await store.upsert_call(spoken, TicketStatus.IN_PROGRESS)
+    html = (await client.get(f"/tickets/{ticket_id}", auth=AUTH)).text
+    assert '<span class="when">00:06–00:08</span> · Caller' in html
+    assert '<span class="when">00:09–00:12</span> · Assistant' in html
+    data = (await client.get(f"/api/tickets/{ticket_id}", auth=AUTH)).json()
+    assert [(e["at_ms"], e["started_ms"], e["ended_ms"]) for e in data["transcript"]] == [
+        (8_900, 6_100, 8_400),
+        (9_000, 9_200, 12_800),
+    ]
+    # a ticket stored before speech times were kept shows when its turns arrived
+    old = (await client.get("/tickets/1", auth=AUTH)).text
+    assert '<span class="when">00:05</span> · Caller' in old
+    assert (await client.get("/api/tickets/1", auth=AUTH)).json()["transcript"][1]["started_ms"] is None

@@ -20,6 +20,7 @@ from callbot.core.ticket import (
     TicketSummaryInvalid,
     check_strict_schema,
     compile_patterns,
+    context_change_text,
     load_prompt,
     load_schema,
     luhn_ok,
@@ -27,6 +28,7 @@ from callbot.core.ticket import (
     redact_json,
     redact_record,
     summary_request_text,
+    timeline,
     transcript_as_text,
     validate_summary,
 )
@@ -305,3 +307,64 @@ def test_record_json_rejects_damaged_input(mutate, message: str) -> None:  # typ
     mutate(data)
     with pytest.raises(RecordJsonError, match=message):
         record_from_json(data)
+
+
+# ----- when things were said (issue #20) -----
+
+
+def spoken_record() -> CallRecord:
+    """Transcripts arrive after the speech: items at 8.9 s and 9.0 s, speech from 6.1 s and 9.2 s."""
+    return CallRecord(
+        CallInfo("CA", "MZ"),
+        STARTED,
+        transcript=(
+            TranscriptEntry(
+                "u1", "user", "Hi, this is Maria Chen.", at_ms=8_900, started_ms=6_100, ended_ms=8_400
+            ),
+            TranscriptEntry(
+                "a1", "assistant", "I'm sorry to hear that.", at_ms=9_000, started_ms=9_200, ended_ms=12_800
+            ),
+            TranscriptEntry("d1", "user", "[The caller pressed the key 5]", at_ms=13_500),
+        ),
+        summaries=(SummaryEvent("s1", 13_000, "Maria Chen called.", 500, 2, ("u1", "a1")),),
+    )
+
+
+def test_turns_show_when_they_were_said_and_sort_by_it() -> None:
+    assert transcript_as_text(spoken_record()).splitlines() == [
+        "[00:06-00:08] Caller: Hi, this is Maria Chen.",
+        "[00:09-00:12] Assistant: I'm sorry to hear that.",
+        "[00:13] --- in-call summary s1 (covers 2 earlier turns): Maria Chen called.",
+        "[00:13] Caller: [The caller pressed the key 5]",  # no speech: when it arrived
+    ]
+
+
+def test_a_late_transcript_does_not_move_its_turn_after_the_reply() -> None:
+    rec = CallRecord(
+        CallInfo("CA", "MZ"),
+        STARTED,
+        transcript=(  # conversation order; the caller's item was stamped when its transcript came
+            TranscriptEntry("a0", "assistant", "Hello.", at_ms=200, started_ms=300, ended_ms=1_500),
+            TranscriptEntry("u1", "user", "Hi.", at_ms=4_900, started_ms=2_000, ended_ms=2_600),
+            TranscriptEntry("a1", "assistant", "Welcome.", at_ms=3_100, started_ms=3_300, ended_ms=4_000),
+        ),
+    )
+    assert [e.item_id for e in timeline(rec)] == ["a0", "u1", "a1"]
+
+
+def test_speech_times_survive_json_and_old_records_without_them_still_load() -> None:
+    rec = spoken_record()
+    data = json.loads(json.dumps(record_to_json(rec)))
+    assert data["transcript"][0]["started_ms"] == 6_100 and data["transcript"][0]["ended_ms"] == 8_400
+    assert record_from_json(data) == rec
+    for entry in data["transcript"]:  # as stored before issue #20
+        del entry["started_ms"], entry["ended_ms"]
+    old = record_from_json(data)
+    assert [(e.started_ms, e.ended_ms) for e in old.transcript] == [(None, None)] * 3
+    assert transcript_as_text(old).splitlines()[0] == "[00:08] Caller: Hi, this is Maria Chen."
+
+
+def test_an_unmeasured_context_size_is_said_to_be_unknown() -> None:
+    assert context_change_text(454, 369) == "context 454 -> 369 tokens"
+    text = context_change_text(395, None)
+    assert "None" not in text and text.startswith("context 395 tokens before; after: unknown")

@@ -21,7 +21,7 @@ from callbot.core import realtime as rt
 from callbot.core import twilio as tw
 from callbot.core.audio import Framer, InboundConverter, OutboundConverter
 from callbot.core.conversation import ConversationState
-from callbot.core.playback import FRAME_BYTES, PlaybackTracker
+from callbot.core.playback import BYTES_PER_MS, FRAME_BYTES, PlaybackTracker
 from callbot.core.record import CallInfo
 from callbot.core.recovery import RecoveryPolicy, restore_events
 from callbot.core.summary import SummaryPolicy, SummaryRequest
@@ -169,6 +169,10 @@ class CallSession:
         self._session_started_ms = 0
         self._caller_speaking = False
         self._last_twilio_ms = 0
+        # the session's input-audio clock (docs/protocols.md §9.1: audio_start_ms/audio_end_ms count
+        # the audio appended since the session began): mu-law bytes appended, and when the latest went
+        self._appended_bytes = 0
+        self._appended_at_ms = 0
 
     # ----- helpers -----
     @property
@@ -187,17 +191,40 @@ class CallSession:
 
     def _send_due(self, now_ms: int, out: list[Action]) -> None:
         sid = self.stream_sid
-        for _item, frame, mark in self.playback.take_due(now_ms):
+        last: str | None = None
+        for item_id, frame, mark in self.playback.take_due(now_ms):
             out.append(SendTwilio(tw.encode_media(sid, frame)))
             if mark is not None:
                 out.append(SendTwilio(tw.encode_mark(sid, mark)))
+            if item_id != last:
+                if last is not None:
+                    self._note_played(last)
+                last = item_id
+        if last is not None:
+            self._note_played(last)
+
+    def _note_played(self, item_id: str) -> None:
+        span = self.playback.played_span(item_id)
+        if span is not None:
+            self.conversation.assistant_played(item_id, *span)
+
+    def caller_audio_call_ms(self, audio_ms: int) -> int:
+        """Call time of a point on this session's input-audio clock (a VAD event's audio_*_ms).
+
+        Caller audio is appended as it arrives from Twilio, in real time, so a point `d` ms
+        before the end of what was appended was said `d` ms before that last append arrived.
+        Measuring back from the latest append (not forward from the session's first) keeps any
+        stall or gap in the stream out of the answer; a new session starts a new clock.
+        """
+        behind_ms = (self._appended_bytes - audio_ms * BYTES_PER_MS) // BYTES_PER_MS
+        return max(0, self._appended_at_ms - behind_ms)
 
     # ----- Twilio side -----
     def receive_twilio(self, event: tw.TwilioEvent, now_ms: int) -> list[Action]:
         self.stats.twilio_messages += 1
         self._last_twilio_ms = now_ms
         if isinstance(event, tw.Media):
-            return self._on_media(event)
+            return self._on_media(event, now_ms)
         if isinstance(event, tw.Mark):
             self.playback.mark_echoed(event.name)
             return []
@@ -230,7 +257,7 @@ class CallSession:
         self.phase = "connecting"
         return [ConnectRealtime()]
 
-    def _on_media(self, event: tw.Media) -> list[Action]:
+    def _on_media(self, event: tw.Media, now_ms: int) -> list[Action]:
         self.stats.inbound_frames += 1
         if self.phase != "active":
             # Nothing is relayed before the session confirmed our formats (issue: bridge).
@@ -238,6 +265,8 @@ class CallSession:
             return []
         batch = self.config.inbound_batch_frames
         if batch == 1:
+            self._appended_bytes += len(event.audio)
+            self._appended_at_ms = now_ms
             if self._inbound.passthrough:
                 return [SendRealtime(rt.append(event.payload))]  # forward Twilio's base64 untouched
             audio = self._inbound.convert(event.audio)
@@ -247,6 +276,8 @@ class CallSession:
             return []
         ulaw = b"".join(self._inbound_pending)
         self._inbound_pending.clear()
+        self._appended_bytes += len(ulaw)
+        self._appended_at_ms = now_ms
         audio = self._inbound.convert(ulaw)
         return [SendRealtime(rt.append(binascii.b2a_base64(audio, newline=False).decode("ascii")))]
 
@@ -327,6 +358,7 @@ class CallSession:
         self.phase = "active"
         self._ready_deadline_ms = None
         self._session_started_ms = now_ms
+        self._appended_bytes, self._appended_at_ms = 0, now_ms  # a new session, a new audio clock
         self._reconnect_attempt = 0
         if self._restoring:
             self._restoring = False
@@ -339,11 +371,22 @@ class CallSession:
 
     def _on_speech_stopped(self, event: dict[str, Any], now_ms: int) -> list[Action]:
         self._caller_speaking = False
+        end = event.get("audio_end_ms")
+        if isinstance(end, int) and isinstance(event.get("item_id"), str):
+            # Taken as the end of the speech, as the fake's VAD reports it; the API reference
+            # says it "includes" the silence that ended the turn, without saying how much.
+            self.conversation.caller_speech(event["item_id"], stopped_ms=self.caller_audio_call_ms(end))
         return []
 
     def _on_speech_started(self, event: dict[str, Any], now_ms: int) -> list[Action]:
         """Barge-in (docs/protocols.md §10.4): clear Twilio, cancel, truncate at what was heard."""
         self._caller_speaking = True
+        start = event.get("audio_start_ms")
+        if isinstance(start, int) and isinstance(event.get("item_id"), str):
+            # audio_start_ms includes the VAD's prefix padding (InputAudioBufferSpeechStartedEvent):
+            # the voice itself began that much later.
+            started = self.caller_audio_call_ms(start + self._prefix_padding_ms())
+            self.conversation.caller_speech(event["item_id"], started_ms=min(started, now_ms))
         playing = self.playback.is_playing(now_ms) or self._framer.pending > 0
         if not playing and self._active_response is None:
             return []
@@ -360,6 +403,8 @@ class CallSession:
         if response_id is not None and response_id not in self._cancelled_responses:
             self._cancelled_responses.add(response_id)
             out.append(SendRealtime(rt.response_cancel(response_id)))
+        if item_id is not None:
+            self._note_played(item_id)  # the cut moved its end to now
         if item_id is not None and item_id not in self._dropped_items:
             self._dropped_items.add(item_id)
             generated = self.generated_ms(item_id)
@@ -368,6 +413,10 @@ class CallSession:
                 out.append(SendRealtime(rt.truncate(item_id, heard)))
             self.conversation.interrupted(item_id, heard, generated)
         return out
+
+    def _prefix_padding_ms(self) -> int:
+        agent = self.config.agent
+        return agent.vad_prefix_padding_ms if agent.vad_type == "server_vad" else 0
 
     def _on_audio_delta(self, event: dict[str, Any], now_ms: int) -> list[Action]:
         item_id = event.get("item_id")

@@ -33,6 +33,8 @@ class Turn:
     summary_id: str | None = None
     in_context: bool = True
     is_summary: bool = False
+    started_ms: int | None = None
+    ended_ms: int | None = None
     _deltas: list[str] = field(default_factory=list)
 
     def entry(self) -> TranscriptEntry:
@@ -45,6 +47,8 @@ class Turn:
             at_ms=self.at_ms,
             heard_ms=self.heard_ms,
             summary_id=self.summary_id,
+            started_ms=self.started_ms,
+            ended_ms=self.ended_ms,
         )
 
 
@@ -83,6 +87,10 @@ def _content_text(item: dict[str, Any]) -> str | None:
     return " ".join(texts) if texts else None
 
 
+PENDING_SPEECH_KEPT = 8
+"""Caller speech spans waiting for their item; a real one waits a second at most."""
+
+
 class ConversationState:
     """The per-call conversation record. Plain data plus transitions; no I/O, no clock."""
 
@@ -93,6 +101,8 @@ class ConversationState:
         self.summaries: list[SummaryEvent] = []
         self.usage = UsageTotals()
         self.last_usage: dict[str, Any] | None = None
+        # caller speech seen by the VAD before its item exists: item id -> [started, stopped]
+        self._speech: dict[str, list[int | None]] = {}
 
     # ----- queries -----
     def get(self, item_id: str) -> Turn | None:
@@ -143,6 +153,8 @@ class ConversationState:
             isinstance(p, dict) and p.get("type") == "input_audio" for p in item.get("content") or []
         ):
             turn.transcript_status = "pending"
+        if item_id in self._speech:
+            turn.started_ms, turn.ended_ms = self._speech.pop(item_id)
         self._turns[item_id] = turn
         if is_summary:
             previous_item_id = "root"  # we asked for the root; the event may report it as null
@@ -182,6 +194,41 @@ class ConversationState:
             self.context.remove(item_id)
         turn.in_context = False
         return turn
+
+    # ----- when things were said (call ms; the caller computes them, this only records) -----
+    def caller_speech(
+        self, item_id: str, *, started_ms: int | None = None, stopped_ms: int | None = None
+    ) -> None:
+        """The VAD heard the caller start or stop speaking for the (future) item `item_id`.
+
+        `speech_started`/`speech_stopped` come before the item is added, so the times wait
+        here until `item_added` picks them up. Speech the server never commits (a cough, a
+        cleared buffer) would otherwise leave an entry behind: only the latest few are kept.
+        """
+        turn = self._turns.get(item_id)
+        span: list[int | None]
+        if turn is not None:
+            span = [turn.started_ms, turn.ended_ms]
+        else:
+            span = self._speech.pop(item_id, [None, None])
+        if started_ms is not None:
+            span[0] = started_ms
+        if stopped_ms is not None:
+            span[1] = stopped_ms if span[0] is None else max(span[0], stopped_ms)
+        if turn is not None:
+            turn.started_ms, turn.ended_ms = span
+            return
+        self._speech[item_id] = span
+        while len(self._speech) > PENDING_SPEECH_KEPT:
+            del self._speech[next(iter(self._speech))]
+
+    def assistant_played(self, item_id: str, started_ms: int, ended_ms: int) -> None:
+        """The caller heard this assistant item's audio from `started_ms` to `ended_ms` (so far)."""
+        turn = self._turns.get(item_id)
+        if turn is not None:
+            if turn.started_ms is None:
+                turn.started_ms = started_ms
+            turn.ended_ms = ended_ms
 
     # ----- transcripts -----
     def user_transcript(self, item_id: str, text: str) -> None:

@@ -50,6 +50,7 @@ class PlaybackTracker:
         self._unmarked_bytes = 0
         self._last_item: str | None = None
         self._buffer_until_ms = 0  # when Twilio's buffer runs dry, by our estimate
+        self._spans: dict[str, list[int]] = {}  # item -> [first frame plays, last frame ends]
         self.frames_sent = 0
         self.frames_dropped = 0
         self.frames_overflowed = 0
@@ -80,6 +81,11 @@ class PlaybackTracker:
         horizon = now_ms + self.lead_ms
         while self._queue and until < horizon:
             item_id, frame = self._queue.popleft()
+            span = self._spans.get(item_id)
+            if span is None:
+                self._spans[item_id] = [until, until + FRAME_MS]
+            else:
+                span[1] = until + FRAME_MS
             until += FRAME_MS
             self._sent_bytes[item_id] = self._sent_bytes.get(item_id, 0) + len(frame)
             self._unmarked_bytes += len(frame)
@@ -116,6 +122,16 @@ class PlaybackTracker:
     def sent_ms(self, item_id: str) -> int:
         return self._sent_bytes.get(item_id, 0) // BYTES_PER_MS
 
+    def played_span(self, item_id: str) -> tuple[int, int] | None:
+        """When the caller hears this item: (its first frame starts, its last frame sent ends).
+
+        Twilio plays what it is sent in order and at once when its buffer is empty, so a frame
+        plays when the frames before it have (our pacing clock, `until` in `take_due`); a
+        frame leaves at most `lead_ms` before that. After a barge-in the end is the cut.
+        """
+        span = self._spans.get(item_id)
+        return (span[0], span[1]) if span is not None else None
+
     def is_playing(self, now_ms: int) -> bool:
         """True while the caller may still be hearing (or about to hear) assistant audio."""
         return bool(self._queue) or bool(self._marks) or self._buffer_until_ms > now_ms
@@ -137,6 +153,10 @@ class PlaybackTracker:
         """
         item_id = self.playing_item()
         twilio_had_audio = bool(self._marks) or self._buffer_until_ms > now_ms
+        for cut_item in {m.item_id for m in self._marks.values()} | {item_id}:
+            span = self._spans.get(cut_item) if cut_item else None
+            if span is not None and span[1] > now_ms:  # what was sent but not played is not heard
+                span[1] = max(span[0], now_ms)
         self.frames_dropped += len(self._queue)
         self._queue.clear()
         self._marks.clear()
@@ -150,3 +170,4 @@ class PlaybackTracker:
         """Drop per-item counters of an item that left the conversation."""
         self._sent_bytes.pop(item_id, None)
         self._heard_bytes.pop(item_id, None)
+        self._spans.pop(item_id, None)

@@ -24,6 +24,12 @@ class TranscriptEntry:
     was heard (as far as the transcript can tell) and `heard_ms` how much audio was played.
     `summary_id` names the summary this turn was folded into, if any: the turn stays in the
     record verbatim even after it left the live model context.
+
+    `at_ms` is when the item reached callbot; `started_ms`/`ended_ms` are when its speech
+    started and ended (the caller's from the server VAD's audio times, the assistant's from
+    when its audio played to the caller). They are None when nobody spoke the turn (text
+    items such as keypad digits) and in records stored before they were kept; `spoken_at_ms`
+    then falls back to `at_ms`.
     """
 
     item_id: str
@@ -34,6 +40,13 @@ class TranscriptEntry:
     at_ms: int = 0
     heard_ms: int | None = None
     summary_id: str | None = None
+    started_ms: int | None = None
+    ended_ms: int | None = None
+
+    @property
+    def spoken_at_ms(self) -> int:
+        """When the turn was said, as far as the record knows: its speech start, else its arrival."""
+        return self.at_ms if self.started_ms is None else self.started_ms
 
 
 @dataclass(frozen=True, slots=True)

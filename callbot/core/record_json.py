@@ -33,6 +33,8 @@ def entry_to_json(entry: TranscriptEntry) -> dict[str, Any]:
         "at_ms": entry.at_ms,
         "heard_ms": entry.heard_ms,
         "summary_id": entry.summary_id,
+        "started_ms": entry.started_ms,
+        "ended_ms": entry.ended_ms,
     }
 
 
@@ -53,6 +55,8 @@ def entry_from_json(obj: Any) -> TranscriptEntry:
         at_ms=_int(data, "at_ms", 0),
         heard_ms=_opt_int(data, "heard_ms"),
         summary_id=_opt_str(data, "summary_id"),
+        started_ms=_opt_int(data, "started_ms"),  # absent in records stored before issue #20
+        ended_ms=_opt_int(data, "ended_ms"),
     )
 
 

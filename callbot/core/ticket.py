@@ -329,9 +329,27 @@ def format_offset(ms: int) -> str:
 
 
 def timeline(record: CallRecord) -> list[TranscriptEntry | SummaryEvent]:
-    """Turns and in-call summaries in call order; a summary sorts after turns of the same time."""
+    """Turns (by when they were said) and in-call summaries in call order.
+
+    A summary sorts after turns of the same time; turns of the same time keep the
+    conversation's order.
+    """
     events: list[TranscriptEntry | SummaryEvent] = [*record.transcript, *record.summaries]
-    return sorted(events, key=lambda e: (e.at_ms, isinstance(e, SummaryEvent)))
+    return sorted(events, key=_timeline_key)
+
+
+def _timeline_key(event: TranscriptEntry | SummaryEvent) -> tuple[int, bool]:
+    if isinstance(event, SummaryEvent):
+        return event.at_ms, True
+    return event.spoken_at_ms, False
+
+
+def entry_time(entry: TranscriptEntry) -> str:
+    """`mm:ss-mm:ss` while the turn was spoken, or `mm:ss` when only its start (or arrival) is known."""
+    start = format_offset(entry.spoken_at_ms)
+    if entry.started_ms is None or entry.ended_ms is None:
+        return start
+    return f"{start}-{format_offset(entry.ended_ms)}"
 
 
 def entry_line(entry: TranscriptEntry) -> str:
@@ -345,7 +363,7 @@ def entry_line(entry: TranscriptEntry) -> str:
     else:
         text = entry.text.strip()
     suffix = f" ({'; '.join(notes)})" if notes else ""
-    return f"[{format_offset(entry.at_ms)}] {label}{suffix}: {text}"
+    return f"[{entry_time(entry)}] {label}{suffix}: {text}"
 
 
 def transcript_as_text(record: CallRecord) -> str:
@@ -360,6 +378,17 @@ def transcript_as_text(record: CallRecord) -> str:
         else:
             lines.append(entry_line(event))
     return "\n".join(lines)
+
+
+def context_change_text(tokens_before: int, tokens_after: int | None) -> str:
+    """How an in-call summary changed the context size, saying so when the size after is unknown.
+
+    The size after is measured by the first response priced after the deletes; when the call
+    ended (or has not yet had one) before that, nobody knows it.
+    """
+    if tokens_after is None:
+        return f"context {tokens_before} tokens before; after: unknown (no response was priced after it)"
+    return f"context {tokens_before} -> {tokens_after} tokens"
 
 
 def summary_request_text(record: CallRecord) -> str:

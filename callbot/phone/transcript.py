@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from callbot.core.ticket import context_change_text
 from callbot.phone.console import Console
 
 POLL_INTERVAL_S = 0.5
@@ -125,14 +126,12 @@ class TranscriptWatcher:
                 continue
             self.summaries.add(summary_id)
             after = summary.get("tokens_after")
-            tokens = (
-                f"{summary.get('tokens_before')} -> {after}"
-                if after is not None
-                else summary.get("tokens_before")
+            change = context_change_text(
+                int(summary.get("tokens_before") or 0), after if isinstance(after, int) else None
             )
             self.console.line(
                 f"summary inserted at {summary.get('at_ms', 0) / 1000:.1f}s of the call: folded "
-                f"{summary.get('turns_folded')} turns, context {tokens} tokens"
+                f"{summary.get('turns_folded')} turns, {change}"
             )
 
     async def finish(self, wait_s: float = TICKET_WAIT_S) -> None:

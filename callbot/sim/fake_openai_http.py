@@ -24,6 +24,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from callbot.core.ticket import schema_errors
 
@@ -48,6 +49,7 @@ def create_fake_openai_app(control: FakeOpenAIControl | None = None) -> FastAPI:
     app = FastAPI(title="fake OpenAI (simulator)", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.control = control or FakeOpenAIControl()
     app.state.counter = _Counter()
+    app.add_exception_handler(StarletteHTTPException, _not_served)  # type: ignore[arg-type]
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> JSONResponse:
@@ -85,7 +87,24 @@ class _Counter:
         return self.value
 
 
-def _error(status: int, message: str, kind: str) -> JSONResponse:
+SERVED = "POST /v1/chat/completions and the Realtime websocket /v1/realtime"
+
+
+async def _not_served(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Unknown paths and methods get OpenAI's error body (`Invalid URL (METHOD /path)`), never silence."""
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 404 and request.url.path.rstrip("/").endswith("/realtime"):
+        response = _error(426, f"{where}: the Realtime API is a websocket; connect with Upgrade: websocket")
+        response.headers["Upgrade"] = "websocket"
+        return response
+    if exc.status_code == 404:
+        return _error(404, f"Invalid URL ({where}). The fake OpenAI serves {SERVED}.")
+    if exc.status_code == 405:
+        return _error(405, f"Method not allowed ({where}). The fake OpenAI serves {SERVED}.")
+    return _error(exc.status_code, f"{where}: {exc.detail}")
+
+
+def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": None}}, status)
 
 
@@ -144,8 +163,11 @@ def reply_content(body: Mapping[str, Any]) -> str:
 
 # ----- reading a transcript -----
 
+_OFFSET = r"\d+:\d{2}(?::\d{2})?"
+# A ticket line starts with "[00:06-00:09] " (or "[00:06] "); the in-call summariser's lines have none.
 _LINE = re.compile(
-    r"^\[(?P<at>\d+:\d{2}(?::\d{2})?)\]\s*(?P<who>Caller|Assistant|System)(?P<notes>[^:]*):\s*(?P<text>.*)$"
+    rf"^(?:\[(?P<at>{_OFFSET})(?:-{_OFFSET})?\]\s*)?"
+    r"(?P<who>Caller|Assistant|System)(?P<notes>[^:]*):\s*(?P<text>.*)$"
 )
 _DATE = re.compile(
     r"\b\d{4}-\d{2}-\d{2}\b|\b\d{1,2}/\d{1,2}/\d{2,4}\b"

@@ -32,6 +32,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
@@ -141,13 +142,18 @@ class FakeRealtimeServer:
     # ------------------------------------------------------------------ connections
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        if not urlsplit(request.path).path.rstrip("/").endswith("/realtime"):
-            return connection.respond(HTTPStatus.NOT_FOUND, "Not found: the fake serves .../realtime\n")
+        path = urlsplit(request.path).path
+        if not path.rstrip("/").endswith("/realtime"):
+            return _refuse(
+                connection, HTTPStatus.NOT_FOUND, f"Invalid URL (GET {path}): the fake serves .../realtime"
+            )
         auth = request.headers.get("Authorization", "")
         if not auth.startswith("Bearer ") or not auth[7:].strip():
-            return connection.respond(HTTPStatus.UNAUTHORIZED, "Missing bearer authentication in header\n")
+            return _refuse(connection, HTTPStatus.UNAUTHORIZED, "Missing bearer authentication in header")
         if self.refuse_connections:
-            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Fake server refusing connections\n")
+            return _refuse(
+                connection, HTTPStatus.SERVICE_UNAVAILABLE, "Fake server refusing connections", "server_error"
+            )
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
@@ -157,6 +163,18 @@ class FakeRealtimeServer:
         self._drop_next = None
         self.sessions.append(session)
         await session.run()
+
+
+def _refuse(
+    connection: ServerConnection, status: HTTPStatus, message: str, kind: str = "invalid_request_error"
+) -> Response:
+    """A refused upgrade, with the JSON error body OpenAI's API answers with."""
+    response = connection.respond(status, "")
+    response.body = orjson.dumps({"error": {"message": message, "type": kind, "param": None, "code": None}})
+    del response.headers["Content-Length"], response.headers["Content-Type"]  # (setting appends)
+    response.headers["Content-Length"] = str(len(response.body))
+    response.headers["Content-Type"] = "application/json"
+    return response
 
 
 async def serve_forever(

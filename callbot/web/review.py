@@ -269,7 +269,8 @@ def _timeline_rows(view: TicketView) -> list[dict[str, Any]]:
             rows.append(
                 {
                     "kind": "turn",
-                    "at_ms": event.at_ms,
+                    "at_ms": event.spoken_at_ms,
+                    "until_ms": event.ended_ms if event.started_ms is not None else None,
                     "entry": event,
                     "label": ROLE_LABELS.get(event.role, event.role),
                 }
