@@ -236,7 +236,7 @@ class Rig:
             "--fake-url",
             f"http://127.0.0.1:{fake_port}/v1",
             "--mode",
-            self.mode,
+            self.mode.partition("/")[0],
             "--cpu",
             o.server_cpu,
             "--log-level",
@@ -244,6 +244,8 @@ class Rig:
         ]
         if o.no_gc_freeze:
             server_args.append("--no-gc-freeze")
+        if self.mode.endswith("/public"):
+            server_args.append("--public-paths")  # the fallbacks of the fast paths (adapters/fastpaths.py)
         if o.server_lag_interval_ms is not None:
             server_args += ["--lag-interval-ms", str(o.server_lag_interval_ms)]
         if getattr(o, "peer", None) is not None and not o.callbot_greeting:
@@ -1545,7 +1547,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--calls", default="25,50,100,200,400", help="concurrent call levels (comma-separated)")
     p.add_argument("--seconds", type=float, default=30.0, help="length of each call")
-    p.add_argument("--modes", default="pcm24k,pcmu", help="audio modes, side by side")
+    p.add_argument(
+        "--modes",
+        default="pcm24k,pcmu",
+        help="audio modes, side by side; MODE/public serves with the public paths only "
+        "(CALLBOT_FAST_PATHS=false), e.g. pcm24k,pcm24k/public",
+    )
     p.add_argument("--json", default=None, help="write all results as JSON here")
     p.add_argument("--markdown", default=None, help="write the tables as Markdown here")
     p.add_argument("--quick", action="store_true", help="smoke run: 10 and 25 calls, 10 s (< 2 min)")

@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import collections
 import gc
+import inspect
 import os
 import sys
 import time
@@ -58,24 +59,6 @@ try:
     from callbot.web.app import server_options
 except ImportError:  # a callbot from before server_options (load_bench --server-src)
     server_options = None
-
-
-class BenchConnector(OpenAIRealtimeConnector):
-    """The production connector, plus the call sid as a query parameter for the fake's bookkeeping."""
-
-    async def connect(self) -> OpenAIRealtimeLink:
-        manager = self._client.realtime.connect(
-            model=self._model,
-            extra_query={lc.CALL_QUERY: call_sid_var.get()},
-            websocket_connection_options={"max_size": 16 * 1024 * 1024},
-        )
-        try:
-            connection = await asyncio.wait_for(manager.enter(), timeout=self._open_timeout_s)
-        except (OpenAIError, OSError, TimeoutError) as exc:
-            raise UpstreamError(f"could not open the Realtime session: {exc!r}") from exc
-        except Exception as exc:
-            raise UpstreamError(f"could not open the Realtime session: {exc!r}") from exc
-        return OpenAIRealtimeLink(manager, connection)
 
 
 class GcWatch:
@@ -181,8 +164,42 @@ def bench_routes(monitor: lc.LagMonitor, observer: CountingObserver, gcwatch: Gc
     return setup
 
 
+def _call_query() -> dict[str, str]:
+    return {lc.CALL_QUERY: call_sid_var.get()}  # names the call for the fake's bookkeeping
+
+
+class _LegacyBenchConnector(OpenAIRealtimeConnector):
+    """For a callbot from before `OpenAIRealtimeConnector(extra_query=...)` (`--server-src` of an
+    older commit): its `connect()` again, with the call in the query. Not used for this checkout."""
+
+    async def connect(self) -> OpenAIRealtimeLink:
+        manager = self._client.realtime.connect(
+            model=self._model,
+            extra_query=_call_query(),
+            websocket_connection_options={"max_size": 16 * 1024 * 1024},
+        )
+        try:
+            connection = await asyncio.wait_for(manager.enter(), timeout=self._open_timeout_s)
+        except (OpenAIError, OSError, TimeoutError) as exc:
+            raise UpstreamError(f"could not open the Realtime session: {exc!r}") from exc
+        except Exception as exc:
+            raise UpstreamError(f"could not open the Realtime session: {exc!r}") from exc
+        return OpenAIRealtimeLink(manager, connection)  # type: ignore[call-arg]
+
+
+def bench_connector(client: AsyncOpenAI, settings: Settings) -> OpenAIRealtimeConnector:
+    """The production connector with the call named in each session's URL."""
+    if "extra_query" in inspect.signature(OpenAIRealtimeConnector).parameters:
+        return OpenAIRealtimeConnector(
+            client, settings.model, direct_send=settings.fast_paths, extra_query=_call_query
+        )
+    return _LegacyBenchConnector(client, settings.model)
+
+
 def build_settings(args: argparse.Namespace) -> Settings:
     extra: dict[str, Any] = {"greeting": ""} if getattr(args, "no_greeting", False) else {}
+    if getattr(args, "public_paths", False):
+        extra["fast_paths"] = False  # only then: a callbot from before the setting (--server-src) lacks it
     return Settings(
         _env_file=None,  # type: ignore[call-arg]
         public_url=lc.PUBLIC_URL,
@@ -203,7 +220,7 @@ async def serve(args: argparse.Namespace) -> None:
     setup_logging(settings.log_level, json_lines=settings.log_json)
     monitor = lc.LagMonitor(args.lag_interval_ms / 1000)
     observer = CountingObserver()
-    connector = BenchConnector(AsyncOpenAI(api_key="fake", base_url=args.fake_url), settings.model)
+    connector = bench_connector(AsyncOpenAI(api_key="fake", base_url=args.fake_url), settings)
     gcwatch = GcWatch()
     routes = bench_routes(monitor, observer, gcwatch)
     app = create_app(settings, connector=connector, observer=observer, extra_setup=routes)
@@ -254,6 +271,11 @@ def main(argv: list[str] | None = None) -> None:
         "--no-greeting",
         action="store_true",
         help="the agent waits for the caller instead of speaking first (CALLBOT_GREETING empty)",
+    )
+    parser.add_argument(
+        "--public-paths",
+        action="store_true",
+        help="serve with the public paths only (CALLBOT_FAST_PATHS=false), as when the probes fail",
     )
     parser.add_argument("--cprofile", type=Path, default=None, help="write a cProfile of the run here")
     args = parser.parse_args(argv)

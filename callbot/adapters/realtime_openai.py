@@ -260,18 +260,29 @@ class OpenAIRealtimeConnector:
     """Opens `client.realtime.connect(model=...)` sessions; reconnect is ours, not the SDK's."""
 
     def __init__(
-        self, client: AsyncOpenAI, model: str, open_timeout_s: float = 10.0, *, direct_send: bool = True
+        self,
+        client: AsyncOpenAI,
+        model: str,
+        open_timeout_s: float = 10.0,
+        *,
+        direct_send: bool = True,
+        extra_query: Callable[[], dict[str, str]] | None = None,
     ) -> None:
         self._client = client
         self._model = model
         self._open_timeout_s = open_timeout_s
         self._direct_send = direct_send
         """Use the `realtime_frames` fast path (when its probe passed, `fastpaths`)."""
+        self._extra_query = extra_query
+        """Query parameters for each session's URL, asked for at each connect (the load bench
+        names the call there, for its fake's bookkeeping)."""
         self._warned = False
 
     async def connect(self) -> OpenAIRealtimeLink:
         manager = self._client.realtime.connect(
-            model=self._model, websocket_connection_options={"max_size": 16 * 1024 * 1024}
+            model=self._model,
+            extra_query=self._extra_query() if self._extra_query is not None else {},
+            websocket_connection_options={"max_size": 16 * 1024 * 1024},
         )
         try:
             connection = await asyncio.wait_for(manager.enter(), timeout=self._open_timeout_s)
