@@ -75,7 +75,10 @@ class BenchConnector(OpenAIRealtimeConnector):
             raise UpstreamError(f"could not open the Realtime session: {exc!r}") from exc
         except Exception as exc:
             raise UpstreamError(f"could not open the Realtime session: {exc!r}") from exc
-        return OpenAIRealtimeLink(manager, connection)
+        sender = getattr(self, "_sender", None)  # the production connector's send path (fast or SDK)
+        if sender is None:  # a callbot from before the fast-path probes (load_bench --server-src)
+            return OpenAIRealtimeLink(manager, connection)  # type: ignore[call-arg]
+        return OpenAIRealtimeLink(manager, connection, sender(connection))
 
 
 class GcWatch:
