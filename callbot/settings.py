@@ -140,9 +140,11 @@ class Settings(BaseSettings):
     max_concurrent_calls: int = Field(default=200, ge=1)
     drain_timeout_s: float = Field(default=300.0, ge=0)
     max_message_bytes: int = Field(default=256 * 1024, ge=4096)
-    fast_paths: bool = True
-    """Use the probed fast paths past libraries' public APIs (adapters/fastpaths.py); false forces
-    the public paths."""
+    fast_paths: bool = Field(
+        default=True,
+        description="Fast paths past uvicorn's, websockets' and the SDK's public APIs, each behind a "
+        "start-up probe (GET /healthz says which run); false forces the public paths.",
+    )
     log_level: str = "INFO"
     log_json: bool = True
 
