@@ -396,26 +396,40 @@ def plan_calls(
 # --------------------------------------------------------------------------- analysis
 
 
-def inbound_latencies(send_ns: list[int], append_ns: list[int]) -> tuple[list[float], bool]:
+def inbound_latencies(send_ns: list[int], append_ns: list[int], batch: int = 1) -> tuple[list[float], bool]:
     """Twilio frame sent -> append arrived at the fake, in ms, for one call.
 
     The bridge drops the caller's frames until the Realtime session is configured, then turns
-    every frame into exactly one append, in order, until the caller's `stop`. So append j is
-    frame j + k0 with k0 = frames sent - appends received. Cross-checked by timing: with
-    latencies under 20 ms, each append's nearest earlier frame gives the same offset.
+    every `batch` frames (CALLBOT_INBOUND_BATCH_FRAMES) into one append, in order, until the
+    caller's `stop`, which sends what is left. An append leaves when its batch's last frame has
+    arrived, so append j is paired with frame k0 + j * batch, that last frame: the latency is the
+    bridge's own, as with one frame per append (the earlier frames' wait for their batch is the
+    chosen batching, not overhead). k0 comes from the counts (frames sent - batch * appends,
+    plus the batch's last frame) and is cross-checked by timing: with latencies under 20 ms each
+    append's nearest earlier frame gives it too (with a batch, the partial last append leaves
+    the count up to batch - 1 frames off, so there the timing's value is used).
     Returns (latencies, offsets_agree).
     """
     if not append_ns or not send_ns:
         return [], True
-    k0 = len(send_ns) - len(append_ns)
+    k0 = len(send_ns) - batch * len(append_ns) + batch - 1
     votes: collections.Counter[int] = collections.Counter()
     for j in range(0, len(append_ns), max(1, len(append_ns) // 200)):
-        votes[bisect.bisect_right(send_ns, append_ns[j]) - 1 - j] += 1
+        votes[bisect.bisect_right(send_ns, append_ns[j]) - 1 - j * batch] += 1
     vote = votes.most_common(1)[0][0]
-    if k0 < 0:
+    if batch > 1:
+        agree = vote - batch < k0 <= vote
         k0 = vote
-    lat = [(append_ns[j] - send_ns[j + k0]) / MS for j in range(len(append_ns)) if 0 <= j + k0 < len(send_ns)]
-    return lat, vote == k0
+    else:
+        if k0 < 0:
+            k0 = vote
+        agree = vote == k0
+    lat = [
+        (append_ns[j] - send_ns[k0 + j * batch]) / MS
+        for j in range(len(append_ns))
+        if 0 <= k0 + j * batch < len(send_ns)
+    ]
+    return lat, agree
 
 
 def first_after(times: list[int], t: int, limit_ns: int) -> int | None:
@@ -446,6 +460,7 @@ def analyse_level(
     if anonymous:  # a peer's: no call sid in its Realtime URL
         sessions.update(join_by_open_order(calls, anonymous))
     inbound: list[float] = []
+    batch = int(server.get("final", {}).get("inbound_batch_frames", 1))  # 1: a peer, or an older callbot
     outbound: list[float] = []
     barge: list[float] = []
     offsets_disagree = 0
@@ -457,7 +472,7 @@ def analyse_level(
         send_late.extend(v / 1000 for v in call.get("send_late_us", []))
         if s is None:
             continue
-        lat, agree = inbound_latencies(call.get("send_ns", []), s["append_ns"])
+        lat, agree = inbound_latencies(call.get("send_ns", []), s["append_ns"], batch)
         inbound.extend(lat)
         offsets_disagree += not agree
         media = call.get("media_in_ns", [])

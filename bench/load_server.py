@@ -126,6 +126,7 @@ def bench_routes(monitor: lc.LagMonitor, observer: CountingObserver, gcwatch: Gc
                 "calls_total": services.calls_total,
                 "pacer_calls": len(services.pacer._calls),
                 "pacer_max_lag_ms": services.pacer.max_lag_ms,
+                "inbound_batch_frames": getattr(services.settings, "inbound_batch_frames", 1),
                 "observer": {
                     "started": observer.started,
                     "progress": observer.progress,

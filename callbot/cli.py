@@ -38,7 +38,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, serve_only: bool = False) -> argparse.ArgumentParser:
+    """The whole command line; `serve_only` leaves out the other commands, whose modules import
+    the simulator, the softphone, alembic and the ticket CLI: none of it belongs in a server."""
     parser = argparse.ArgumentParser(
         prog="callbot",
         description="Answer phone calls with an OpenAI Realtime agent over Twilio Media Streams.",
@@ -48,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     serve.set_defaults(func=_cmd_serve)
+    if serve_only:
+        return parser
 
     from callbot import cli_tickets, demo, phone
 
@@ -69,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(serve_only=argv[:1] == ["serve"])
     args = parser.parse_args(argv)
     code: int = args.func(args)
     return code

@@ -100,11 +100,21 @@ class Settings(BaseSettings):
 
     # --- Playback to Twilio ---
     playback_lead_ms: int = Field(
-        default=100, ge=20, description="How far ahead of real time audio is sent to Twilio."
+        default=600,
+        ge=20,
+        description="At most this much audio is buffered at Twilio; deep enough to ride out a stalled leg.",
     )
-    mark_interval_ms: int = Field(default=60, ge=20, description="A Twilio mark every this much audio.")
+    media_message_ms: int = Field(
+        default=200,
+        ge=20,
+        multiple_of=20,
+        description="Audio per Twilio media message (whole 20 ms frames).",
+    )
+    mark_interval_ms: int = Field(
+        default=200, ge=20, description="A Twilio mark at least every this much audio; ends a message."
+    )
     inbound_batch_frames: int = Field(
-        default=1,
+        default=3,
         ge=1,
         le=10,
         description="Caller 20 ms frames per append to Realtime: more is cheaper, 1 is fastest.",
@@ -140,9 +150,11 @@ class Settings(BaseSettings):
     max_concurrent_calls: int = Field(default=200, ge=1)
     drain_timeout_s: float = Field(default=300.0, ge=0)
     max_message_bytes: int = Field(default=256 * 1024, ge=4096)
-    fast_paths: bool = True
-    """Use the probed fast paths past libraries' public APIs (adapters/fastpaths.py); false forces
-    the public paths."""
+    fast_paths: bool = Field(
+        default=True,
+        description="Fast paths past uvicorn's, websockets' and the SDK's public APIs, each behind a "
+        "start-up probe (GET /healthz says which run); false forces the public paths.",
+    )
     log_level: str = "INFO"
     log_json: bool = True
 
@@ -155,6 +167,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"CALLBOT_INSTRUCTIONS_FILE {self.instructions_file}: {exc}") from exc
         if self.public_url is not None:
             self.public_url = self.public_url.rstrip("/")
+        if self.media_message_ms > self.playback_lead_ms:
+            raise ValueError(
+                f"CALLBOT_MEDIA_MESSAGE_MS ({self.media_message_ms}) must not exceed "
+                f"CALLBOT_PLAYBACK_LEAD_MS ({self.playback_lead_ms}): a message must fit under the lead"
+            )
         return self
 
     # ----- derived values -----

@@ -221,3 +221,16 @@ def test_callers_learn_the_target_and_the_jitter_from_the_options() -> None:
     # Side by side both servers get the same script: an opening silence, no greeting wait.
     assert load_bench.caller_target_spec(side, spec) == {"webhook_path": "/incoming-call", "opening_ms": 1500}
     assert load_bench.caller_target_spec(side, None) == {"webhook_path": "/twilio/voice", "opening_ms": 1500}
+
+
+def test_inbound_latency_pairs_each_batched_append_with_the_last_frame_of_its_batch() -> None:
+    ms = 1_000_000
+    send = [20 * ms * k for k in range(29)]  # a frame every 20 ms; the first 3 dropped (session not ready)
+    # Batches of 3 from frame 3, each append 1 ms after its last frame; the last two frames (27,
+    # 28) are a partial batch that the bridge flushes at the caller's stop.
+    appends = [send[3 + 3 * j + 2] + ms for j in range(8)] + [send[28] + ms]
+    lat, agree = load_bench.inbound_latencies(send, appends, batch=3)
+    assert agree and lat == [1.0] * 8  # the partial last append pairs beyond the frames: left out
+    # One frame per append: unchanged.
+    single = [s + 2 * ms for s in send[5:]]
+    assert load_bench.inbound_latencies(send, single) == ([2.0] * 24, True)

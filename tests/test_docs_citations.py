@@ -35,9 +35,11 @@ PENDING: set[tuple[str, str]] = set()
 
 
 def _python_files() -> list[Path]:
-    """Every .py file of the scanned folders but this one (its examples are meant to be broken)."""
+    """Every .py file of the scanned folders but this one (its examples are meant to be broken),
+    leaving out caches and the peer venvs load_bench.py builds under bench/.peer-venv (git-ignored)."""
     me = Path(__file__).resolve()
-    files = (p for top in SCANNED for p in (ROOT / top).rglob("*.py") if "__pycache__" not in p.parts)
+    skipped = {"__pycache__", ".peer-venv"}
+    files = (p for top in SCANNED for p in (ROOT / top).rglob("*.py") if not skipped & set(p.parts))
     return sorted(p for p in files if p.resolve() != me)
 
 

@@ -21,7 +21,7 @@ from callbot.core import realtime as rt
 from callbot.core import twilio as tw
 from callbot.core.audio import Framer, InboundConverter, OutboundConverter
 from callbot.core.conversation import ConversationState
-from callbot.core.playback import BYTES_PER_MS, FRAME_BYTES, PlaybackTracker
+from callbot.core.playback import BYTES_PER_MS, FRAME_BYTES, FRAME_MS, PlaybackTracker
 from callbot.core.record import CallInfo
 from callbot.core.recovery import RecoveryPolicy, restore_events
 from callbot.core.summary import SummaryPolicy, SummaryRequest
@@ -82,9 +82,16 @@ Action = (
 
 @dataclass(frozen=True, slots=True)
 class CallConfig:
+    """How one call is shaped. The defaults here are the finest shape (one 20 ms frame per Twilio
+    message and per append, a mark every 60 ms, 100 ms ahead), which the frame-level core tests
+    spell out; `callbot serve` takes its values from settings.py (larger messages, deeper lead)."""
+
     agent: rt.AgentConfig = field(default_factory=rt.AgentConfig)
     playback_lead_ms: int = 100
     mark_interval_ms: int = 60
+    media_message_ms: int = 20
+    """Audio per Twilio media message (whole 20 ms frames); with `mark_interval_ms` equal to it,
+    each message is followed by one mark."""
     session_ready_timeout_ms: int = 10_000
     inbound_batch_frames: int = 1
     """Caller frames per input_audio_buffer.append: 1 for the lowest latency; 2-5 halve to fifth
@@ -146,10 +153,14 @@ class CallSession:
         self.info: CallInfo | None = None
         self.custom_parameters: dict[str, str] = {}
         self.conversation = ConversationState()
-        self.playback = PlaybackTracker(config.playback_lead_ms, config.mark_interval_ms)
+        self.playback = PlaybackTracker(
+            config.playback_lead_ms, config.mark_interval_ms, message_ms=config.media_message_ms
+        )
         mode = config.agent.audio_mode
         self._inbound = InboundConverter(mode)
         self._inbound_pending: list[bytes] = []
+        self._inbound_pending_since_ms = 0
+        self._inbound_last_ms = 0  # when the latest held caller frame arrived
         self._outbound = OutboundConverter(mode)
         self._framer = Framer(FRAME_BYTES)
         self._framer_item: str | None = None
@@ -176,6 +187,11 @@ class CallSession:
 
     # ----- helpers -----
     @property
+    def _inbound_hold_ms(self) -> int:
+        """Longest a held caller frame waits for its batch before the tick sends it anyway."""
+        return 2 * self.config.inbound_batch_frames * FRAME_MS
+
+    @property
     def stream_sid(self) -> str:
         return self.info.stream_sid if self.info else ""
 
@@ -192,14 +208,14 @@ class CallSession:
     def _send_due(self, now_ms: int, out: list[Action]) -> None:
         sid = self.stream_sid
         last: str | None = None
-        for item_id, frame, mark in self.playback.take_due(now_ms):
-            out.append(SendTwilio(tw.encode_media(sid, frame)))
-            if mark is not None:
-                out.append(SendTwilio(tw.encode_mark(sid, mark)))
-            if item_id != last:
+        for message in self.playback.take_messages(now_ms):
+            out.append(SendTwilio(tw.encode_media(sid, message.audio)))
+            if message.mark is not None:
+                out.append(SendTwilio(tw.encode_mark(sid, message.mark)))
+            if message.item_id != last:
                 if last is not None:
                     self._note_played(last)
-                last = item_id
+                last = message.item_id
         if last is not None:
             self._note_played(last)
 
@@ -231,7 +247,7 @@ class CallSession:
         if isinstance(event, tw.Start):
             return self._on_start(event)
         if isinstance(event, tw.Stop):
-            return self.end("caller hung up")
+            return self._flush_inbound() + self.end("caller hung up")
         if isinstance(event, tw.Dtmf):
             return self._on_dtmf(event, now_ms)
         if isinstance(event, tw.Invalid):
@@ -271,13 +287,24 @@ class CallSession:
                 return [SendRealtime(rt.append(event.payload))]  # forward Twilio's base64 untouched
             audio = self._inbound.convert(event.audio)
             return [SendRealtime(rt.append(binascii.b2a_base64(audio, newline=False).decode("ascii")))]
+        if not self._inbound_pending:
+            self._inbound_pending_since_ms = now_ms
         self._inbound_pending.append(event.audio)
+        self._inbound_last_ms = now_ms
         if len(self._inbound_pending) < batch:
+            return []
+        return self._flush_inbound()
+
+    def _flush_inbound(self) -> list[Action]:
+        """Append the caller frames held for a batch (a whole batch, or what is left at the end)."""
+        if not self._inbound_pending:
             return []
         ulaw = b"".join(self._inbound_pending)
         self._inbound_pending.clear()
+        if self.phase != "active":
+            return []
         self._appended_bytes += len(ulaw)
-        self._appended_at_ms = now_ms
+        self._appended_at_ms = self._inbound_last_ms  # when the batch's last frame arrived
         audio = self._inbound.convert(ulaw)
         return [SendRealtime(rt.append(binascii.b2a_base64(audio, newline=False).decode("ascii")))]
 
@@ -287,7 +314,10 @@ class CallSession:
         if self.phase != "active":
             return []
         item_id = f"dtmf_{len(self.stats.dtmf_digits):04d}_{now_ms}"
-        return [SendRealtime(rt.user_text(item_id, f"[The caller pressed the key {event.digit}]"))]
+        # the audio before the key press goes first, so the model's input stays in order
+        out = self._flush_inbound()
+        out.append(SendRealtime(rt.user_text(item_id, f"[The caller pressed the key {event.digit}]")))
+        return out
 
     # ----- Realtime side -----
     def realtime_connected(self, now_ms: int) -> list[Action]:
@@ -327,6 +357,7 @@ class CallSession:
         self._cancelled_responses.clear()
         self.summaries.reset()
         self._caller_speaking = False
+        self._inbound_pending.clear()  # stale by the time a new session is ready: dropped, not replayed
         if self._framer_item is not None:
             self._finish_item_audio()
         return [ReconnectRealtime(delay_ms, reason)]
@@ -604,6 +635,8 @@ class CallSession:
         out: list[Action] = []
         if self.playback.queued_frames:
             self._send_due(now_ms, out)
+        if self._inbound_pending and now_ms - self._inbound_pending_since_ms >= self._inbound_hold_ms:
+            out.extend(self._flush_inbound())  # Twilio's frames stopped mid-batch: do not hold them
         if self.summaries.check_due(now_ms):
             out.extend(self._maybe_summarise(now_ms))
         return out

@@ -5,8 +5,13 @@ played, or at once after a `clear` (docs/protocols.md §4.4). So a mark echo is 
 what reached the caller's ear. Every mark name carries a generation number that changes on
 each `clear`: an echo from an older generation means "discarded", not "played".
 
-Frames are paced: we keep at most `lead_ms` of audio buffered at Twilio, so a `clear` has
-little to throw away and the mark echoes track playback closely.
+Frames are paced: we keep at most `lead_ms` of audio buffered at Twilio. A deep lead rides out
+a stall of the caller's leg (Twilio keeps playing what it holds) and costs nothing on barge-in,
+because `clear` empties Twilio's buffer. Audio leaves in media messages of up to `message_ms`
+(Twilio takes any number of whole 20 ms frames in one message, docs/protocols.md §4.3), each
+followed by a mark when `mark_interval_ms` equals the message size: one message and one mark per
+100-200 ms of audio instead of one per 20 ms frame is most of the outbound per-message cost.
+A message is only sent once it fits under the lead, so the buffer is topped up in whole messages.
 """
 
 from __future__ import annotations
@@ -26,6 +31,16 @@ class _SentMark:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    """One Twilio media message: whole 20 ms frames of one item, and the mark to send after it."""
+
+    item_id: str
+    audio: bytes
+    frames: int
+    mark: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Interruption:
     """The result of a barge-in: which item was playing and how much of it was heard."""
 
@@ -35,10 +50,21 @@ class Interruption:
 
 
 class PlaybackTracker:
-    """Paces frames to Twilio and turns mark echoes into heard milliseconds per assistant item."""
+    """Paces frames to Twilio and turns mark echoes into heard milliseconds per assistant item.
 
-    def __init__(self, lead_ms: int = 100, mark_interval_ms: int = 60, max_queued_ms: int = 300_000) -> None:
+    The defaults are the finest shape (one frame per message, a mark every 60 ms, 100 ms ahead);
+    `callbot serve` sends larger messages with a deeper lead (settings.py).
+    """
+
+    def __init__(
+        self,
+        lead_ms: int = 100,
+        mark_interval_ms: int = 60,
+        max_queued_ms: int = 300_000,
+        message_ms: int = FRAME_MS,
+    ) -> None:
         self.lead_ms = lead_ms
+        self.message_frames = max(1, message_ms // FRAME_MS)
         self.max_queued_frames = max(1, max_queued_ms // FRAME_MS)
         self.mark_interval_bytes = max(FRAME_BYTES, mark_interval_ms * BYTES_PER_MS)
         self._queue: deque[tuple[str, bytes]] = deque()
@@ -71,31 +97,59 @@ class PlaybackTracker:
         return len(self._queue)
 
     def take_due(self, now_ms: int) -> list[tuple[str, bytes, str | None]]:
-        """Frames to send now, each with the mark name to send after it (or None).
-
-        A mark goes after every `mark_interval_ms` of an item's audio and after the item's
-        last queued frame, so the heard position is known to within one interval.
-        """
+        """The frames of `take_messages`, each with the mark to send after it (or None)."""
         out: list[tuple[str, bytes, str | None]] = []
+        for message in self.take_messages(now_ms):
+            audio, last = message.audio, message.frames - 1
+            for i in range(message.frames):
+                frame = audio[i * FRAME_BYTES : (i + 1) * FRAME_BYTES]
+                out.append((message.item_id, frame, message.mark if i == last else None))
+        return out
+
+    def take_messages(self, now_ms: int) -> list[OutboundMessage]:
+        """The media messages to send now, in order, each with the mark to send after it (or None).
+
+        A message holds up to `message_ms` of one item's audio and goes out only once its last
+        frame starts within the lead (Twilio then holds at most the lead plus one frame), so
+        Twilio's buffer is topped up in whole messages; a shorter one (the queue ran dry, the item
+        ends) goes as soon as it fits. With one frame per message this is frame-by-frame pacing.
+        A message ends at a mark: after every `mark_interval_ms` of an item's audio, after the
+        item's last queued frame and when the queue runs dry, so the heard position is known to
+        within one message.
+        """
+        out: list[OutboundMessage] = []
+        queue = self._queue
         until = max(self._buffer_until_ms, now_ms)
         horizon = now_ms + self.lead_ms
-        while self._queue and until < horizon:
-            item_id, frame = self._queue.popleft()
+        limit = self.message_frames
+        while queue:
+            item_id = queue[0][0]
+            size = 0  # frames of the next message, as far as they are queued
+            for queued_item, _ in queue:
+                if queued_item != item_id or size == limit:
+                    break
+                size += 1
+            if until + (size - 1) * FRAME_MS >= horizon:
+                break  # the whole message does not fit under the lead yet
+            frames: list[bytes] = []
+            mark = None
+            while mark is None and len(frames) < size:
+                _, frame = queue.popleft()
+                frames.append(frame)
+                self._sent_bytes[item_id] = self._sent_bytes.get(item_id, 0) + len(frame)
+                self._unmarked_bytes += len(frame)
+                item_ends = not queue or queue[0][0] != item_id
+                if item_ends or self._unmarked_bytes >= self.mark_interval_bytes:
+                    mark = self._new_mark(item_id)
+            start, until = until, until + len(frames) * FRAME_MS
             span = self._spans.get(item_id)
             if span is None:
-                self._spans[item_id] = [until, until + FRAME_MS]
+                self._spans[item_id] = [start, until]
             else:
-                span[1] = until + FRAME_MS
-            until += FRAME_MS
-            self._sent_bytes[item_id] = self._sent_bytes.get(item_id, 0) + len(frame)
-            self._unmarked_bytes += len(frame)
-            item_ends = not self._queue or self._queue[0][0] != item_id
-            mark = None
-            if item_ends or self._unmarked_bytes >= self.mark_interval_bytes:
-                mark = self._new_mark(item_id)
-            out.append((item_id, frame, mark))
+                span[1] = until
+            out.append(OutboundMessage(item_id, b"".join(frames), len(frames), mark))
+            self.frames_sent += len(frames)
         self._buffer_until_ms = until
-        self.frames_sent += len(out)
         return out
 
     def _new_mark(self, item_id: str) -> str:

@@ -30,7 +30,7 @@ from callbot.adapters.fastpaths import FastPaths, probe_fast_paths, summary_line
 from callbot.adapters.heap import release_free_memory
 from callbot.adapters.realtime_openai import OpenAIRealtimeConnector, RealtimeConnector
 from callbot.adapters.spool import Spool
-from callbot.adapters.store_migrate import upgrade_database
+from callbot.adapters.store_migrate import upgrade_if_needed
 from callbot.adapters.store_sql import SqlTicketStore, StoreUnavailable
 from callbot.adapters.summariser_openai import OpenAISummariser, Summariser
 from callbot.adapters.ticket_summariser_openai import OpenAITicketSummariser
@@ -74,6 +74,7 @@ def call_config(settings: Settings) -> CallConfig:
         agent=agent,
         playback_lead_ms=settings.playback_lead_ms,
         mark_interval_ms=settings.mark_interval_ms,
+        media_message_ms=settings.media_message_ms,
         session_ready_timeout_ms=int(settings.session_ready_timeout_s * 1000),
         inbound_batch_frames=settings.inbound_batch_frames,
         recovery=RecoveryPolicy(
@@ -299,7 +300,7 @@ class Ticketing:
     async def open(cls, settings: Settings, client: AsyncOpenAI) -> Ticketing:
         if settings.migrate_on_start:
             try:
-                await upgrade_database(settings.database_url)
+                await upgrade_if_needed(settings.database_url)
             except Exception:
                 # The server still takes calls: finished tickets are spooled to disk meanwhile.
                 log.exception("could not apply database migrations at start-up")

@@ -15,11 +15,11 @@ import secrets
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlencode
 
-import jinja2
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -39,6 +39,9 @@ from callbot.core.ticket import (
 )
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    import jinja2
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -84,7 +87,8 @@ class _SecureRoute(APIRoute):
 def _error(request: Request, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     if request.url.path.startswith("/api/"):
         return JSONResponse({"error": message}, status_code=status, headers=headers)
-    page = _ENV.get_template("error.html").render(status=status, message=message, **_page_urls(request))
+    template = _templates().get_template("error.html")
+    page = template.render(status=status, message=message, **_page_urls(request))
     return HTMLResponse(page, status_code=status, headers=headers)
 
 
@@ -136,10 +140,17 @@ def _fmt_duration(seconds: float | None) -> str:
     return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
-_ENV = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(TEMPLATES_DIR), autoescape=True, undefined=jinja2.StrictUndefined
-)
-_ENV.filters.update(time=_fmt_time, duration=_fmt_duration, offset=format_offset)
+@cache
+def _templates() -> jinja2.Environment:
+    """The review pages' templates, loaded at the first page: a server without review traffic
+    (or without an admin password) never imports jinja2."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR), autoescape=True, undefined=jinja2.StrictUndefined
+    )
+    env.filters.update(time=_fmt_time, duration=_fmt_duration, offset=format_offset)
+    return env
 
 
 def _page_urls(request: Request) -> dict[str, str]:
@@ -204,7 +215,8 @@ class _ReviewPages:
         except FilterError as exc:
             error, page = str(exc), None
         base = request.url_for("review_list").path
-        html = _ENV.get_template("list.html").render(
+        template = _templates().get_template("list.html")
+        html = template.render(
             **_page_urls(request),
             form=query.form(),
             error=error,
@@ -223,7 +235,8 @@ class _ReviewPages:
         view = await self._store().get(ticket_id)
         if view is None:
             raise HTTPException(404, f"Ticket {ticket_id} not found.")
-        html = _ENV.get_template("ticket.html").render(
+        template = _templates().get_template("ticket.html")
+        html = template.render(
             **_page_urls(request),
             json_url=request.url_for("api_ticket", ticket_id=ticket_id).path,
             t=view.item,
