@@ -17,10 +17,11 @@ lock:  ## refresh both locks to the newest releases pyproject.toml allows
 check-lock:  ## the locks still match pyproject.toml
 	.ci/check_lock
 
-lint:  ## ruff and mypy
+lint:  ## ruff, mypy and the import layers
 	ruff check callbot tests bench
 	ruff format --check callbot tests bench
 	mypy
+	lint-imports --no-cache --no-logo
 
 test-core:  ## the I/O-free core's tests (seconds)
 	$(PY) -m pytest -q tests/test_core_*.py tests/test_audio.py tests/test_summary_policy.py tests/test_ticket_core.py

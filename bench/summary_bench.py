@@ -55,7 +55,7 @@ import orjson
 from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
 from callbot.adapters.realtime_openai import OpenAIRealtimeConnector, OpenAIRealtimeLink
-from callbot.adapters.summariser_openai import OpenAISummariser, SummaryUnavailable
+from callbot.adapters.summariser_openai import OpenAISummariser
 from callbot.core import twilio as tw
 from callbot.core.call import (
     Action,
@@ -70,6 +70,7 @@ from callbot.core.call import (
 )
 from callbot.core.realtime import AgentConfig
 from callbot.core.summary import SummaryPolicy
+from callbot.errors import SummaryUnavailable
 from callbot.sim.fake_openai_http import serve_fake_openai
 from callbot.sim.fake_realtime import FakeRealtimeServer, Script
 from callbot.sim.fake_realtime_audio import PCMU

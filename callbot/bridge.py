@@ -13,13 +13,9 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
-from callbot.adapters.realtime_openai import RealtimeConnector, RealtimeLink, UpstreamError
-from callbot.adapters.summariser_openai import Summariser, SummaryUnavailable
-from callbot.adapters.twilio_ws import TwilioSocket
 from callbot.core import twilio as tw
 from callbot.core.call import (
     Action,
@@ -34,24 +30,16 @@ from callbot.core.call import (
     SendTwilio,
 )
 from callbot.core.record import CallRecord
+from callbot.errors import SummaryUnavailable, UpstreamError
+from callbot.logs import call_sid_var
 from callbot.metrics import LATENCY_SAMPLE_EVERY, Metrics
+from callbot.ports import CallObserver, RealtimeConnector, RealtimeLink, Summariser, TwilioLink
 
 log = logging.getLogger("callbot.bridge")
-
-call_sid_var: ContextVar[str] = ContextVar("call_sid", default="-")
-"""The call sid of the call a log line belongs to (read by the JSON log formatter)."""
 
 TICK_S = 0.020
 HOUSEKEEPING_TICKS = 25
 """Every this many ticks (500 ms) each call's deadlines (idle line, rollover, summaries) are checked."""
-
-
-class CallObserver(Protocol):
-    """Receives the call's record as it grows: the ticket service implements this."""
-
-    async def call_started(self, record: CallRecord) -> None: ...
-    async def call_progress(self, record: CallRecord) -> None: ...
-    async def call_ended(self, record: CallRecord) -> int | None: ...
 
 
 StartCheck = Callable[[tw.Start], str | None]
@@ -124,7 +112,7 @@ class CallBridge:
 
     def __init__(
         self,
-        twilio: TwilioSocket,
+        twilio: TwilioLink,
         connector: RealtimeConnector,
         config: CallConfig,
         pacer: Pacer,

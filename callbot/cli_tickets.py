@@ -16,21 +16,15 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TextIO, TypeVar
 
-import openai
 from sqlalchemy.engine import make_url
 
+from callbot import compose
 from callbot.adapters.store_migrate import upgrade_database
-from callbot.adapters.store_models import (
-    FilterError,
-    TicketFilters,
-    TicketListItem,
-    TicketView,
-    parse_time_bound,
-)
-from callbot.adapters.store_sql import SqlTicketStore, StoreUnavailable
-from callbot.core.ticket import CATEGORIES, PRIORITIES, TicketSchemaError, TicketStatus, transcript_as_text
+from callbot.adapters.store_sql import SqlTicketStore
+from callbot.core.ticket import CATEGORIES, PRIORITIES, TicketStatus, transcript_as_text
+from callbot.core.ticket_views import TicketFilters, TicketListItem, TicketView, parse_time_bound
+from callbot.errors import FilterError, StoreUnavailable, TicketSchemaError
 from callbot.settings import Settings
-from callbot.ticketing import build_ticket_service
 
 T = TypeVar("T")
 EXPORT_PAGE = 500
@@ -213,11 +207,9 @@ def cmd_retry(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if settings.openai_api_key is None:
             print("error: OPENAI_API_KEY is not set; summaries cannot be retried", file=sys.stderr)
             return 1
-        client = openai.AsyncOpenAI(
-            api_key=settings.openai_api_key.get_secret_value(), base_url=settings.openai_base_url
-        )
+        client = compose.openai_client(settings)
         store = await SqlTicketStore.open(settings.database_url)
-        service = build_ticket_service(settings, store, client)
+        service = compose.build_ticket_service(settings, store, client)
         try:
             flushed = await service.flush_spool()
             if flushed:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextvars import ContextVar
 from datetime import UTC, datetime
 
 import orjson
 
+call_sid_var: ContextVar[str] = ContextVar("call_sid", default="-")
+"""The call sid of the call a log line belongs to: the bridge sets it when a stream starts, and
+every line logged in that call's tasks carries it."""
+
 
 class _CallSidFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        from callbot.bridge import call_sid_var
-
         record.call_sid = call_sid_var.get()
         return True
 

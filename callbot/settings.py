@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from callbot.errors import SettingsError
+
 AudioMode = Literal["pcm24k", "pcmu"]
 
 DEFAULT_INSTRUCTIONS = (
@@ -20,10 +22,6 @@ DEFAULT_INSTRUCTIONS = (
     "this is a phone call, not a chat. Ask one question at a time. Confirm names, numbers and dates "
     "by repeating them back. If you cannot help, say that a colleague will call back."
 )
-
-
-class SettingsError(ValueError):
-    """A setting is missing or wrong; the message says what to set."""
 
 
 class Settings(BaseSettings):

@@ -16,45 +16,38 @@ import logging
 import re
 from collections import OrderedDict
 from collections.abc import Coroutine, Sequence
-from typing import Any, Protocol
+from typing import Any
 
-import httpx
-import openai
-
-from callbot.adapters.spool import Spool, SpoolError
-from callbot.adapters.store_models import TicketView
-from callbot.adapters.store_sql import SqlTicketStore, StoreUnavailable, TicketNotFound
-from callbot.adapters.ticket_summariser_openai import OpenAITicketSummariser, SummaryUnavailable
-from callbot.adapters.webhook import TicketWebhook
 from callbot.core.record import CallRecord
 from callbot.core.ticket import (
     StructuredSummary,
     TicketStatus,
-    TicketSummaryInvalid,
     compile_patterns,
-    load_prompt,
-    load_schema,
     redact_record,
     redact_summary,
 )
-from callbot.settings import Settings
+from callbot.core.ticket_views import TicketView
+from callbot.errors import (
+    SpoolError,
+    StoreUnavailable,
+    SummaryUnavailable,
+    TicketNotFound,
+    TicketSummaryInvalid,
+)
+from callbot.ports import TicketNotifier, TicketSpool, TicketStore, TicketSummariser
 
 log = logging.getLogger(__name__)
 
 
-class TicketSummariser(Protocol):
-    """Turns a finished call into its structured summary; raises SummaryUnavailable when it can't."""
-
-    async def summarise(self, record: CallRecord) -> StructuredSummary: ...
-
-
 class TicketService:
+    """Implements `callbot.ports.CallObserver` over the ticket ports; built by `callbot.compose`."""
+
     def __init__(
         self,
-        store: SqlTicketStore,
+        store: TicketStore,
         summariser: TicketSummariser,
-        spool: Spool,
-        webhook: TicketWebhook | None = None,
+        spool: TicketSpool,
+        webhook: TicketNotifier | None = None,
         redact_patterns: Sequence[str] = (),
         timeout_s: float = 60.0,
         *,
@@ -212,7 +205,7 @@ class TicketService:
         if self._webhook is not None:
             self._spawn(self._deliver_webhook(self._webhook, ticket_id))
 
-    async def _deliver_webhook(self, webhook: TicketWebhook, ticket_id: int) -> None:
+    async def _deliver_webhook(self, webhook: TicketNotifier, ticket_id: int) -> None:
         try:
             view = await self._store.get(ticket_id)
         except StoreUnavailable:
@@ -305,38 +298,3 @@ class TicketService:
             if not oldest.done():
                 break
             del self._endings[oldest_sid]
-
-
-def build_ticket_service(
-    settings: Settings,
-    store: SqlTicketStore,
-    client: openai.AsyncOpenAI,
-    webhook_client: httpx.AsyncClient | None = None,
-) -> TicketService:
-    """The service as configured: schema and prompt files, redaction, spool, optional webhook.
-
-    For the composition roots (server start-up, CLI); raises TicketSchemaError or OSError if a
-    configured file is unusable, so a bad deployment fails at start, not at the first hang-up.
-    """
-    schema_text = settings.ticket_schema_file.read_text("utf-8") if settings.ticket_schema_file else None
-    prompt_text = settings.ticket_prompt_file.read_text("utf-8") if settings.ticket_prompt_file else None
-    summariser = OpenAITicketSummariser(
-        client,
-        settings.ticket_model,
-        load_schema(schema_text),
-        load_prompt(prompt_text),
-        settings.ticket_timeout_s,
-    )
-    webhook = (
-        TicketWebhook(settings.ticket_webhook_url, client=webhook_client)
-        if settings.ticket_webhook_url
-        else None
-    )
-    return TicketService(
-        store,
-        summariser,
-        Spool(settings.spool_dir),
-        webhook,
-        redact_patterns=settings.redact_patterns,
-        timeout_s=settings.ticket_timeout_s,
-    )

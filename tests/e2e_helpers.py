@@ -12,8 +12,8 @@ from openai import AsyncOpenAI
 
 from callbot.adapters.fastpaths import probe_fast_paths
 from callbot.adapters.realtime_openai import OpenAIRealtimeConnector
-from callbot.adapters.summariser_openai import Summariser
 from callbot.core.record import CallRecord
+from callbot.ports import Summariser
 from callbot.settings import Settings
 from callbot.sim.caller import TwilioCaller
 from callbot.sim.fake_realtime import FakeRealtimeServer, Script

@@ -10,7 +10,8 @@ import pytest
 import websockets
 from twilio.request_validator import RequestValidator
 
-from callbot.settings import Settings, SettingsError
+from callbot.errors import SettingsError
+from callbot.settings import Settings
 from callbot.sim.caller import HangUp, Say, Silence, WaitForAssistant
 from callbot.sim.fake_realtime import Script
 from tests.e2e_helpers import AUTH_TOKEN, PUBLIC_URL, running_rig, speech

@@ -141,7 +141,7 @@ async def test_freed_memory_goes_back_to_the_os_once_the_last_call_has_ended(
 
     async with running_rig(TWO_TURNS) as rig:
         monkeypatch.setattr(
-            "callbot.web.app.release_free_memory", lambda: trims.append(len(rig.observer.ended))
+            "callbot.web.twilio_routes.release_free_memory", lambda: trims.append(len(rig.observer.ended))
         )
         short = rig.caller().run([Silence(300), HangUp()])
         long = rig.caller().run([Silence(1500), HangUp()])

@@ -27,10 +27,11 @@ from websockets.asyncio.client import ClientConnection
 import callbot.sim.caller as caller_module
 from callbot.adapters.realtime_openai import OpenAIRealtimeConnector
 from callbot.adapters.store_migrate import upgrade_database
-from callbot.adapters.store_models import TicketFilters, TicketView
-from callbot.adapters.store_sql import SqlTicketStore, StoreUnavailable
+from callbot.adapters.store_sql import SqlTicketStore
 from callbot.cli_tickets import cmd_retry
 from callbot.core.ticket import TICKET_SCHEMA, TicketStatus, schema_errors, summary_from_dict
+from callbot.core.ticket_views import TicketFilters, TicketView
+from callbot.errors import StoreUnavailable
 from callbot.settings import Settings
 from callbot.sim.caller import CallResult, HangUp, Say, Silence, Step, TwilioCaller, WaitForAssistant
 from callbot.sim.caller_stream import StreamSession

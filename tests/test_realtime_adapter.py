@@ -22,13 +22,13 @@ from websockets.uri import parse_uri
 
 from callbot.adapters.realtime_openai import (
     OpenAIRealtimeConnector,
-    UpstreamError,
     _direct_send,
     _FrameWriter,
     _MaskKeys,
     client_text_frame,
 )
 from callbot.core import realtime as rt
+from callbot.errors import UpstreamError
 from callbot.sim.fake_realtime import FakeRealtimeServer
 
 

@@ -39,8 +39,7 @@ def test_json_log_lines_carry_the_call_sid(capsys: pytest.CaptureFixture[str]) -
     import json
     import logging
 
-    from callbot.bridge import call_sid_var
-    from callbot.logs import setup_logging
+    from callbot.logs import call_sid_var, setup_logging
 
     setup_logging("INFO", json_lines=True)
     try:

@@ -17,10 +17,12 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
 from callbot.adapters.store_migrate import current_revision, head_revision, upgrade_database
-from callbot.adapters.store_models import TicketFilters, metadata, tickets
-from callbot.adapters.store_sql import SqlTicketStore, StoreUnavailable, TicketNotFound, create_engine
+from callbot.adapters.store_models import metadata, tickets
+from callbot.adapters.store_sql import SqlTicketStore, create_engine
 from callbot.core.record import CallInfo, CallRecord, SummaryEvent, TranscriptEntry, UsageTotals
 from callbot.core.ticket import TicketStatus
+from callbot.core.ticket_views import TicketFilters
+from callbot.errors import StoreUnavailable, TicketNotFound
 
 PG_URL = os.environ.get("CALLBOT_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 BASE = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)

@@ -12,10 +12,10 @@ import pytest
 from fastapi import FastAPI
 
 from callbot.adapters.store_migrate import upgrade_database
-from callbot.adapters.store_models import TicketFilters
 from callbot.adapters.store_sql import SqlTicketStore
 from callbot.core.record import CallInfo, CallRecord, TranscriptEntry
 from callbot.core.ticket import TicketStatus
+from callbot.core.ticket_views import TicketFilters
 from callbot.web.review import review_router
 
 AUTH = ("admin", "call-sid-test")

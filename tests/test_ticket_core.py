@@ -11,13 +11,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from callbot.core.record import CallInfo, CallRecord, SummaryEvent, TranscriptEntry, UsageTotals
-from callbot.core.record_json import RecordJsonError, record_from_json, record_to_json
+from callbot.core.record_json import record_from_json, record_to_json
 from callbot.core.ticket import (
     CARD_MARKER,
     DEFAULT_TICKET_PROMPT,
     TICKET_SCHEMA,
-    TicketSchemaError,
-    TicketSummaryInvalid,
     check_strict_schema,
     compile_patterns,
     context_change_text,
@@ -32,6 +30,7 @@ from callbot.core.ticket import (
     transcript_as_text,
     validate_summary,
 )
+from callbot.errors import RecordJsonError, TicketSchemaError, TicketSummaryInvalid
 
 STARTED = datetime(2024, 5, 3, 14, 0, 0, tzinfo=UTC)
 

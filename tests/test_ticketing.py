@@ -19,7 +19,6 @@ from fastapi.responses import JSONResponse
 
 from callbot.adapters.spool import Spool
 from callbot.adapters.store_migrate import upgrade_database
-from callbot.adapters.store_models import TicketFilters
 from callbot.adapters.store_sql import SqlTicketStore
 from callbot.adapters.ticket_summariser_openai import OpenAITicketSummariser
 from callbot.adapters.webhook import TicketWebhook
@@ -33,6 +32,7 @@ from callbot.core.ticket import (
     schema_errors,
     validate_summary,
 )
+from callbot.core.ticket_views import TicketFilters
 from callbot.sim.fake_openai_http import FakeOpenAIControl, serve_app, serve_fake_openai
 from callbot.ticketing import TicketService
 

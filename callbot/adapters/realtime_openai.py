@@ -7,7 +7,8 @@ framed straight onto the websocket when it can take them (`_FrameWriter`, the `r
 fast path, guarded by `probe()`; otherwise the SDK's public `send_raw`); their shapes are
 checked against the SDK's client-event models in the tests (the fake Realtime server validates
 every event it gets).
-SDK and websocket exceptions are translated into `UpstreamError` here and nowhere else.
+SDK and websocket exceptions are translated into `UpstreamError` here and nowhere else. The
+connector and its links implement `callbot.ports.RealtimeConnector` and `RealtimeLink`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 import struct
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from openai import AsyncOpenAI, OpenAIError
@@ -27,21 +28,9 @@ from websockets.asyncio.client import ClientConnection
 from websockets.frames import apply_mask
 from websockets.protocol import State
 
+from callbot.errors import UpstreamError
+
 log = logging.getLogger("callbot.realtime")
-
-
-class UpstreamError(Exception):
-    """The Realtime connection failed or closed; the message says how."""
-
-
-class RealtimeLink(Protocol):
-    async def send(self, event: dict[str, Any]) -> None: ...
-    async def recv(self) -> dict[str, Any]: ...
-    async def close(self) -> None: ...
-
-
-class RealtimeConnector(Protocol):
-    async def connect(self) -> RealtimeLink: ...
 
 
 Sender = Callable[[bytes], Awaitable[None]]

@@ -20,16 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from callbot.core.record import CallRecord
-from callbot.core.record_json import RecordJsonError, record_from_json, record_to_json
+from callbot.core.record_json import record_from_json, record_to_json
+from callbot.errors import RecordJsonError, SpoolError
 
 log = logging.getLogger(__name__)
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 SUFFIX = ".json"
-
-
-class SpoolError(Exception):
-    """The spool directory cannot be written; the message names the path."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,10 +24,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
-from callbot.adapters.store_models import TicketFilters, TicketListItem, TicketPage, TicketView, tickets
+from callbot.adapters.store_models import tickets
 from callbot.core.record import CallRecord, UsageTotals
 from callbot.core.record_json import (
-    RecordJsonError,
     entry_from_json,
     entry_to_json,
     summary_event_from_json,
@@ -40,6 +39,8 @@ from callbot.core.ticket import (
     summary_from_dict,
     transcript_as_text,
 )
+from callbot.core.ticket_views import TicketFilters, TicketListItem, TicketPage, TicketView
+from callbot.errors import RecordJsonError, StoreUnavailable, TicketNotFound
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,14 +48,6 @@ T = TypeVar("T")
 MAX_PAGE_SIZE = 500
 MAX_ERROR_CHARS = 2000
 ABANDONED_AFTER_S = 2 * 3600.0
-
-
-class StoreUnavailable(Exception):
-    """The database cannot be reached or used right now; the message says what failed."""
-
-
-class TicketNotFound(LookupError):
-    """No ticket exists for the given call sid."""
 
 
 def _now() -> datetime:

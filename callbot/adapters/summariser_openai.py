@@ -1,25 +1,17 @@
 """The in-call summariser: a separate, cheaper text model condenses older turns.
 
-Errors and timeouts become `SummaryUnavailable`; the call state machine then keeps the
-conversation intact and retries later.
+Implements `callbot.ports.Summariser`. Errors and timeouts become `SummaryUnavailable`; the call
+state machine then keeps the conversation intact and retries later.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
 
 import openai
 
 from callbot.core.summary import DEFAULT_PROMPT, SummaryRequest, prompt_messages
-
-
-class SummaryUnavailable(Exception):
-    """The summary model failed, timed out or answered nothing usable."""
-
-
-class Summariser(Protocol):
-    async def summarise(self, request: SummaryRequest) -> str: ...
+from callbot.errors import SummaryUnavailable
 
 
 class OpenAISummariser:

@@ -16,18 +16,10 @@ from typing import Any
 import openai
 
 from callbot.core.record import CallRecord
-from callbot.core.ticket import (
-    StructuredSummary,
-    TicketSummaryInvalid,
-    summary_request_text,
-    validate_summary,
-)
+from callbot.core.ticket import StructuredSummary, summary_request_text, validate_summary
+from callbot.errors import SummaryUnavailable, TicketSummaryInvalid
 
 SCHEMA_NAME = "support_ticket"
-
-
-class SummaryUnavailable(Exception):
-    """No usable summary this time (API error, timeout, refusal, invalid reply)."""
 
 
 class OpenAITicketSummariser:

@@ -12,12 +12,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from callbot.core.record import CallInfo, CallRecord, Role, SummaryEvent, TranscriptEntry, UsageTotals
+from callbot.errors import RecordJsonError
 
 FORMAT_VERSION = 1
-
-
-class RecordJsonError(ValueError):
-    """A stored record cannot be read back; the message names the field."""
 
 
 _ROLES: dict[str, Role] = {"user": "user", "assistant": "assistant", "system": "system"}

@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Any
 
 from callbot.core.record import CallRecord, SummaryEvent, TranscriptEntry
+from callbot.errors import TicketSchemaError, TicketSummaryInvalid
 
 
 class TicketStatus(StrEnum):
@@ -105,14 +106,6 @@ whether the request was resolved and what was promised.
 call said them.
 - Write the text fields in the caller's language and set `language` to its BCP 47 tag.
 """
-
-
-class TicketSchemaError(ValueError):
-    """A custom ticket schema or prompt file cannot be used; the message says why."""
-
-
-class TicketSummaryInvalid(ValueError):
-    """A summary does not match the schema; the message names the offending field."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from callbot.errors import RemoteError
+
 
 @dataclass(frozen=True, slots=True)
 class Connected:
@@ -72,8 +74,8 @@ def _str(obj: object) -> str:
     return obj if isinstance(obj, str) else ""
 
 
-class _NotANumber(ValueError):
-    pass
+class _NotANumber(RemoteError, ValueError):
+    """A number field of a Twilio message that is not a number (the peer's error, never raised out)."""
 
 
 def _int(obj: object, default: int = 0) -> int:

@@ -25,8 +25,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 
-from callbot.adapters.store_models import FilterError, TicketFilters, TicketView
-from callbot.adapters.store_sql import SqlTicketStore, StoreUnavailable
 from callbot.core.record import SummaryEvent
 from callbot.core.ticket import (
     CATEGORIES,
@@ -37,6 +35,9 @@ from callbot.core.ticket import (
     format_offset,
     timeline,
 )
+from callbot.core.ticket_views import TicketFilters, TicketView
+from callbot.errors import FilterError, StoreUnavailable
+from callbot.ports import TicketReader
 
 log = logging.getLogger(__name__)
 
@@ -197,10 +198,10 @@ def _list_query(
 
 
 class _ReviewPages:
-    def __init__(self, get_store: Callable[[], SqlTicketStore]) -> None:
+    def __init__(self, get_store: Callable[[], TicketReader]) -> None:
         self._get_store = get_store
 
-    def _store(self) -> SqlTicketStore:
+    def _store(self) -> TicketReader:
         try:
             return self._get_store()
         except Exception as exc:
@@ -292,7 +293,7 @@ def _timeline_rows(view: TicketView) -> list[dict[str, Any]]:
 
 
 def review_router(
-    get_store: Callable[[], SqlTicketStore], admin_user: str, admin_password: str | None
+    get_store: Callable[[], TicketReader], admin_user: str, admin_password: str | None
 ) -> APIRouter:
     """The review UI and JSON API; include it in the app (`app.include_router(...)`)."""
     router = APIRouter(route_class=_SecureRoute)

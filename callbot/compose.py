@@ -1,0 +1,175 @@
+"""Builds the real adapters into what the bridge and the ticket service need, from the settings.
+
+The one place that knows which adapter implements which port: the server (`web/services.py`,
+at start-up) and the CLI (`callbot tickets retry`) both build their OpenAI client, Realtime
+connector, summarisers and ticket service here, so the two cannot drift apart. Nothing is built
+at import time. Files named by the settings (prompts, schema) are read here, so a bad
+deployment fails at start, not at the first hang-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+import httpx
+from openai import AsyncOpenAI
+
+from callbot.adapters.fastpaths import FastPaths
+from callbot.adapters.realtime_openai import OpenAIRealtimeConnector
+from callbot.adapters.spool import Spool
+from callbot.adapters.store_migrate import upgrade_if_needed
+from callbot.adapters.store_sql import SqlTicketStore
+from callbot.adapters.summariser_openai import OpenAISummariser
+from callbot.adapters.ticket_summariser_openai import OpenAITicketSummariser
+from callbot.adapters.webhook import TicketWebhook
+from callbot.core import realtime as rt
+from callbot.core.call import CallConfig
+from callbot.core.recovery import RecoveryPolicy
+from callbot.core.summary import DEFAULT_PROMPT, SummaryPolicy
+from callbot.core.ticket import load_prompt, load_schema
+from callbot.ports import RealtimeConnector, Summariser
+from callbot.settings import Settings
+from callbot.ticketing import TicketService
+
+log = logging.getLogger("callbot.web")
+
+
+def openai_client(settings: Settings) -> AsyncOpenAI:
+    api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "not-configured"
+    return AsyncOpenAI(
+        api_key=api_key, base_url=settings.openai_base_url, websocket_base_url=settings.realtime_url
+    )
+
+
+def realtime_connector(settings: Settings, client: AsyncOpenAI, fast_paths: FastPaths) -> RealtimeConnector:
+    return OpenAIRealtimeConnector(client, settings.model, direct_send=fast_paths.realtime_frames.active)
+
+
+def summariser(settings: Settings, client: AsyncOpenAI) -> Summariser | None:
+    """The in-call summariser, or None when in-call summaries are off."""
+    if not settings.summary_enabled:
+        return None
+    return OpenAISummariser(
+        client,
+        settings.summary_model,
+        language=settings.summary_language,
+        style=settings.summary_style,
+        template=summary_template(settings),
+        timeout_s=settings.summary_timeout_s,
+    )
+
+
+def summary_template(settings: Settings) -> str:
+    if settings.summary_prompt_file is None:
+        return DEFAULT_PROMPT
+    return settings.summary_prompt_file.read_text(encoding="utf-8")
+
+
+def call_config(settings: Settings) -> CallConfig:
+    """One call's configuration for the core: the agent's session and every policy."""
+    agent = rt.AgentConfig(
+        model=settings.model,
+        voice=settings.voice,
+        instructions=settings.instructions,
+        greeting=settings.greeting,
+        audio_mode=settings.audio_mode,
+        transcription_model=settings.transcription_model or None,
+        transcription_language=settings.transcription_language,
+        vad_type=settings.vad_type,
+        vad_threshold=settings.vad_threshold,
+        vad_prefix_padding_ms=settings.vad_prefix_padding_ms,
+        vad_silence_duration_ms=settings.vad_silence_duration_ms,
+        vad_eagerness=settings.vad_eagerness,
+        noise_reduction=None if settings.noise_reduction == "off" else settings.noise_reduction,
+        truncation_retention_ratio=settings.truncation_retention_ratio,
+    )
+    return CallConfig(
+        agent=agent,
+        playback_lead_ms=settings.playback_lead_ms,
+        mark_interval_ms=settings.mark_interval_ms,
+        media_message_ms=settings.media_message_ms,
+        session_ready_timeout_ms=int(settings.session_ready_timeout_s * 1000),
+        inbound_batch_frames=settings.inbound_batch_frames,
+        recovery=RecoveryPolicy(
+            max_reconnects=settings.max_reconnects,
+            session_max_age_ms=int(settings.session_max_age_s * 1000),
+            twilio_idle_timeout_ms=int(settings.twilio_idle_timeout_s * 1000),
+        ),
+        summary=SummaryPolicy(
+            enabled=settings.summary_enabled,
+            trigger_tokens=settings.summary_trigger_tokens,
+            keep_last_turns=settings.keep_last_turns,
+            transcript_wait_ms=settings.transcript_wait_ms,
+            retry_after_ms=int(settings.summary_retry_after_s * 1000),
+        ),
+    )
+
+
+# ----- tickets -----
+
+
+def build_ticket_service(
+    settings: Settings,
+    store: SqlTicketStore,
+    client: AsyncOpenAI,
+    webhook_client: httpx.AsyncClient | None = None,
+) -> TicketService:
+    """The service as configured: schema and prompt files, redaction, spool, optional webhook.
+
+    Raises TicketSchemaError or OSError if a configured file is unusable."""
+    summariser = OpenAITicketSummariser(
+        client,
+        settings.ticket_model,
+        load_schema(_read(settings.ticket_schema_file)),
+        load_prompt(_read(settings.ticket_prompt_file)),
+        settings.ticket_timeout_s,
+    )
+    webhook = (
+        TicketWebhook(settings.ticket_webhook_url, client=webhook_client)
+        if settings.ticket_webhook_url
+        else None
+    )
+    return TicketService(
+        store,
+        summariser,
+        Spool(settings.spool_dir),
+        webhook,
+        redact_patterns=settings.redact_patterns,
+        timeout_s=settings.ticket_timeout_s,
+    )
+
+
+class Ticketing:
+    """The ticket store, the ticket service and its background retry loop, for one server."""
+
+    def __init__(self, store: SqlTicketStore, service: TicketService, retry_interval_s: float) -> None:
+        self.store = store
+        self.service = service
+        self._background = asyncio.get_running_loop().create_task(
+            service.run_background(retry_interval_s), name="ticket-retries"
+        )
+
+    @classmethod
+    async def open(cls, settings: Settings, client: AsyncOpenAI) -> Ticketing:
+        if settings.migrate_on_start:
+            try:
+                await upgrade_if_needed(settings.database_url)
+            except Exception:
+                # The server still takes calls: finished tickets are spooled to disk meanwhile.
+                log.exception("could not apply database migrations at start-up")
+        store = await SqlTicketStore.open(settings.database_url)
+        return cls(store, build_ticket_service(settings, store, client), settings.ticket_retry_interval_s)
+
+    async def close(self) -> None:
+        self._background.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._background
+        await self.service.aclose()  # drains in-flight tickets first
+        await self.store.close()
+
+
+def _read(path: Path | None) -> str | None:
+    return path.read_text(encoding="utf-8") if path is not None else None

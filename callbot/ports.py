@@ -1,0 +1,121 @@
+"""The ports: what the bridge and the ticket service need from the outside world, as Protocols.
+
+The bridge and the services are written against these; the adapters (`callbot/adapters/`)
+implement them over real libraries, the simulators and tests implement them with fakes, and
+the composition roots (`callbot/compose.py`, `callbot/web/`, the CLI) choose which. This module
+imports only core types and the standard library, never an I/O library (openai, websockets,
+starlette, sqlalchemy, httpx): importing the bridge therefore imports none of them either. An
+import-linter contract in pyproject.toml keeps it that way.
+
+Failures cross a port only as `callbot.errors` exceptions, each documented on its method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from callbot.core.record import CallRecord
+from callbot.core.summary import SummaryRequest
+from callbot.core.ticket import StructuredSummary, TicketStatus
+from callbot.core.ticket_views import TicketFilters, TicketPage, TicketView
+
+# ----- one call: the two peers -----
+
+
+class TwilioLink(Protocol):
+    """The caller's side of a call: Twilio Media Streams text frames (adapters/twilio_ws)."""
+
+    async def recv(self) -> str | None:
+        """The next text frame, or None once Twilio has gone."""
+        ...
+
+    async def send(self, texts: Sequence[str]) -> None:
+        """Send these messages in order; a peer that has gone is not an error."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class RealtimeLink(Protocol):
+    """One open Realtime session, events as plain dicts; failures raise `UpstreamError`."""
+
+    async def send(self, event: dict[str, Any]) -> None: ...
+    async def recv(self) -> dict[str, Any]: ...
+    async def close(self) -> None: ...
+
+
+class RealtimeConnector(Protocol):
+    """Opens Realtime sessions (one per call, again on reconnect); failure raises `UpstreamError`."""
+
+    async def connect(self) -> RealtimeLink: ...
+
+
+class Summariser(Protocol):
+    """Condenses older turns during a call; failure raises `SummaryUnavailable`."""
+
+    async def summarise(self, request: SummaryRequest) -> str: ...
+
+
+class CallObserver(Protocol):
+    """Receives the call's record as it grows: the ticket service implements this."""
+
+    async def call_started(self, record: CallRecord) -> None: ...
+    async def call_progress(self, record: CallRecord) -> None: ...
+    async def call_ended(self, record: CallRecord) -> int | None: ...
+
+
+# ----- tickets -----
+
+
+class TicketSummariser(Protocol):
+    """Turns a finished call into its structured summary; raises `SummaryUnavailable` when it can't."""
+
+    async def summarise(self, record: CallRecord) -> StructuredSummary: ...
+
+
+class TicketReader(Protocol):
+    """The read side of the ticket store (review pages); failures raise `StoreUnavailable`."""
+
+    async def get(self, ticket_id: int) -> TicketView | None: ...
+    async def list(self, filters: TicketFilters, page: int = 1, page_size: int = 50) -> TicketPage: ...
+
+
+class TicketStore(Protocol):
+    """What the ticket service writes and reads; failures raise `StoreUnavailable`.
+
+    Writes are idempotent per call sid; `complete` and `mark_summary_failed` raise
+    `TicketNotFound` for a call with no ticket."""
+
+    async def upsert_call(self, record: CallRecord, status: TicketStatus | str) -> int: ...
+    async def complete(self, call_sid: str, summary: StructuredSummary | Mapping[str, Any]) -> int: ...
+    async def mark_summary_failed(self, call_sid: str, error: str) -> int: ...
+    async def get(self, ticket_id: int) -> TicketView | None: ...
+    async def pending_summaries(self, limit: int = 50) -> Sequence[TicketView]: ...
+
+
+class SpooledTicket(Protocol):
+    """A ticket waiting on disk for the database."""
+
+    @property
+    def call_sid(self) -> str: ...
+    @property
+    def record(self) -> CallRecord: ...
+    @property
+    def summary(self) -> dict[str, Any] | None: ...
+
+
+class TicketSpool(Protocol):
+    """Durable local storage for tickets while the database is down (blocking calls: run them
+    in a thread); a failed write raises `SpoolError`."""
+
+    def put(self, record: CallRecord, summary: dict[str, Any] | None = None) -> object: ...
+    def items(self) -> Sequence[SpooledTicket]: ...
+    def remove(self, call_sid: str) -> None: ...
+
+
+class TicketNotifier(Protocol):
+    """Tells someone outside about a finished ticket (adapters/webhook); never raises."""
+
+    async def deliver(self, ticket: dict[str, Any]) -> bool: ...
+    async def aclose(self) -> None: ...

@@ -1,0 +1,134 @@
+"""Twilio's two ways in: the voice webhook (answers with TwiML) and the media websocket (one call).
+
+Both check Twilio's signatures against the public URLs Twilio was given, not the ones seen behind
+a proxy; the webhook mints a per-call stream token that the media stream's `start` must carry.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from fastapi import APIRouter, Request, Response, WebSocket
+from twilio.request_validator import RequestValidator
+from twilio.twiml.voice_response import VoiceResponse
+
+from callbot.adapters.heap import release_free_memory
+from callbot.adapters.twilio_ws import TwilioSocket
+from callbot.bridge import CallBridge
+from callbot.compose import call_config
+from callbot.core import stream_token
+from callbot.core import twilio as tw
+from callbot.settings import Settings
+from callbot.web.services import Services
+
+log = logging.getLogger("callbot.web")
+
+router = APIRouter()
+
+
+@router.post("/twilio/voice")
+async def voice(request: Request) -> Response:
+    services: Services = request.app.state.services
+    form = await request.form()
+    params = {key: str(value) for key, value in form.items()}
+    if not _signature_ok(services.settings, request, params):
+        log.warning("rejecting a voice webhook with a bad or missing X-Twilio-Signature")
+        return Response("invalid signature", status_code=403, media_type="text/plain")
+    return Response(_twiml(services, params), media_type="text/xml")
+
+
+@router.websocket("/twilio/media")
+async def media(ws: WebSocket) -> None:
+    services: Services = ws.app.state.services
+    settings = services.settings
+    refusal = _upgrade_refusal(settings, ws.headers.get("x-twilio-signature"))
+    if refusal is not None:
+        log.warning("refusing a media websocket: %s", refusal)
+        services.metrics.rejected_calls.labels("bad_stream_signature").inc()
+        await ws.close(code=1008)
+        return
+    await ws.accept()
+    twilio = TwilioSocket(ws, settings.max_message_bytes)
+    twilio.accepted()
+    log.info("media websocket accepted (%s)", "direct text channel" if twilio.direct else "ASGI messages")
+    bridge = CallBridge(
+        twilio,
+        services.connector,
+        call_config(settings),
+        services.pacer,
+        observer=services.observer,
+        start_check=lambda start: _check_start(services, start),
+        summariser=services.summariser,
+        summary_model=settings.summary_model if settings.summary_enabled else "",
+        metrics=services.metrics,
+    )
+    services.active_calls.add(bridge)
+    services.calls_total += 1
+    services.metrics.active_calls.inc()
+    try:
+        await bridge.run()
+    finally:
+        services.active_calls.discard(bridge)
+        services.metrics.active_calls.dec()
+        if not services.active_calls:
+            release_free_memory()  # idle: freed heap pages go back to the OS (adapters/heap.py)
+
+
+def _signature_ok(settings: Settings, request: Request, params: dict[str, str]) -> bool:
+    """Validate against the public URL Twilio called, not the one we see behind a proxy
+    (docs/protocols.md §3.2)."""
+    if not settings.validate_twilio_signatures:
+        return True
+    signature = request.headers.get("x-twilio-signature")
+    if not signature or settings.twilio_auth_token is None:
+        return False
+    url = settings.voice_webhook_url
+    if request.url.query:
+        url += "?" + request.url.query
+    validator = RequestValidator(settings.twilio_auth_token.get_secret_value())
+    return bool(validator.validate(url, params, signature))
+
+
+def _upgrade_refusal(settings: Settings, signature: str | None) -> str | None:
+    """Check the media websocket upgrade against the wss:// URL in our TwiML (docs/protocols.md §3.3)."""
+    if not settings.validate_twilio_signatures:
+        return None
+    if signature is None:
+        return "no X-Twilio-Signature on the upgrade" if settings.require_stream_signature else None
+    if settings.twilio_auth_token is None:
+        return "no TWILIO_AUTH_TOKEN to check the upgrade's signature"
+    validator = RequestValidator(settings.twilio_auth_token.get_secret_value())
+    if not validator.validate(settings.media_ws_url, {}, signature):
+        return "bad X-Twilio-Signature on the upgrade"
+    return None
+
+
+def _twiml(services: Services, params: dict[str, str]) -> str:
+    settings = services.settings
+    response = VoiceResponse()
+    if not services.ready:
+        services.metrics.rejected_calls.labels("draining").inc()
+        response.say("Sorry, we are not taking calls right now. Please call again in a few minutes.")
+        response.hangup()
+        return str(response)
+    if len(services.active_calls) >= settings.max_concurrent_calls:
+        services.metrics.rejected_calls.labels("busy").inc()
+        response.say("All our lines are busy right now. Please call again in a few minutes.")
+        response.hangup()
+        return str(response)
+    call_sid = params.get("CallSid", "")
+    token = stream_token.mint(services.stream_secret, call_sid, int(time.time()), settings.stream_token_ttl_s)
+    stream = response.connect().stream(url=settings.media_ws_url, name=f"callbot-{call_sid}"[:64])
+    stream.parameter(name="token", value=token)
+    stream.parameter(name="from", value=params.get("From", ""))
+    stream.parameter(name="to", value=params.get("To", ""))
+    # <Connect> blocks until our websocket closes; if callbot ends the call itself (upstream
+    # failure, shutdown), Twilio goes on to this and the caller hears why (docs/protocols.md §2.3).
+    response.say(settings.end_message)
+    return str(response)
+
+
+def _check_start(services: Services, start: tw.Start) -> str | None:
+    token = start.custom_parameters.get("token", "")
+    return stream_token.check(services.stream_secret, start.call_sid, token, int(time.time()))
