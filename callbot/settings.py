@@ -26,7 +26,13 @@ DEFAULT_INSTRUCTIONS = (
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="CALLBOT_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="CALLBOT_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        # Settings(twilio_auth_token=...) by field name, next to the env aliases the SDKs read;
+        # pydantic-settings before 2.15 ignores field names of aliased fields without this.
+        populate_by_name=True,
     )
 
     # --- OpenAI (names the SDK reads) ---

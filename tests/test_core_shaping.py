@@ -19,13 +19,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from callbot.compose import call_config
 from callbot.core import twilio as tw
 from callbot.core.audio import InboundConverter
 from callbot.core.call import Action, CallConfig, CallSession, EndCall, SendRealtime, SendTwilio
 from callbot.core.playback import BYTES_PER_MS, FRAME_BYTES, FRAME_MS, OutboundMessage, PlaybackTracker
 from callbot.core.realtime import AgentConfig
 from callbot.settings import Settings
-from callbot.web.app import call_config
 
 SERVE = Settings(  # type: ignore[call-arg]
     _env_file=None, public_url="https://callbot.example.com", openai_api_key="x", twilio_auth_token="x"
