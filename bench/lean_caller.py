@@ -653,7 +653,8 @@ class LeanCall(lean_ws.WsClient):
         buffered_ms = self.playback.queued_bytes / 8.0
         if buffered_ms > result.max_buffered_ms:
             result.max_buffered_ms = buffered_ms
-        result.frames_received += 1
+        result.frames_received += -(-len(data) // FRAME_BYTES)  # 20 ms frames: a message may hold several
+        result.media_messages_received += 1
         result.bytes_received += len(data)
 
     def handle_mark(self, message: dict[str, Any], ms: float, now_ns: int) -> None:

@@ -647,7 +647,7 @@ def message_counts(calls: list[dict[str, Any]], sessions: list[dict[str, Any]]) 
         if len(examples) < 5:
             examples.extend(s.get("errors", [])[: 5 - len(examples)])
     return {
-        "media_to_callers": sum(c.get("frames_received", 0) for c in calls),
+        "media_to_callers": sum(c.get("media_messages_received", c.get("frames_received", 0)) for c in calls),
         "marks_to_callers": sum(c.get("marks_received", 0) for c in calls),
         "clears_to_callers": sum(c.get("clears", 0) for c in calls),
         "media_from_callers": sum(c.get("frames_sent", 0) for c in calls),

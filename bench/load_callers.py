@@ -183,6 +183,7 @@ def summarise(result: CallResult, extra: dict[str, Any] | None = None) -> dict[s
         "wall_s": result.wall_s,
         "frames_sent": result.frames_sent,
         "frames_received": result.frames_received,
+        "media_messages_received": result.media_messages_received,
         "frames_played": result.frames_played,
         "late_frames": result.late_frames,
         "frame_lateness_max_ms": max(result.frame_lateness_ms, default=0),

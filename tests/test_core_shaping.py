@@ -275,7 +275,10 @@ class ServeCall:
             self.flushed = []
 
 
-def test_barge_in_mid_message_truncates_at_the_end_of_the_last_message_heard() -> None:
+def test_barge_in_mid_message_truncates_at_what_the_caller_heard_since_the_last_echo() -> None:
+    """One mark per 200 ms message: the echoed position alone lags what was heard by up to a
+    message, so the truncation adds the time since the latest echo (Twilio plays in real time),
+    never past the end of the message in flight."""
     call = ServeCall("pcmu")
     call.rt(h.response_created("resp_1"), 0)
     call.rt(h.item_added(h.assistant_audio_item("item_a1")), 0)
@@ -289,6 +292,8 @@ def test_barge_in_mid_message_truncates_at_the_end_of_the_last_message_heard() -
     assert all(len(base64.b64decode(m["media"]["payload"])) % 160 == 0 for m in call.twilio_msgs[::2])
     heard = call.session.playback.heard_ms("item_a1")
     assert heard == call.twilio.heard_bytes // 8 == 1000  # the caller heard 1,100 ms; 5 messages confirmed
+    assert call.session.playback.heard_bytes_at("item_a1", 1110) // 8 == 1110  # 110 ms into the sixth
+    assert call.session.playback.heard_bytes_at("item_a1", 5000) // 8 == 1200  # never past that message
     call.rt(h.speech_started("item_u2"), 1110)
     assert call.twilio_msgs[-1] == {"event": "clear", "streamSid": h.STREAM_SID}
     truncate = [e for e in call.realtime if e["type"] == "conversation.item.truncate"]
@@ -298,16 +303,33 @@ def test_barge_in_mid_message_truncates_at_the_end_of_the_last_message_heard() -
             "event_id": "evt_truncate_item_a1",
             "item_id": "item_a1",
             "content_index": 0,
-            "audio_end_ms": 1000,
+            "audio_end_ms": 1110,
         }
     ]
     # The marks Twilio flushes after the clear mean discarded, and nothing more is sent.
     sent_before = len(call.twilio_msgs)
     call.run(1120, 2000)
-    assert call.session.playback.heard_ms("item_a1") == 1000
+    assert call.session.playback.heard_ms("item_a1") == 1000  # what Twilio confirmed before the clear
     assert len(call.twilio_msgs) == sent_before
     entry = call.session.conversation.transcript()[0]
-    assert entry.interrupted and entry.heard_ms == 1000
+    assert entry.interrupted and entry.heard_ms == 1110
+
+
+def test_the_heard_estimate_grows_from_the_latest_echo_and_stops_at_the_next_message() -> None:
+    tracker = serve_tracker()
+    tracker.enqueue("item_a", [b"\x55" * 160] * 50)  # 1 s: five 200 ms messages
+    messages = tracker.take_messages(0)  # the first three fit under the 600 ms lead
+    assert [m.frames for m in messages] == [10, 10, 10]
+    first, second = messages[0].mark, messages[1].mark
+    assert first is not None and second is not None
+    assert tracker.heard_bytes_at("item_a", 150) == 0  # no echo yet: nothing counts as heard
+    assert tracker.mark_echoed(first)  # no arrival time: only the echoed position counts
+    assert tracker.heard_bytes_at("item_a", 300) == 8 * 200
+    assert tracker.mark_echoed(second, at_ms=420)
+    assert tracker.heard_bytes_at("item_a", 420) == 8 * 400
+    assert tracker.heard_bytes_at("item_a", 470) == 8 * 450  # 50 ms into the third message
+    assert tracker.heard_bytes_at("item_a", 900) == 8 * 600  # never past the third message's end
+    assert tracker.heard_bytes_at("item_b", 900) == 0  # another item's echo says nothing of it
 
 
 def test_barge_in_before_any_mark_came_back_truncates_at_zero() -> None:

@@ -242,7 +242,7 @@ class CallSession:
         if isinstance(event, tw.Media):
             return self._on_media(event, now_ms)
         if isinstance(event, tw.Mark):
-            self.playback.mark_echoed(event.name)
+            self.playback.mark_echoed(event.name, at_ms=now_ms)
             return []
         if isinstance(event, tw.Start):
             return self._on_start(event)

@@ -28,6 +28,7 @@ BYTES_PER_MS = 8
 class _SentMark:
     item_id: str
     item_bytes: int  # bytes of that item sent up to this mark
+    start_bytes: int  # ... and up to the start of the message this mark ends
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +74,8 @@ class PlaybackTracker:
         self._marks: dict[str, _SentMark] = {}
         self._sent_bytes: dict[str, int] = {}
         self._heard_bytes: dict[str, int] = {}
+        self._echo: tuple[str, int, int] | None = None  # the latest echo that moved heard: item, bytes, when
+        self._message_start_bytes = 0  # item bytes sent before the message being built
         self._unmarked_bytes = 0
         self._last_item: str | None = None
         self._buffer_until_ms = 0  # when Twilio's buffer runs dry, by our estimate
@@ -133,6 +136,7 @@ class PlaybackTracker:
                 break  # the whole message does not fit under the lead yet
             frames: list[bytes] = []
             mark = None
+            self._message_start_bytes = self._sent_bytes.get(item_id, 0)
             while mark is None and len(frames) < size:
                 _, frame = queue.popleft()
                 frames.append(frame)
@@ -155,20 +159,44 @@ class PlaybackTracker:
     def _new_mark(self, item_id: str) -> str:
         self._next_mark += 1
         name = f"g{self._generation}.{self._next_mark}"
-        self._marks[name] = _SentMark(item_id, self._sent_bytes[item_id])
+        self._marks[name] = _SentMark(item_id, self._sent_bytes[item_id], self._message_start_bytes)
         self._unmarked_bytes = 0
         self._last_item = item_id
         return name
 
     # ----- feedback from Twilio -----
-    def mark_echoed(self, name: str) -> bool:
-        """Record Twilio's echo of a mark; returns True if it means audio was played."""
+    def mark_echoed(self, name: str, *, at_ms: int | None = None) -> bool:
+        """Record Twilio's echo of a mark; returns True if it means audio was played.
+
+        `at_ms`, when the echo arrived, lets a barge-in estimate how far the caller has got into
+        the next message since (`heard_bytes_at`); without it only echoed positions count."""
         sent = self._marks.pop(name, None)
         if sent is None or not name.startswith(f"g{self._generation}."):
             return False
         if sent.item_bytes > self._heard_bytes.get(sent.item_id, 0):
             self._heard_bytes[sent.item_id] = sent.item_bytes
+            self._echo = (sent.item_id, sent.item_bytes, at_ms) if at_ms is not None else None
         return True
+
+    def heard_bytes_at(self, item_id: str, now_ms: int) -> int:
+        """How much of the item the caller has heard by `now_ms`.
+
+        An echoed mark says the audio before it has played; Twilio then plays the next message
+        at once and in real time, so the caller has since heard `now_ms - echo` ms more of it,
+        but never more than that message holds (the next mark's position). With one mark per
+        200 ms message this keeps the truncation point within network jitter of what was heard,
+        where the echoed position alone lags it by up to a message. Before the item's first
+        echo nothing counts as heard (docs/protocols.md §10.4)."""
+        heard = self._heard_bytes.get(item_id, 0)
+        echo = self._echo
+        if echo is None or echo[0] != item_id or echo[1] != heard:
+            return heard
+        following = [
+            m.item_bytes for m in self._marks.values() if m.item_id == item_id and m.start_bytes == heard
+        ]
+        if not following:
+            return heard  # nothing sent after the echoed mark: what it says is all there is
+        return min(following[0], heard + max(0, now_ms - echo[2]) * BYTES_PER_MS)
 
     def heard_ms(self, item_id: str) -> int:
         return self._heard_bytes.get(item_id, 0) // BYTES_PER_MS
@@ -206,6 +234,7 @@ class PlaybackTracker:
         Returns the item that was playing and how much of it was heard, for the truncate.
         """
         item_id = self.playing_item()
+        heard = self.heard_bytes_at(item_id, now_ms) // BYTES_PER_MS if item_id else 0
         twilio_had_audio = bool(self._marks) or self._buffer_until_ms > now_ms
         for cut_item in {m.item_id for m in self._marks.values()} | {item_id}:
             span = self._spans.get(cut_item) if cut_item else None
@@ -217,7 +246,7 @@ class PlaybackTracker:
         self._generation += 1
         self._unmarked_bytes = 0
         self._buffer_until_ms = now_ms
-        heard = self.heard_ms(item_id) if item_id else 0
+        self._echo = None
         return Interruption(item_id, heard, twilio_had_audio)
 
     def forget(self, item_id: str) -> None:

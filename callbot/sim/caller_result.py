@@ -77,6 +77,8 @@ class CallResult:
     dtmf_sent: list[tuple[str, float]] = field(default_factory=list)
     frames_sent: int = 0
     frames_received: int = 0
+    """20 ms frames of assistant audio received (a media message may carry several)."""
+    media_messages_received: int = 0
     bytes_received: int = 0
     frames_played: int = 0
     late_frames: int = 0

@@ -295,7 +295,8 @@ class StreamSession:
         self.playback.enqueue_audio(data)
         buffered_ms = self.playback.queued_bytes / 8.0
         self.result.max_buffered_ms = max(self.result.max_buffered_ms, buffered_ms)
-        self.result.frames_received += 1
+        self.result.frames_received += -(-len(data) // FRAME_BYTES)  # several frames a message
+        self.result.media_messages_received += 1
         self.result.bytes_received += len(data)
         self.result.media_arrivals_ms.append(ms)
 
