@@ -62,7 +62,7 @@ def _cut_to_heard(text: str, heard_ms: int, generated_ms: int) -> str:
         return ""
     if generated_ms <= 0 or heard_ms >= generated_ms:
         return text
-    keep = int(len(text) * heard_ms / generated_ms); print("CUTDBG", len(text), heard_ms, generated_ms, flush=True)
+    keep = int(len(text) * heard_ms / generated_ms)
     if keep >= len(text):
         return text
     cut = text[:keep]
