@@ -134,8 +134,10 @@ class CallSession:
         """
         if self.phase == "ended":
             return None
-        due = (self.outbound.next_send_ms(), self.caller_audio.held_until_ms())
-        return min((at for at in due if at is not None), default=None)
+        send, held = self.outbound.next_send_ms(), self.caller_audio.held_until_ms()
+        if held is None or (send is not None and send <= held):
+            return send
+        return held
 
     # ----- phase transitions from outside -----
     def end(self, reason: str) -> list[Action]:
