@@ -56,11 +56,10 @@ from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
 from callbot.adapters.realtime_openai import OpenAIRealtimeConnector, OpenAIRealtimeLink
 from callbot.adapters.summariser_openai import OpenAISummariser
+from callbot.core import realtime_events as rte
 from callbot.core import twilio as tw
-from callbot.core.call import (
+from callbot.core.actions import (
     Action,
-    CallConfig,
-    CallSession,
     Checkpoint,
     ConnectRealtime,
     EndCall,
@@ -68,6 +67,7 @@ from callbot.core.call import (
     SendRealtime,
     SendTwilio,
 )
+from callbot.core.call import CallConfig, CallSession
 from callbot.core.realtime import AgentConfig
 from callbot.core.summary import SummaryPolicy
 from callbot.errors import SummaryUnavailable
@@ -340,7 +340,7 @@ class LeanCall:
                 self.pending_creates.discard(failed.removeprefix("evt_create_"))
                 self.pending_deletes.discard(failed.removeprefix("evt_delete_"))
                 progress(f"Realtime error: {err.get('code')} {err.get('message')}")
-            await self.perform(s.receive_realtime(event, self.now))
+            await self.perform(s.receive_realtime(rte.parse(event), self.now))
         elif kind == "summary":
             self.summarising -= 1
             await self.perform(s.receive_summary(payload[0], payload[1], self.now))

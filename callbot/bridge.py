@@ -16,11 +16,10 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
+from callbot.core import realtime_events as rte
 from callbot.core import twilio as tw
-from callbot.core.call import (
+from callbot.core.actions import (
     Action,
-    CallConfig,
-    CallSession,
     Checkpoint,
     ConnectRealtime,
     EndCall,
@@ -29,6 +28,7 @@ from callbot.core.call import (
     SendRealtime,
     SendTwilio,
 )
+from callbot.core.call import CallConfig, CallSession
 from callbot.core.record import CallRecord
 from callbot.errors import SummaryUnavailable, UpstreamError
 from callbot.logs import call_sid_var
@@ -87,16 +87,17 @@ class Pacer:
             await self.sweep(ticks)
 
     async def sweep(self, tick: int) -> None:
-        """One tick: every call with frames queued, and the calls whose housekeeping slot it is.
+        """One tick: every call whose core has something due, and those whose housekeeping slot it is.
 
-        Calls with nothing to play only need their deadlines checked (twice a second): skipping
-        them saves a coroutine per call per 20 ms. Each call has its own slot, so the checks are
-        spread over the ticks instead of all landing on one, which showed as a burst of loop lag
-        under load (bench/README.md#code-figures).
+        A call with nothing to send only needs its deadlines checked (twice a second), and a
+        playing one only when its next message fits under the lead (`next_wake_ms`, about every
+        200 ms): skipping the rest saves a coroutine per call per 20 ms. Each call has its own
+        slot, so the checks are spread over the ticks instead of all landing on one, which showed
+        as a burst of loop lag under load (bench/README.md#code-figures).
         """
         slot = tick % HOUSEKEEPING_TICKS
         for bridge, own_slot in list(self._calls.items()):
-            if own_slot == slot or bridge.session.playback.queued_frames:
+            if own_slot == slot or bridge.wake_due():
                 await bridge.on_tick()
 
     async def stop(self) -> None:
@@ -248,11 +249,7 @@ class CallBridge:
                 call_sid_var.set(event.call_sid)
                 refusal = self.start_check(event) if self.start_check else None
                 if refusal is not None:
-                    log.warning("refusing media stream: %s", refusal)
-                    self.session.phase = "ended"
-                    self.session.end_reason = refusal
-                    self.session.info = None  # no ticket for a stream we did not accept
-                    self._ended.set()
+                    await self._perform(self.session.refuse_stream(refusal))
                     return
             await self._perform(self.session.receive_twilio(event, self.now_ms()))
             if sampled and self.metrics is not None:
@@ -262,18 +259,19 @@ class CallBridge:
         """Feeds one link's events to the core; a link replaced by a reconnect goes quiet."""
         while not self._ended.is_set():
             try:
-                event = await link.recv()
+                raw = await link.recv()
             except UpstreamError as exc:
                 if link is self.realtime:
                     await self._perform(self.session.realtime_closed(str(exc), self.now_ms()))
                 return
             if link is not self.realtime:
                 return
+            started = time.perf_counter()
+            event = rte.parse(raw)
             sampled = False
-            if self.metrics is not None and event.get("type") == "response.output_audio.delta":
+            if self.metrics is not None and isinstance(event, rte.AudioDelta):
                 self._outbound_count += 1
                 sampled = self._outbound_count % 5 == 0  # deltas are ~5x rarer than frames
-            started = time.perf_counter()
             await self._perform(self.session.receive_realtime(event, self.now_ms()))
             if sampled and self.metrics is not None:
                 self.metrics.outbound_latency.observe(time.perf_counter() - started)
@@ -307,6 +305,11 @@ class CallBridge:
             await old.close()
         log.info("reconnecting to Realtime in %d ms (%s)", action.delay_ms, action.reason)
         await self._connect_realtime(action.delay_ms)
+
+    def wake_due(self) -> bool:
+        """The core has audio due by now (`next_wake_ms`); a tick early is harmless, one late is not."""
+        wake = self.session.next_wake_ms()
+        return wake is not None and wake <= self.now_ms() + 1
 
     async def on_tick(self) -> None:
         if not self._ended.is_set():

@@ -17,12 +17,10 @@ from typing import Any
 import core_helpers as h
 import pytest
 
+from callbot.core import realtime_events as rte
 from callbot.core import twilio as tw
-from callbot.core.audio import InboundConverter
-from callbot.core.call import (
+from callbot.core.actions import (
     Action,
-    CallConfig,
-    CallSession,
     Checkpoint,
     ConnectRealtime,
     EndCall,
@@ -30,6 +28,8 @@ from callbot.core.call import (
     SendRealtime,
     SendTwilio,
 )
+from callbot.core.audio import InboundConverter
+from callbot.core.call import CallConfig, CallSession
 from callbot.core.realtime import AgentConfig
 from callbot.core.recovery import RecoveryPolicy
 
@@ -91,7 +91,7 @@ class Call:
 
     def realtime_in(self, event: dict[str, Any], now_ms: int | None = None) -> list[Action]:
         now = self._at(now_ms)
-        return self._checked(self.session.receive_realtime(event, now))
+        return self._checked(self.session.receive_realtime(rte.parse(event), now))
 
     def connected(self, now_ms: int | None = None) -> list[Action]:
         now = self._at(now_ms)
@@ -986,3 +986,51 @@ def test_speech_the_server_never_commits_leaves_nothing_behind() -> None:
         call.realtime_in(h.speech_started(f"item_cough{n}", 100))
     assert len(call.session.conversation._speech) <= 8
     assert call.session.conversation.transcript() == ()
+
+
+# ================================================================================================
+# When the bridge must wake the call, and a refused stream
+# ================================================================================================
+
+
+def test_next_wake_ms_is_when_the_next_message_fits_under_the_lead() -> None:
+    call = active("pcmu", playback_lead_ms=100)
+    assert call.session.next_wake_ms() is None  # nothing to send: the deadlines can wait
+    call.realtime_in(h.response_created("resp_1"), 0)
+    call.realtime_in(h.audio_delta("resp_1", "item_a1", speechlike(1600)), 0)  # 200 ms, 100 sent
+    wake = call.session.next_wake_ms()
+    assert wake is not None and wake > 0
+    assert to_twilio(call.tick(wake - 1)) == []  # waking earlier would send nothing
+    assert media_bytes(to_twilio(call.tick(wake)))  # and at the wake-up the next frame goes
+    call.run(400)
+    assert call.session.next_wake_ms() is None
+
+
+def test_next_wake_ms_covers_caller_frames_held_for_a_batch() -> None:
+    call = active("pcmu", inbound_batch_frames=3)
+    assert call.twilio_in(h.tw_media(SPEECH_FRAME), 100) == []
+    assert call.session.next_wake_ms() == 100 + 2 * 3 * 20  # the batch's wait, then sent anyway
+    (append,) = to_realtime(call.tick(220))
+    assert append["type"] == "input_audio_buffer.append"
+    assert call.session.next_wake_ms() is None
+
+
+def test_an_ended_call_never_needs_a_wake_up() -> None:
+    call = active("pcmu")
+    call.realtime_in(h.audio_delta("resp_1", "item_a1", speechlike(8000)), 0)
+    call.twilio_in(h.tw_stop(), 10)
+    assert call.session.next_wake_ms() is None
+
+
+def test_a_refused_stream_ends_without_a_record_of_the_call() -> None:
+    call = Call("pcmu")
+    start = tw.parse(h.tw_start())
+    assert isinstance(start, tw.Start)
+    assert call.session.refuse_stream("bad stream token") == [EndCall("bad stream token")]
+    assert (call.session.phase, call.session.end_reason, call.session.info) == (
+        "ended",
+        "bad stream token",
+        None,
+    )
+    assert call.session.receive_twilio(start, 0) == []  # nothing opens afterwards
+    assert call.connected(10) == []

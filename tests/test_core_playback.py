@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from core_helpers import FakeTwilioPlayer
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from callbot.core.playback import FRAME_BYTES, FRAME_MS, Interruption, PlaybackTracker
@@ -331,3 +331,34 @@ def test_the_outbound_queue_is_bounded_and_drops_the_oldest_frames() -> None:
     assert tracker.queued_frames == 10 and tracker.frames_overflowed == 15
     first = tracker.take_due(0)[0][1]
     assert first == bytes([15]) * 160  # the newest audio survives; the oldest went
+
+
+# ----- when the next message is due -------------------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    lead_ms=st.sampled_from([100, 200, 600]),
+    message_ms=st.sampled_from([20, 100, 200]),
+    bursts=st.lists(
+        st.tuples(st.integers(0, 400), st.integers(1, 40), st.booleans()), min_size=1, max_size=5
+    ),
+)
+def test_next_send_ms_is_the_first_time_take_messages_sends(
+    lead_ms: int, message_ms: int, bursts: list[tuple[int, int, bool]]
+) -> None:
+    """A caller that sleeps until next_send_ms misses nothing and wakes for nothing (a message fits
+    under the lead, as the settings require)."""
+    assume(message_ms <= lead_ms)
+    tracker = PlaybackTracker(lead_ms, message_ms, message_ms=message_ms)
+    now, item = 0, 0
+    for gap, n, new_item in [*bursts, (100_000, 0, False)]:
+        item += new_item
+        tracker.enqueue(f"item_{item}", frames(n))
+        for _ in range(gap):
+            due = tracker.next_send_ms()
+            assert bool(tracker.take_messages(now)) == (due is not None and due <= now), (now, due)
+            if due is None:
+                break
+            now += 1
+    assert tracker.queued_frames == 0 and tracker.next_send_ms() is None

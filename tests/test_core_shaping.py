@@ -20,9 +20,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from callbot.compose import call_config
+from callbot.core import realtime_events as rte
 from callbot.core import twilio as tw
+from callbot.core.actions import Action, EndCall, SendRealtime, SendTwilio
 from callbot.core.audio import InboundConverter
-from callbot.core.call import Action, CallConfig, CallSession, EndCall, SendRealtime, SendTwilio
+from callbot.core.call import CallConfig, CallSession
 from callbot.core.playback import BYTES_PER_MS, FRAME_BYTES, FRAME_MS, OutboundMessage, PlaybackTracker
 from callbot.core.realtime import AgentConfig
 from callbot.settings import Settings
@@ -247,7 +249,7 @@ class ServeCall:
         self.feed(self.session.receive_twilio(tw.parse(h.tw_start()), 0), 0)
         self.feed(self.session.realtime_connected(0), 0)
         fmt = h.PCMU if mode == "pcmu" else h.PCM24K
-        self.feed(self.session.receive_realtime(h.session_updated(fmt), 0), 0)
+        self.feed(self.session.receive_realtime(rte.parse(h.session_updated(fmt)), 0), 0)
         assert self.session.phase == "active"
         self.realtime.clear()
 
@@ -262,7 +264,7 @@ class ServeCall:
         return actions
 
     def rt(self, event: dict[str, Any], now: int) -> list[Action]:
-        return self.feed(self.session.receive_realtime(event, now), now)
+        return self.feed(self.session.receive_realtime(rte.parse(event), now), now)
 
     def tw(self, raw: str, now: int) -> list[Action]:
         return self.feed(self.session.receive_twilio(tw.parse(raw), now), now)

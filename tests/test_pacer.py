@@ -11,9 +11,12 @@ from callbot.bridge import HOUSEKEEPING_TICKS, CallBridge, Pacer
 
 class _Call:
     def __init__(self, queued: int = 0) -> None:
-        self.session = SimpleNamespace(playback=SimpleNamespace(queued_frames=queued))
+        self.queued = queued
         self.ticked: list[int] = []
         self.tick = 0
+
+    def wake_due(self) -> bool:
+        return self.queued > 0
 
     async def on_tick(self) -> None:
         self.ticked.append(self.tick)

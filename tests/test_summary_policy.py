@@ -33,16 +33,10 @@ from openai.types.realtime import (
     SessionUpdatedEvent,
 )
 
+from callbot.core import realtime_events as rte
 from callbot.core import twilio as tw
-from callbot.core.call import (
-    Action,
-    CallConfig,
-    CallSession,
-    Checkpoint,
-    ConnectRealtime,
-    RequestSummary,
-    SendRealtime,
-)
+from callbot.core.actions import Action, Checkpoint, ConnectRealtime, RequestSummary, SendRealtime
+from callbot.core.call import CallConfig, CallSession
 from callbot.core.conversation import ConversationState
 from callbot.core.realtime import AgentConfig
 from callbot.core.recovery import RecoveryPolicy
@@ -263,7 +257,7 @@ class Rig:
         self.session = CallSession(CallConfig(agent=agent, summary=policy, recovery=quiet_line))
         assert self.session.receive_twilio(tw.parse(TWILIO_START), 0) == [ConnectRealtime()]
         self.take(self.session.realtime_connected(0))
-        assert self.take(self.session.receive_realtime(ev_session_updated(), 0)) == []
+        assert self.take(self.session.receive_realtime(rte.parse(ev_session_updated()), 0)) == []
         assert self.session.phase == "active"
 
     @property
@@ -288,7 +282,7 @@ class Rig:
         return actions
 
     def rt(self, event: dict[str, Any], now: int | None = None) -> list[Action]:
-        return self.take(self.session.receive_realtime(event, self.at(now)))
+        return self.take(self.session.receive_realtime(rte.parse(event), self.at(now)))
 
     def tick(self, now: int) -> list[Action]:
         return self.take(self.session.tick(self.at(now)))

@@ -81,14 +81,13 @@ def session_update(cfg: AgentConfig) -> dict[str, Any]:
     return {"type": "session.update", "event_id": "evt_session_update", "session": session}
 
 
-def formats_problem(session: dict[str, Any], mode: AudioMode) -> str | None:
-    """Check the effective config echoed in `session.updated` (docs/protocols.md §7.2)."""
-    audio = session.get("audio") or {}
+def formats_problem(input_format: str | None, output_format: str | None, mode: AudioMode) -> str | None:
+    """Check the effective formats echoed in `session.updated` (docs/protocols.md §7.2)."""
     want = FORMATS[mode]["type"]
-    got_in = ((audio.get("input") or {}).get("format") or {}).get("type")
-    got_out = ((audio.get("output") or {}).get("format") or {}).get("type")
-    if got_in != want or got_out != want:
-        return f"Realtime session has audio formats in={got_in!r} out={got_out!r}, expected {want!r}"
+    if input_format != want or output_format != want:
+        return (
+            f"Realtime session has audio formats in={input_format!r} out={output_format!r}, expected {want!r}"
+        )
     return None
 
 
@@ -156,14 +155,3 @@ def assistant_text(item_id: str, text: str, previous_item_id: str | None = None)
 
 def delete(item_id: str) -> dict[str, Any]:
     return {"type": "conversation.item.delete", "event_id": f"evt_delete_{item_id}", "item_id": item_id}
-
-
-def is_out_of_band(response: dict[str, Any]) -> bool:
-    """Out-of-band responses must not touch call state (docs/protocols.md §10.5).
-
-    callbot never creates one itself (summaries use a separate text model), so only a response
-    tagged with a `purpose` in its metadata counts; `conversation_id` alone is not trusted
-    because its presence on in-band `response.created` events is unverified.
-    """
-    metadata = response.get("metadata") or {}
-    return bool(metadata.get("purpose"))

@@ -54,3 +54,34 @@ def restore_events(conv: ConversationState) -> list[dict[str, Any]]:
         else:
             events.append(rt.assistant_text(item_id, turn.text or SILENT_ASSISTANT))
     return events
+
+
+class Reconnects:
+    """Where the call stands with its upstream sessions: attempts in this outage, the live
+    session's age, and whether the next configured session must get the context back."""
+
+    def __init__(self, policy: RecoveryPolicy) -> None:
+        self.policy = policy
+        self.attempts = 0
+        self.restoring = False
+        self._session_started_ms = 0
+
+    def next_delay_ms(self) -> int | None:
+        """Count one more attempt in this outage: its backoff, or None once they are used up."""
+        if self.attempts >= self.policy.max_reconnects:
+            return None
+        self.attempts += 1
+        return self.policy.delay_ms(self.attempts)
+
+    def session_ready(self, now_ms: int) -> None:
+        """A session is configured: the outage (if any) is over and its age counts from now."""
+        self.attempts = 0
+        self._session_started_ms = now_ms
+
+    def rollover_due(self, now_ms: int, *, busy: bool) -> bool:
+        """Past the age limit: at a quiet moment, or regardless once the grace period is over."""
+        policy = self.policy
+        age = now_ms - self._session_started_ms
+        if age < policy.session_max_age_ms:
+            return False
+        return not busy or age >= policy.session_max_age_ms + policy.rollover_grace_ms

@@ -99,6 +99,13 @@ class SummaryCoordinator:
                 return summary_id
         return None
 
+    def client_event_failed(self, client_event_id: str) -> str | None:
+        """An `error` named this client event: settle its delete, if it was one; the summary whose
+        insert failed, if it was that."""
+        if client_event_id.startswith("evt_delete_"):
+            self.delete_settled(client_event_id.removeprefix("evt_delete_"))
+        return self.insert_failed_for(client_event_id)
+
     # ----- the server's side -----
     def confirmed(
         self, conv: ConversationState, item_id: str, now_ms: int, active_response: str | None
