@@ -225,7 +225,7 @@ def env_example() -> str:
     for name, info in Settings.model_fields.items():
         alias = info.validation_alias
         env = alias.choices[0] if isinstance(alias, AliasChoices) else f"CALLBOT_{name.upper()}"
-        default = info.get_default(call_default_factory=True)
+        default = info.get_default(call_default_factory=True, validated_data={})
         if isinstance(default, bool):
             value = str(default).lower()
         elif isinstance(default, list):

@@ -10,6 +10,7 @@ import logging
 import time
 
 from fastapi import APIRouter, Request, Response, WebSocket
+from starlette.formparsers import MultiPartException
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import VoiceResponse
 
@@ -30,7 +31,12 @@ router = APIRouter()
 @router.post("/twilio/voice")
 async def voice(request: Request) -> Response:
     services: Services = request.app.state.services
-    form = await request.form()
+    try:
+        form = await request.form()
+    except (MultiPartException, ValueError):
+        # A body that does not parse is not Twilio's (it posts url-encoded forms). Starlette
+        # answers most of these itself; some releases let the parser's ValueError through.
+        return Response("malformed form body", status_code=400, media_type="text/plain")
     params = {key: str(value) for key, value in form.items()}
     if not _signature_ok(services.settings, request, params):
         log.warning("rejecting a voice webhook with a bad or missing X-Twilio-Signature")
