@@ -44,12 +44,12 @@ import lean_ws
 import numpy as np
 import orjson
 
-from callbot.sim.caller import TwilioCaller
-from callbot.sim.caller_codec import FRAME_BYTES, FRAME_MS, mulaw_encode, silence_frame
-from callbot.sim.caller_playback import playback_stats
-from callbot.sim.caller_result import CallResult
-from callbot.sim.caller_script import HangUp, Say, SayDuringAssistant, Silence, Step, WaitForAssistant
-from callbot.sim.caller_stream import LATE_AFTER_STOP_S
+from callbot.caller.codec import FRAME_BYTES, FRAME_MS, mulaw_encode, silence_frame
+from callbot.caller.playback import playback_stats
+from callbot.caller.result import CallResult
+from callbot.caller.script import HangUp, Say, SayDuringAssistant, Silence, Step, WaitForAssistant
+from callbot.caller.simulator import TwilioCaller
+from callbot.caller.stream import LATE_AFTER_STOP_S
 
 SAMPLES_PER_FRAME = 160
 FRAME_NS = FRAME_MS * 1_000_000

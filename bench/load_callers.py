@@ -49,9 +49,9 @@ import load_common as lc
 import numpy as np
 import orjson
 
-import callbot.sim.caller as caller_mod
-import callbot.sim.caller_stream as stream_mod
-from callbot.sim.caller import (
+import callbot.caller.simulator as caller_mod
+import callbot.caller.stream as stream_mod
+from callbot.caller.simulator import (
     CallResult,
     HangUp,
     Say,
@@ -61,8 +61,8 @@ from callbot.sim.caller import (
     TwilioCaller,
     WaitForAssistant,
 )
-from callbot.sim.caller_stream import StreamSession
-from callbot.sim.speech import synth_speech
+from callbot.caller.stream import StreamSession
+from callbot.testing.speech import synth_speech
 
 MEDIA_IN = '{"event":"media"'
 CLEAR_IN = '{"event":"clear"'

@@ -52,18 +52,18 @@ import orjson
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from callbot.sim.fake_realtime import FakeRealtimeServer
-from callbot.sim.fake_realtime_audio import PCM24K, PCMU, AudioFormat, EnergyVad
-from callbot.sim.fake_realtime_responses import ActiveResponse
-from callbot.sim.fake_realtime_session import (
+from callbot.testing.fake_realtime import FakeRealtimeServer
+from callbot.testing.fake_realtime_audio import PCM24K, PCMU, AudioFormat, EnergyVad
+from callbot.testing.fake_realtime_responses import ActiveResponse
+from callbot.testing.fake_realtime_session import (
     HOT_SERVER,
     FakeSession,
     SessionContext,
     _Close,
 )
-from callbot.sim.fake_realtime_state import Script
-from callbot.sim.protocol_check import ProtocolViolation, validate_server_event
-from callbot.sim.speech import duration_ms_for_text
+from callbot.testing.fake_realtime_state import Script
+from callbot.testing.protocol_check import ProtocolViolation, validate_server_event
+from callbot.testing.speech import duration_ms_for_text
 
 APPEND_PREFIX = '{"type":"input_audio_buffer.append"'
 APPEND_HEAD = b'{"type":"input_audio_buffer.append","audio":"'

@@ -71,10 +71,10 @@ from callbot.core.call import CallConfig, CallSession
 from callbot.core.realtime import AgentConfig
 from callbot.core.summary import SummaryPolicy
 from callbot.errors import SummaryUnavailable
-from callbot.sim.fake_openai_http import serve_fake_openai
-from callbot.sim.fake_realtime import FakeRealtimeServer, Script
-from callbot.sim.fake_realtime_audio import PCMU
-from callbot.sim.speech import duration_ms_for_text
+from callbot.testing.fake_openai_http import serve_fake_openai
+from callbot.testing.fake_realtime import FakeRealtimeServer, Script
+from callbot.testing.fake_realtime_audio import PCMU
+from callbot.testing.speech import duration_ms_for_text
 
 MODEL = "gpt-realtime-1.5"
 SUMMARY_MODEL = "gpt-5.4-mini"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from callbot.sim.caller import (
+from callbot.caller.simulator import (
     Dtmf,
     HangUp,
     Say,
@@ -22,7 +22,7 @@ from callbot.sim.caller import (
     WaitForAssistant,
     speech_intervals,
 )
-from callbot.sim.wavio import read_wav, resample_to
+from callbot.caller.wavio import read_wav, resample_to
 
 PHONE_RATE = 8000
 SPLIT_GAP_MS = 700

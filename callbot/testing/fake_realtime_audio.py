@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from callbot.sim.speech import synth_speech
+from callbot.testing.speech import synth_speech
 
 
 def _build_ulaw_tables() -> tuple[np.ndarray, np.ndarray]:

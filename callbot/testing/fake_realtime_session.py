@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from websockets.exceptions import ConnectionClosed
 
-from callbot.sim.fake_realtime_audio import PCM24K, AudioFormat, EnergyVad, audio_format
-from callbot.sim.fake_realtime_items import ItemsMixin
-from callbot.sim.fake_realtime_responses import ResponseMixin
-from callbot.sim.fake_realtime_state import (
+from callbot.testing.fake_realtime_audio import PCM24K, AudioFormat, EnergyVad, audio_format
+from callbot.testing.fake_realtime_items import ItemsMixin
+from callbot.testing.fake_realtime_responses import ResponseMixin
+from callbot.testing.fake_realtime_state import (
     Conversation,
     ConvItem,
     SessionContext,
@@ -34,7 +34,7 @@ from callbot.sim.fake_realtime_state import (
     split_words,
     text_tokens,
 )
-from callbot.sim.protocol_check import ProtocolViolation, validate_client_event, validate_server_event
+from callbot.testing.protocol_check import ProtocolViolation, validate_client_event, validate_server_event
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection

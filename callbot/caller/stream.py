@@ -19,11 +19,11 @@ import orjson
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from callbot.sim.caller_audio import AudioSink
-from callbot.sim.caller_codec import FRAME_BYTES, FRAME_MS, mulaw_decode, mulaw_encode, silence_frame
-from callbot.sim.caller_playback import BURST_GAP_TICKS, PlaybackQueue, playback_stats
-from callbot.sim.caller_result import CallResult, MarkStatus
-from callbot.sim.caller_script import ScriptCursor
+from callbot.caller.audio import AudioSink
+from callbot.caller.codec import FRAME_BYTES, FRAME_MS, mulaw_decode, mulaw_encode, silence_frame
+from callbot.caller.playback import BURST_GAP_TICKS, PlaybackQueue, playback_stats
+from callbot.caller.result import CallResult, MarkStatus
+from callbot.caller.script import ScriptCursor
 
 LATE_AFTER_STOP_S = 0.25
 """Server messages arriving this long (wall clock) after our `stop` were not in flight: a violation."""

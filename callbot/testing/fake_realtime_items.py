@@ -11,11 +11,11 @@ import base64
 import copy
 from typing import TYPE_CHECKING, Any
 
-from callbot.sim.fake_realtime_state import ConvItem
+from callbot.testing.fake_realtime_state import ConvItem
 
 if TYPE_CHECKING:
-    from callbot.sim.fake_realtime_audio import AudioFormat
-    from callbot.sim.fake_realtime_state import Conversation
+    from callbot.testing.fake_realtime_audio import AudioFormat
+    from callbot.testing.fake_realtime_state import Conversation
 
 
 class ItemsMixin:

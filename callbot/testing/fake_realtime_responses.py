@@ -13,12 +13,12 @@ import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from callbot.sim.fake_realtime_audio import AudioFormat, audio_format
-from callbot.sim.fake_realtime_state import ConvItem, context_tokens, split_words, text_tokens, usage
-from callbot.sim.speech import duration_ms_for_text
+from callbot.testing.fake_realtime_audio import AudioFormat, audio_format
+from callbot.testing.fake_realtime_state import ConvItem, context_tokens, split_words, text_tokens, usage
+from callbot.testing.speech import duration_ms_for_text
 
 if TYPE_CHECKING:
-    from callbot.sim.fake_realtime_state import Conversation, Script, SessionContext
+    from callbot.testing.fake_realtime_state import Conversation, Script, SessionContext
 
 
 @dataclass(eq=False)

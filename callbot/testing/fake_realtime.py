@@ -36,8 +36,8 @@ import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from callbot.sim.fake_realtime_session import FakeSession
-from callbot.sim.fake_realtime_state import Script, SessionContext
+from callbot.testing.fake_realtime_session import FakeSession
+from callbot.testing.fake_realtime_state import Script, SessionContext
 
 __all__ = ["FakeRealtimeServer", "FakeSession", "Script", "main", "serve_forever"]
 

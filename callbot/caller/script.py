@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from callbot.sim.caller_audio import AudioSource
-from callbot.sim.caller_codec import FRAME_MS
+from callbot.caller.audio import AudioSource
+from callbot.caller.codec import FRAME_MS
 
 SAMPLES_PER_FRAME = 160
 

@@ -26,10 +26,10 @@ from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus, WebSocketException
 
-from callbot.sim.caller_audio import AudioSink, AudioSource
-from callbot.sim.caller_codec import mulaw_decode, mulaw_encode
-from callbot.sim.caller_result import CallResult, speech_intervals
-from callbot.sim.caller_script import (
+from callbot.caller.audio import AudioSink, AudioSource
+from callbot.caller.codec import mulaw_decode, mulaw_encode
+from callbot.caller.result import CallResult, speech_intervals
+from callbot.caller.script import (
     CallerScript,
     Dtmf,
     HangUp,
@@ -41,7 +41,7 @@ from callbot.sim.caller_script import (
     Step,
     WaitForAssistant,
 )
-from callbot.sim.caller_stream import SessionConfig, StreamSession
+from callbot.caller.stream import SessionConfig, StreamSession
 
 __all__ = [
     "AudioSink",

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from callbot.sim.fake_realtime_audio import AudioFormat
+from callbot.testing.fake_realtime_audio import AudioFormat
 
 USER_AUDIO_TOKENS_PER_S = 10
 """1 token per 100 ms of caller audio (OpenAI cost guide)."""
