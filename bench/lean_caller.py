@@ -1,6 +1,6 @@
 """A lean Twilio Media Streams caller for the load benchmark: the simulator's behaviour, less Python.
 
-`callbot.sim.caller.TwilioCaller` runs one task for its 20 ms clock and one for its receiver per
+`callbot.caller.simulator.TwilioCaller` runs one task for its 20 ms clock and one for its receiver per
 call, goes through the `websockets` asyncio connection for every message, builds every media
 message with orjson and keeps a recording. At 100+ concurrent calls that is more CPU than the
 server under test spends. This module keeps the simulator's behaviour and bookkeeping but:
@@ -16,8 +16,8 @@ server under test spends. This module keeps the simulator's behaviour and bookke
 * handles what the bot sends synchronously as it is read (`on_text`), with the simulator's
   checks (JSON text, known event, streamSid, base64 payload, no WAV header, mark names);
 * models Twilio's playback buffer with byte counts instead of bytes (`LeanPlayback`, the same
-  rules as `callbot.sim.caller_playback.PlaybackQueue`) and walks the script with `LeanCursor`
-  (the same rules as `callbot.sim.caller_script.ScriptCursor`, for Say, Silence,
+  rules as `callbot.caller.playback.PlaybackQueue`) and walks the script with `LeanCursor`
+  (the same rules as `callbot.caller.script.ScriptCursor`, for Say, Silence,
   WaitForAssistant, SayDuringAssistant and HangUp); tests/test_bench_load_side.py checks both
   against the simulator's classes step by step;
 * keeps no recording; the playback statistics (late frames, lateness, bursts) come from the

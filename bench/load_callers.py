@@ -17,7 +17,7 @@ Two implementations, same behaviour and the same JSON out:
 * `"impl": "lean"` (default): `lean_caller.LeanTwilioCaller` (bench/lean_caller.py): the
   simulator's webhook and TwiML handling, then a lean websocket, one process-wide 20 ms clock
   and pre-built media messages. About 4x cheaper per call than the simulator.
-* `"impl": "simulator"`: the caller simulator itself (`callbot.sim.caller.TwilioCaller`),
+* `"impl": "simulator"`: the caller simulator itself (`callbot.caller.simulator.TwilioCaller`),
   subclassing its stream session for the timestamps (no simulator code changes). By default
   it does not keep its recording (the mu-law encode of the caller's audio is cached and the
   decode of both tracks for the WAV is skipped); `"record": true` runs it unchanged.

@@ -2,7 +2,7 @@
 
     python bench/load_fake.py --out fake.json --cpu 1 [--realtime-factor 4 --delta-ms 100]
 
-It is `callbot.sim.fake_realtime.FakeRealtimeServer` in benchmark mode (`validate=False`,
+It is `callbot.testing.fake_realtime.FakeRealtimeServer` in benchmark mode (`validate=False`,
 `record_audio=False`) with a session subclass that records, with `time.monotonic_ns()`
 (CLOCK_MONOTONIC, one clock for every process on the machine):
 

@@ -16,7 +16,7 @@ the real code path, without wall-clock pacing:
   and answers from the script, and it bills every response from the items it really holds, so
   deletions and the summary item show up in its `response.done` usage.
 * Summaries come from `callbot.adapters.summariser_openai.OpenAISummariser` calling the fake
-  OpenAI HTTP server (`callbot.sim.fake_openai_http`) through the real SDK; its token usage is
+  OpenAI HTTP server (`callbot.testing.fake_openai_http`) through the real SDK; its token usage is
   read from the HTTP responses.
 
 Every token figure printed comes from the fake server's `response.done.usage` (or the fake

@@ -76,7 +76,7 @@ class Dtmf:
 class Live:
     """Stream whatever `source` delivers (a microphone), one frame per tick, until it returns None.
 
-    The source is asked once per tick, on the call's clock; see `callbot.sim.caller_audio`.
+    The source is asked once per tick, on the call's clock; see `callbot.caller.audio`.
     """
 
     source: AudioSource

@@ -1,6 +1,6 @@
 """File mode's call plan: the `--script` language, and `--input` cut into utterances.
 
-Both build the list of simulated-caller steps (`callbot.sim.caller`) that `callbot phone` plays
+Both build the list of simulated-caller steps (`callbot.caller.simulator`) that `callbot phone` plays
 instead of a microphone. A bad line or an unreadable WAV is a `ScriptError` with a message that
 names the line; the command turns it into exit code 2.
 """

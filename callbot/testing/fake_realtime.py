@@ -19,7 +19,7 @@ noise reduction or truncation of an overflowing context.
 Fault injection for resilience tests: `drop_after_events(n)`, `drop_now()`,
 `refuse_connections`, `expire_session()`.
 
-Run standalone (e.g. for the load benchmark): `python -m callbot.sim.fake_realtime --port 8765`.
+Run standalone (e.g. for the load benchmark): `python -m callbot.testing.fake_realtime --port 8765`.
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ async def serve_forever(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: `python -m callbot.sim.fake_realtime --port 8765 [--realtime-factor 4] [--fast]`."""
+    """CLI: `python -m callbot.testing.fake_realtime --port 8765 [--realtime-factor 4] [--fast]`."""
     parser = argparse.ArgumentParser(description="Fake OpenAI Realtime GA server")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
