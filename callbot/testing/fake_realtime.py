@@ -78,6 +78,11 @@ class FakeRealtimeServer:
         return self._ctx.violations
 
     @property
+    def context(self) -> SessionContext:
+        """What every session shares: the script, the validation switches, the synth cache."""
+        return self._ctx
+
+    @property
     def port(self) -> int:
         if self._server is None:
             raise RuntimeError("FakeRealtimeServer is not started")
@@ -156,13 +161,23 @@ class FakeRealtimeServer:
             )
         return None
 
+    def create_session(self, ws: ServerConnection, model: str, *, drop_after: int | None) -> FakeSession:
+        """The session for a connection just accepted (a hook: the load bench adds timestamps)."""
+        return FakeSession(self._ctx, ws, model, drop_after=drop_after)
+
+    def session_closed(self, session: FakeSession) -> None:
+        """Called once a session's connection is gone (a hook; `sessions` keeps it by default)."""
+
     async def _handle(self, ws: ServerConnection) -> None:
         query = parse_qs(urlsplit(ws.request.path if ws.request else "").query)
         model = (query.get("model") or ["gpt-realtime"])[0]
-        session = FakeSession(self._ctx, ws, model, drop_after=self._drop_next)
+        session = self.create_session(ws, model, drop_after=self._drop_next)
         self._drop_next = None
         self.sessions.append(session)
-        await session.run()
+        try:
+            await session.run()
+        finally:
+            self.session_closed(session)
 
 
 def _refuse(

@@ -169,6 +169,12 @@ class EnergyVad:
         loud = np.einsum("ij,ij->i", frames, frames) >= self._energy  # sum of squares vs. RMS level
         return self.advance(loud.tolist())
 
+    def feed_audio(self, fmt: AudioFormat, data: bytes) -> Sequence[tuple[str, int]]:
+        """Consume appended audio as the client sent it, encoded in `fmt`; events as `feed`'s.
+
+        A subclass may measure the encoded bytes directly (the load benchmark's lean fake does)."""
+        return self.feed(fmt.decode(data))
+
     def advance(self, loud: Sequence[bool]) -> list[tuple[str, int]]:
         """Run the state machine over the next windows, given whether each one was loud."""
         # Fast paths: the common 20 ms append is all-quiet while idle or all-loud while speaking.

@@ -13,26 +13,21 @@ from __future__ import annotations
 import asyncio
 import binascii
 import copy
-import math
-import secrets
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import orjson
 from websockets.exceptions import ConnectionClosed
 
 from callbot.testing.fake_realtime_audio import PCM24K, AudioFormat, EnergyVad, audio_format
-from callbot.testing.fake_realtime_items import ItemsMixin
-from callbot.testing.fake_realtime_responses import ResponseMixin
+from callbot.testing.fake_realtime_items import ItemEvents
+from callbot.testing.fake_realtime_responses import Responder
 from callbot.testing.fake_realtime_state import (
-    Conversation,
     ConvItem,
     SessionContext,
-    default_session,
+    SessionCore,
     merge_session,
-    split_words,
-    text_tokens,
 )
 from callbot.testing.protocol_check import ProtocolViolation, validate_client_event, validate_server_event
 
@@ -51,12 +46,20 @@ BUFFER_KEEP_MS = 30_000
 
 
 @dataclass(frozen=True, slots=True)
-class _Close:
+class Close:
+    """Queued after the last event to send: close the socket with this code and reason."""
+
     code: int
     reason: str
 
 
-class FakeSession(ItemsMixin, ResponseMixin):
+class Outbox(Protocol):
+    """Where a session puts its encoded server events (an `asyncio.Queue` its writer drains)."""
+
+    def put_nowait(self, item: bytes | Close, /) -> None: ...
+
+
+class FakeSession:
     """Server-side state of one Realtime WebSocket session.
 
     Public, read-only for tests: `id`, `model`, `config` (effective session config), `received`
@@ -64,178 +67,253 @@ class FakeSession(ItemsMixin, ResponseMixin):
     server-side conversation as GA item dicts, without audio), `conversation_id`, `closed`.
     `sent` is filled when an event is queued, so after a fault-injected close it may end with
     events the client never received.
+
+    The state its parts share lives in `core` (a `SessionCore`); `item_events` and `responder`
+    handle the item and response events. Hooks for another transport (the load benchmark's lean
+    fake): pass `outbox` (and `ws=None`) to take the encoded events yourself, feed client frames
+    to `handle` (or parsed events to `dispatch`), call `open` and `connection_closed`;
+    `on_send` sees each frame the writer is about to send, `validates_server_event` and
+    `new_vad` may be overridden, and `responder_class` paces responses.
     """
 
+    responder_class: ClassVar[type[Responder]] = Responder
+
     def __init__(
-        self, ctx: SessionContext, ws: ServerConnection, model: str, *, drop_after: int | None = None
+        self,
+        ctx: SessionContext,
+        ws: ServerConnection | None,
+        model: str,
+        *,
+        drop_after: int | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
-        self.ctx = ctx
+        self.core = SessionCore(ctx, model, self.emit)
+        self.item_events = ItemEvents(self.core)
+        self.responder = self.responder_class(self.core, self.item_events)
         self.ws = ws
-        self.model = model
-        self.script = ctx.script
-        self._tag = secrets.token_hex(3)
-        self.id = f"sess_{self._tag}"
-        self.conversation_id = f"conv_{self._tag}"
-        self.config: dict[str, Any] = default_session(model)
         self.received: list[dict[str, Any]] = []
         self.sent: list[dict[str, Any]] = []
-        self.conversation = Conversation()
-        self.closed = False
         self.drop_after = drop_after
-        self._out: asyncio.Queue[bytes | _Close] = asyncio.Queue()
-        self._counter = 0
+        self._queue: asyncio.Queue[bytes | Close] | None = None
+        if outbox is None:
+            self._queue = asyncio.Queue()
+            outbox = self._queue
+        self._out: Outbox = outbox
         # input audio buffer, on the session timeline (ms of all audio ever appended)
-        self._in_fmt: AudioFormat = PCM24K
         self._buf = bytearray()
         self._buf_start_ms = 0.0
         self._vad: EnergyVad | None = None
         self._vad_key: tuple[Any, ...] | None = None
         self._speech_item: str | None = None
         self._speech_start_ms = 0.0
-        self._utterances = 0
-        self._init_responses()
         self._configure_audio()
-        self._handlers = {
+        items, responder = self.item_events, self.responder
+        self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "session.update": self._on_session_update,
             "input_audio_buffer.append": self._on_append,
             "input_audio_buffer.commit": self._on_commit,
             "input_audio_buffer.clear": self._on_clear,
-            "conversation.item.create": self._on_item_create,
-            "conversation.item.delete": self._on_item_delete,
-            "conversation.item.truncate": self._on_item_truncate,
-            "conversation.item.retrieve": self._on_item_retrieve,
-            "response.create": self._on_response_create,
-            "response.cancel": self._on_response_cancel,
+            "conversation.item.create": items.on_create,
+            "conversation.item.delete": items.on_delete,
+            "conversation.item.truncate": items.on_truncate,
+            "conversation.item.retrieve": items.on_retrieve,
+            "response.create": responder.on_create,
+            "response.cancel": responder.on_cancel,
             "output_audio_buffer.clear": self._on_output_clear,
         }
 
-    # ------------------------------------------------------------------ plumbing
+    # ------------------------------------------------------------------ read-only views
+
+    @property
+    def id(self) -> str:
+        return self.core.id
+
+    @property
+    def model(self) -> str:
+        return self.core.model
+
+    @property
+    def ctx(self) -> SessionContext:
+        return self.core.ctx
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.core.config
+
+    @property
+    def conversation_id(self) -> str:
+        return self.core.conversation_id
+
+    @property
+    def closed(self) -> bool:
+        return self.core.closed
 
     @property
     def items(self) -> list[dict[str, Any]]:
         """The conversation as the server holds it (live dicts; do not mutate)."""
-        return [item.data for item in self.conversation.items]
+        return [item.data for item in self.core.conversation.items]
 
-    def new_id(self, prefix: str) -> str:
-        self._counter += 1
-        return f"{prefix}_{self._tag}{self._counter:05d}"
+    # ------------------------------------------------------------------ plumbing
 
     def violation(self, message: str) -> None:
-        self.ctx.violations.append(f"{self.id}: {message}")
+        self.core.violation(message)
+
+    def validates_server_event(self, event_type: str) -> bool:
+        """Whether this server event is checked against the SDK's models before it is sent."""
+        return self.core.ctx.validate or event_type not in HOT_SERVER
 
     def emit(self, event: dict[str, Any]) -> None:
         """Validate, record and queue one server event (no-op once the session is closing)."""
-        if self.closed:
+        core = self.core
+        if core.closed:
             return
-        self._counter += 1
-        event["event_id"] = f"event_{self._tag}{self._counter:06d}"
+        event["event_id"] = core.next_event_id()
         hot = event["type"] in HOT_SERVER
-        if self.ctx.validate or not hot:
+        if self.validates_server_event(event["type"]):
             try:
                 validate_server_event(event)
             except ProtocolViolation as exc:
-                self.violation(f"server sent invalid event: {exc}")
-        if self.ctx.record_audio or not hot:
+                core.violation(f"server sent invalid event: {exc}")
+        if core.ctx.record_audio or not hot:
             self.sent.append(event)
         self._out.put_nowait(orjson.dumps(event))
 
-    def error(
-        self, message: str, *, code: str | None, param: str | None = None, event_id: str | None = None
-    ) -> None:
-        """Send an `error` event shaped like the real server's `invalid_request_error`s."""
-        err = {"type": "invalid_request_error", "code": code, "message": message, "param": param}
-        self.emit({"type": "error", "error": {**err, "event_id": event_id}})
+    def on_send(self, frame: bytes) -> None:
+        """Called with each encoded event just before the writer sends it (a hook; no-op here)."""
+
+    def open(self) -> None:
+        """Greet the client with `session.created` (the first thing a session sends)."""
+        self.emit({"type": "session.created", "session": copy.deepcopy(self.core.config)})
+
+    def connection_closed(self) -> None:
+        """The connection is gone: emit nothing more and stop streaming responses."""
+        self.core.closed = True
+        self.responder.cancel_all()
+
+    def drop_buffered_audio(self) -> None:
+        """Forget the input audio buffer (a finished session kept only for its records)."""
+        self._buf = bytearray()
 
     async def run(self) -> None:
         """Serve the connection until it closes."""
+        assert self.ws is not None, "run() serves a websocket; without one, feed handle()"
         writer = asyncio.create_task(self._write_loop())
-        self.emit({"type": "session.created", "session": copy.deepcopy(self.config)})
+        self.open()
         try:
             async for message in self.ws:
                 self.handle(message)
         except ConnectionClosed:
             pass
         finally:
-            self.closed = True
-            self.cancel_all_responses()
+            self.connection_closed()
             if not writer.done():
                 writer.cancel()
 
     async def _write_loop(self) -> None:
+        assert self.ws is not None and self._queue is not None
         try:
             while True:
-                frame = await self._out.get()
-                if isinstance(frame, _Close):
+                frame = await self._queue.get()
+                if isinstance(frame, Close):
                     await self.ws.close(frame.code, frame.reason)
                     return
+                self.on_send(frame)
                 await self.ws.send(frame, text=True)
                 if self.drop_after is not None:
                     self.drop_after -= 1
                     if self.drop_after <= 0:
-                        self.closed = True
+                        self.core.closed = True
                         await self.ws.close(1011, "fake: connection dropped")
                         return
         except ConnectionClosed:
-            self.closed = True
+            self.core.closed = True
 
     def close_after_pending(self, code: int, reason: str) -> None:
         """Close once everything already emitted has been written; later events are dropped."""
-        if not self.closed:
-            self._out.put_nowait(_Close(code, reason))
-            self.closed = True
+        if not self.core.closed:
+            self._out.put_nowait(Close(code, reason))
+            self.core.closed = True
 
     async def abort(self, code: int = 1011, reason: str = "fake: connection dropped") -> None:
         """Close right now, discarding queued events."""
-        self.closed = True
-        self.cancel_all_responses()
-        await self.ws.close(code, reason)
+        self.connection_closed()
+        if self.ws is not None:
+            await self.ws.close(code, reason)
 
     def expire(self, minutes: int = 60, code: int = 1001) -> None:
         """Send the real `session_expired` error, then close."""
-        self.error(f"Your session hit the maximum duration of {minutes} minutes.", code="session_expired")
+        self.core.error(
+            f"Your session hit the maximum duration of {minutes} minutes.", code="session_expired"
+        )
         self.close_after_pending(code, "session expired")
 
     # ------------------------------------------------------------------ dispatch
 
     def handle(self, message: str | bytes) -> None:
         """Process one client frame."""
+        core = self.core
         if isinstance(message, bytes):
-            self.violation("client sent a binary frame")
-            self.error("Binary frames are not supported; send JSON text frames.", code="invalid_json")
+            core.violation("client sent a binary frame")
+            core.error("Binary frames are not supported; send JSON text frames.", code="invalid_json")
             return
         try:
             obj = orjson.loads(message)
         except orjson.JSONDecodeError:
-            self.violation(f"client sent invalid JSON: {message[:80]!r}")
-            self.error("We could not parse the JSON body of your request.", code="invalid_json")
+            core.violation(f"client sent invalid JSON: {message[:80]!r}")
+            core.error("We could not parse the JSON body of your request.", code="invalid_json")
             return
         etype = obj.get("type") if isinstance(obj, dict) else None
         hot = etype in HOT_CLIENT
-        if self.ctx.record_audio or not hot:
+        if core.ctx.record_audio or not hot:
             self.received.append(obj)
-        if self.ctx.validate or not hot:
+        if core.ctx.validate or not hot:
             try:
                 validate_client_event(obj)
             except ProtocolViolation as exc:
-                self.violation(f"client sent invalid event: {exc}")
+                core.violation(f"client sent invalid event: {exc}")
                 event_id = obj.get("event_id") if isinstance(obj, dict) else None
-                self.error(exc.message, code=exc.code, param=exc.param, event_id=event_id)
+                core.error(exc.message, code=exc.code, param=exc.param, event_id=event_id)
                 return
+        self.dispatch(obj)
+
+    def dispatch(self, obj: dict[str, Any]) -> None:
+        """Apply one parsed client event (already recorded and validated, or deliberately not)."""
+        etype = obj.get("type")
         handler = self._handlers.get(str(etype))
         if handler is None:
-            self.error(f"Invalid value: '{etype}'.", code="invalid_value", param="type")
+            self.core.error(f"Invalid value: '{etype}'.", code="invalid_value", param="type")
             return
         try:
             handler(obj)
         except (KeyError, TypeError, AttributeError, ValueError) as exc:  # only reachable with validate=False
-            self.violation(f"client event {etype} could not be handled: {exc!r}")
-            self.error(f"Invalid '{etype}' event: {exc}", code="invalid_value", event_id=obj.get("event_id"))
+            self.core.violation(f"client event {etype} could not be handled: {exc!r}")
+            self.core.error(
+                f"Invalid '{etype}' event: {exc}", code="invalid_value", event_id=obj.get("event_id")
+            )
 
     # ------------------------------------------------------------------ session
 
     def _turn_detection(self) -> dict[str, Any] | None:
-        td: dict[str, Any] | None = self.config["audio"]["input"].get("turn_detection")
+        td: dict[str, Any] | None = self.core.config["audio"]["input"].get("turn_detection")
         return td
+
+    def new_vad(
+        self,
+        fmt: AudioFormat,
+        *,
+        threshold: float,
+        prefix_padding_ms: int,
+        silence_duration_ms: int,
+        base_ms: float,
+    ) -> EnergyVad:
+        """The server VAD for input audio in `fmt` (a hook: the load bench measures loudness in C)."""
+        return EnergyVad(
+            fmt.rate,
+            threshold=threshold,
+            prefix_padding_ms=prefix_padding_ms,
+            silence_duration_ms=silence_duration_ms,
+            base_ms=base_ms,
+        )
 
     def _configure_audio(self) -> None:
         """(Re)build the input format and VAD when their settings changed.
@@ -243,10 +321,11 @@ class FakeSession(ItemsMixin, ResponseMixin):
         A format change empties the input buffer (its bytes would be misread otherwise);
         changed VAD settings restart detection, so an utterance in progress is forgotten.
         """
-        fmt = audio_format(self.config["audio"]["input"].get("format")) or PCM24K
-        if fmt != self._in_fmt:
+        core = self.core
+        fmt = audio_format(core.config["audio"]["input"].get("format")) or PCM24K
+        if fmt != core.input_format:
             self._reset_buffer()
-            self._in_fmt = fmt
+            core.input_format = fmt
         td = self._turn_detection()
         key: tuple[Any, ...] | None = None
         if td is not None:
@@ -260,8 +339,8 @@ class FakeSession(ItemsMixin, ResponseMixin):
         self._speech_item = None
         self._vad = None
         if key is not None:
-            self._vad = EnergyVad(
-                fmt.rate,
+            self._vad = self.new_vad(
+                fmt,
                 threshold=key[1],
                 prefix_padding_ms=key[2],
                 silence_duration_ms=key[3],
@@ -270,42 +349,41 @@ class FakeSession(ItemsMixin, ResponseMixin):
 
     @property
     def _timeline_ms(self) -> float:
-        return self._buf_start_ms + self._in_fmt.ms(len(self._buf))
+        return self._buf_start_ms + self.core.input_format.ms(len(self._buf))
 
     def _on_session_update(self, obj: dict[str, Any]) -> None:
         update = obj["session"]
         eid = obj.get("event_id")
         if update.get("type") != "realtime":
-            self.error(
+            self.core.error(
                 "The fake server only supports session.type 'realtime'.",
                 code="invalid_value",
                 param="session.type",
                 event_id=eid,
             )
             return
-        merged = merge_session(self.config, update)
+        merged = merge_session(self.core.config, update)
         for direction in ("input", "output"):
             if audio_format(merged["audio"][direction]["format"]) is None:
-                self.error(
+                self.core.error(
                     f"The fake server does not implement {merged['audio'][direction]['format']['type']}.",
                     code="invalid_value",
                     param=f"session.audio.{direction}.format",
                     event_id=eid,
                 )
                 return
-        if self.voice_locked and merged["audio"]["output"].get("voice") != self.config["audio"]["output"].get(
-            "voice"
-        ):
-            self.error(
+        voice = self.core.config["audio"]["output"].get("voice")
+        if self.responder.voice_locked and merged["audio"]["output"].get("voice") != voice:
+            self.core.error(
                 "Cannot update a conversation's voice if assistant audio is present.",
                 code="cannot_update_voice",
                 param="session.audio.output.voice",
                 event_id=eid,
             )
             return
-        self.config = merged
+        self.core.config = merged
         self._configure_audio()
-        self.emit({"type": "session.updated", "session": copy.deepcopy(self.config)})
+        self.core.emit({"type": "session.updated", "session": copy.deepcopy(self.core.config)})
 
     # ------------------------------------------------------------------ input audio
 
@@ -313,7 +391,7 @@ class FakeSession(ItemsMixin, ResponseMixin):
         try:
             data = binascii.a2b_base64(obj["audio"], strict_mode=True)
         except (binascii.Error, ValueError, TypeError):
-            self.error(
+            self.core.error(
                 "Invalid 'audio': not valid base64.",
                 code="invalid_value",
                 param="audio",
@@ -328,32 +406,29 @@ class FakeSession(ItemsMixin, ResponseMixin):
         vad = self._vad
         if vad is None:
             return
-        for kind, ms in self._vad_events(vad, data):
+        for kind, ms in vad.feed_audio(self.core.input_format, data):
             if kind == "start":
                 self._speech_started(ms)
             else:
                 self._speech_stopped(ms)
-        if not vad.speaking and self._in_fmt.ms(len(self._buf)) > BUFFER_KEEP_MS:
+        if not vad.speaking and self.core.input_format.ms(len(self._buf)) > BUFFER_KEEP_MS:
             self._drop_buffer_until(self._timeline_ms - BUFFER_KEEP_MS / 3)
 
-    def _vad_events(self, vad: EnergyVad, data: bytes) -> Sequence[tuple[str, int]]:
-        return vad.feed(self._in_fmt.decode(data))
-
     def _drop_buffer_until(self, ms: float) -> None:
-        n = max(0, min(len(self._buf), self._in_fmt.nbytes(ms - self._buf_start_ms)))
+        n = max(0, min(len(self._buf), self.core.input_format.nbytes(ms - self._buf_start_ms)))
         del self._buf[:n]
-        self._buf_start_ms += self._in_fmt.ms(n)
+        self._buf_start_ms += self.core.input_format.ms(n)
 
     def _buffer_slice(self, start_ms: float, end_ms: float) -> bytes:
-        fmt = self._in_fmt
+        fmt = self.core.input_format
         a = max(0, min(len(self._buf), fmt.nbytes(start_ms - self._buf_start_ms)))
         b = max(a, min(len(self._buf), fmt.nbytes(end_ms - self._buf_start_ms)))
         return bytes(self._buf[a:b])
 
     def _speech_started(self, start_ms: int) -> None:
-        self._speech_item = self.new_id("item")
+        self._speech_item = self.core.new_id("item")
         self._speech_start_ms = max(float(start_ms), self._buf_start_ms)
-        self.emit(
+        self.core.emit(
             {
                 "type": "input_audio_buffer.speech_started",
                 "audio_start_ms": int(self._speech_start_ms),
@@ -361,36 +436,38 @@ class FakeSession(ItemsMixin, ResponseMixin):
             }
         )
         td = self._turn_detection() or {}
-        if td.get("interrupt_response", True) and self.active_inband is not None:
-            self.finish_response(self.active_inband, "cancelled", "turn_detected")
+        if td.get("interrupt_response", True) and self.responder.active_inband is not None:
+            self.responder.finish(self.responder.active_inband, "cancelled", "turn_detected")
 
     def _speech_stopped(self, end_ms: int) -> None:
-        item_id = self._speech_item or self.new_id("item")
+        item_id = self._speech_item or self.core.new_id("item")
         self._speech_item = None
-        self.emit({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": end_ms, "item_id": item_id})
+        self.core.emit(
+            {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": end_ms, "item_id": item_id}
+        )
         audio = self._buffer_slice(self._speech_start_ms, end_ms)
         self._drop_buffer_until(end_ms)
         td = self._turn_detection() or {}
         self._commit(item_id, audio, auto_response=bool(td.get("create_response", True)))
 
     def _on_commit(self, obj: dict[str, Any]) -> None:
-        ms = self._in_fmt.ms(len(self._buf))
+        ms = self.core.input_format.ms(len(self._buf))
         if ms < 100:
-            self.error(
+            self.core.error(
                 "Error committing input audio buffer: buffer too small. Expected at least 100ms of audio, "
                 f"but buffer only has {ms:.2f}ms of audio.",
                 code="input_audio_buffer_commit_empty",
                 event_id=obj.get("event_id"),
             )
             return
-        item_id = self._speech_item or self.new_id("item")
+        item_id = self._speech_item or self.core.new_id("item")
         audio = bytes(self._buf)
         self._reset_buffer()
         self._commit(item_id, audio, auto_response=False)
 
     def _on_clear(self, obj: dict[str, Any]) -> None:
         self._reset_buffer()
-        self.emit({"type": "input_audio_buffer.cleared"})
+        self.core.emit({"type": "input_audio_buffer.cleared"})
 
     def _reset_buffer(self) -> None:
         self._buf_start_ms = self._timeline_ms
@@ -402,15 +479,16 @@ class FakeSession(ItemsMixin, ResponseMixin):
 
     def _commit(self, item_id: str, audio: bytes, *, auto_response: bool) -> None:
         """Turn audio into a user item: committed, item added/done, transcription, maybe a response."""
-        self.emit(
+        self.core.emit(
             {
                 "type": "input_audio_buffer.committed",
                 "item_id": item_id,
-                "previous_item_id": self.conversation.last_id(),
+                "previous_item_id": self.core.conversation.last_id(),
             }
         )
-        n = self._utterances
-        self._utterances += 1
+        progress = self.core.progress
+        n = progress.utterances
+        progress.utterances += 1
         item = ConvItem(
             data={
                 "id": item_id,
@@ -420,74 +498,26 @@ class FakeSession(ItemsMixin, ResponseMixin):
                 "status": "completed",
                 "content": [{"type": "input_audio", "transcript": None}],
             },
-            audio_ms=self._in_fmt.ms(len(audio)),
-            audio_format=self._in_fmt,
-            audio_bytes=audio if self.ctx.record_audio else None,
-            heard_text=self.script.transcript_for(n),
+            audio_ms=self.core.input_format.ms(len(audio)),
+            audio_format=self.core.input_format,
+            audio_bytes=audio if self.core.ctx.record_audio else None,
+            heard_text=self.core.script.transcript_for(n),
         )
-        self.add_item(item, None)
-        transcribe = self.config["audio"]["input"].get("transcription") is not None
-        respond = auto_response and self.active_inband is None
-        delay = transcribe and respond and self.script.transcript_after_response
+        self.item_events.add(item, None)
+        transcribe = self.core.config["audio"]["input"].get("transcription") is not None
+        respond = auto_response and self.responder.active_inband is None
+        delay = transcribe and respond and self.core.script.transcript_after_response
         if transcribe and not delay:
-            self.transcribe(item, n)
+            self.item_events.transcribe(item, n)
         if respond:
-            resp = self.start_response({}, event_id=None)
+            resp = self.responder.start({}, event_id=None)
             if resp is not None and delay:
                 resp.pending_transcriptions.append((item, n))
             elif delay:
-                self.transcribe(item, n)
-
-    def transcribe(self, item: ConvItem, n: int) -> None:
-        """Emit the scripted input transcription of the n-th utterance (or its failure)."""
-        if n in self.script.fail_transcription_for:
-            self.emit(
-                {
-                    "type": "conversation.item.input_audio_transcription.failed",
-                    "item_id": item.id,
-                    "content_index": 0,
-                    "error": {
-                        "type": "transcription_error",
-                        "code": "transcription_failed",
-                        "message": f"Fake transcription failure for utterance {n}.",
-                        "param": None,
-                    },
-                }
-            )
-            return
-        text = item.heard_text
-        for piece in split_words(text, max(1, math.ceil(len(text.split()) / 3))):
-            if piece:
-                self.emit(
-                    {
-                        "type": "conversation.item.input_audio_transcription.delta",
-                        "item_id": item.id,
-                        "content_index": 0,
-                        "delta": piece,
-                    }
-                )
-        audio_tokens = item.tokens()[1]
-        out = text_tokens(text)
-        self.emit(
-            {
-                "type": "conversation.item.input_audio_transcription.completed",
-                "item_id": item.id,
-                "content_index": 0,
-                "transcript": text,
-                "usage": {
-                    "type": "tokens",
-                    "input_tokens": audio_tokens,
-                    "output_tokens": out,
-                    "total_tokens": audio_tokens + out,
-                    "input_token_details": {"audio_tokens": audio_tokens, "text_tokens": 0},
-                },
-            }
-        )
-        if self.conversation.get(item.id) is item:
-            item.data["content"][0]["transcript"] = text
+                self.item_events.transcribe(item, n)
 
     def _on_output_clear(self, obj: dict[str, Any]) -> None:
-        self.error(
+        self.core.error(
             "output_audio_buffer.clear is only supported for WebRTC and SIP connections.",
             code="invalid_value",
             event_id=obj.get("event_id"),
