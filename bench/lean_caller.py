@@ -48,14 +48,13 @@ from callbot.caller.codec import FRAME_BYTES, FRAME_MS, mulaw_encode, silence_fr
 from callbot.caller.playback import playback_stats
 from callbot.caller.result import CallResult
 from callbot.caller.script import HangUp, Say, SayDuringAssistant, Silence, Step, WaitForAssistant
-from callbot.caller.simulator import TwilioCaller
+from callbot.caller.simulator import USER_AGENT, TwilioCaller
 from callbot.caller.stream import LATE_AFTER_STOP_S
 
 SAMPLES_PER_FRAME = 160
 FRAME_NS = FRAME_MS * 1_000_000
 SILENCE_B64 = base64.b64encode(silence_frame())
 _OUTBOUND_EVENTS = frozenset({"media", "mark", "clear"})
-USER_AGENT = "callbot-sim (Twilio Media Streams simulator)"
 
 # ----------------------------------------------------------------------------- script
 
@@ -732,8 +731,8 @@ class LeanTwilioCaller(TwilioCaller):
         self.on_call = on_call
         self.stalls = stalls
 
-    async def _stream(self, stream_url: str, script: Any, result: CallResult) -> None:
-        connect_url, headers = self._stream_connection(stream_url)
+    async def run_stream(self, stream_url: str, script: Any, result: CallResult) -> None:
+        connect_url, headers = self.stream_connection(stream_url)
         headers = {"User-Agent": USER_AGENT, **headers}
         cursor = LeanCursor(script)
 
