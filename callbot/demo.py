@@ -30,7 +30,7 @@ from callbot.caller.simulator import (
     TwilioCaller,
     WaitForAssistant,
 )
-from callbot.core.ticket import context_change_text
+from callbot.core.transcript_text import context_change_text
 from callbot.settings import Settings
 from callbot.testing.fake_openai import FakeOpenAI
 from callbot.testing.fake_realtime import Script
