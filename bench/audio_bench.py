@@ -44,7 +44,7 @@ from callbot.core.audio import (
     ulaw_decode,
     ulaw_encode,
 )
-from callbot.sim.speech import synth_speech
+from callbot.testing.speech import synth_speech
 
 LO, HI = 8000, 24000
 AMP = 32767 * 10 ** (-6 / 20)

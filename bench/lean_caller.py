@@ -1,6 +1,6 @@
 """A lean Twilio Media Streams caller for the load benchmark: the simulator's behaviour, less Python.
 
-`callbot.sim.caller.TwilioCaller` runs one task for its 20 ms clock and one for its receiver per
+`callbot.caller.simulator.TwilioCaller` runs one task for its 20 ms clock and one for its receiver per
 call, goes through the `websockets` asyncio connection for every message, builds every media
 message with orjson and keeps a recording. At 100+ concurrent calls that is more CPU than the
 server under test spends. This module keeps the simulator's behaviour and bookkeeping but:
@@ -16,8 +16,8 @@ server under test spends. This module keeps the simulator's behaviour and bookke
 * handles what the bot sends synchronously as it is read (`on_text`), with the simulator's
   checks (JSON text, known event, streamSid, base64 payload, no WAV header, mark names);
 * models Twilio's playback buffer with byte counts instead of bytes (`LeanPlayback`, the same
-  rules as `callbot.sim.caller_playback.PlaybackQueue`) and walks the script with `LeanCursor`
-  (the same rules as `callbot.sim.caller_script.ScriptCursor`, for Say, Silence,
+  rules as `callbot.caller.playback.PlaybackQueue`) and walks the script with `LeanCursor`
+  (the same rules as `callbot.caller.script.ScriptCursor`, for Say, Silence,
   WaitForAssistant, SayDuringAssistant and HangUp); tests/test_bench_load_side.py checks both
   against the simulator's classes step by step;
 * keeps no recording; the playback statistics (late frames, lateness, bursts) come from the
@@ -44,18 +44,17 @@ import lean_ws
 import numpy as np
 import orjson
 
-from callbot.sim.caller import TwilioCaller
-from callbot.sim.caller_codec import FRAME_BYTES, FRAME_MS, mulaw_encode, silence_frame
-from callbot.sim.caller_playback import playback_stats
-from callbot.sim.caller_result import CallResult
-from callbot.sim.caller_script import HangUp, Say, SayDuringAssistant, Silence, Step, WaitForAssistant
-from callbot.sim.caller_stream import LATE_AFTER_STOP_S
+from callbot.caller.codec import FRAME_BYTES, FRAME_MS, mulaw_encode, silence_frame
+from callbot.caller.playback import playback_stats
+from callbot.caller.result import CallResult
+from callbot.caller.script import HangUp, Say, SayDuringAssistant, Silence, Step, WaitForAssistant
+from callbot.caller.simulator import USER_AGENT, TwilioCaller
+from callbot.caller.stream import LATE_AFTER_STOP_S
 
 SAMPLES_PER_FRAME = 160
 FRAME_NS = FRAME_MS * 1_000_000
 SILENCE_B64 = base64.b64encode(silence_frame())
 _OUTBOUND_EVENTS = frozenset({"media", "mark", "clear"})
-USER_AGENT = "callbot-sim (Twilio Media Streams simulator)"
 
 # ----------------------------------------------------------------------------- script
 
@@ -732,8 +731,8 @@ class LeanTwilioCaller(TwilioCaller):
         self.on_call = on_call
         self.stalls = stalls
 
-    async def _stream(self, stream_url: str, script: Any, result: CallResult) -> None:
-        connect_url, headers = self._stream_connection(stream_url)
+    async def run_stream(self, stream_url: str, script: Any, result: CallResult) -> None:
+        connect_url, headers = self.stream_connection(stream_url)
         headers = {"User-Agent": USER_AGENT, **headers}
         cursor = LeanCursor(script)
 

@@ -1202,10 +1202,10 @@ def verdicts(results: list[dict[str, Any]]) -> list[str]:
     if not any(r["calls"] >= t["calls_on_one_core"] for r in pcm):
         out.append(f"* {t['calls_on_one_core']} calls pcm24k on one core: not measured in this run")
     for mode in sorted({r["mode"] for r in results}):
-        r = by.get((mode, t["latency_at_calls"]))
-        if r is None:
+        at = by.get((mode, t["latency_at_calls"]))
+        if at is None:
             continue
-        i, o = r["inbound_ms"]["p99"], r["outbound_first_frame_ms"]["p99"]
+        i, o = at["inbound_ms"]["p99"], at["outbound_first_frame_ms"]["p99"]
         ok = i is not None and o is not None and i < t["latency_p99_ms"] and o < t["latency_p99_ms"]
         out.append(
             f"* added latency p99 at {t['latency_at_calls']} calls, {mode}: {'PASS' if ok else 'FAIL'} — "

@@ -17,8 +17,9 @@ Two implementations, same behaviour and the same JSON out:
 * `"impl": "lean"` (default): `lean_caller.LeanTwilioCaller` (bench/lean_caller.py): the
   simulator's webhook and TwiML handling, then a lean websocket, one process-wide 20 ms clock
   and pre-built media messages. About 4x cheaper per call than the simulator.
-* `"impl": "simulator"`: the caller simulator itself (`callbot.sim.caller.TwilioCaller`),
-  subclassing its stream session for the timestamps (no simulator code changes). By default
+* `"impl": "simulator"`: the caller simulator itself (`callbot.caller.simulator.TwilioCaller`),
+  with the timestamps added through its public hooks (`TwilioCaller.new_stream_session`,
+  `StreamSession.encode_frame` / `decode_frame`; no monkeypatching). By default
   it does not keep its recording (the mu-law encode of the caller's audio is cached and the
   decode of both tracks for the WAV is skipped); `"record": true` runs it unchanged.
 
@@ -48,10 +49,11 @@ import lean_caller
 import load_common as lc
 import numpy as np
 import orjson
+from websockets.asyncio.client import ClientConnection
 
-import callbot.sim.caller as caller_mod
-import callbot.sim.caller_stream as stream_mod
-from callbot.sim.caller import (
+from callbot.caller.codec import mulaw_encode
+from callbot.caller.script import ScriptCursor
+from callbot.caller.simulator import (
     CallResult,
     HangUp,
     Say,
@@ -61,8 +63,8 @@ from callbot.sim.caller import (
     TwilioCaller,
     WaitForAssistant,
 )
-from callbot.sim.caller_stream import StreamSession
-from callbot.sim.speech import synth_speech
+from callbot.caller.stream import SessionConfig, StreamSession
+from callbot.testing.speech import synth_speech
 
 MEDIA_IN = '{"event":"media"'
 CLEAR_IN = '{"event":"clear"'
@@ -109,40 +111,44 @@ def build_script(seed: int, barge: bool, seconds: float, opening_ms: int | None 
     return steps
 
 
-# ----- lean mode: the simulator's recording is skipped, its caller-audio encode cached -----
 _ENCODE_CACHE: dict[bytes, bytes] = {}
 _EMPTY = np.zeros(0, dtype=np.int16)
-_real_encode = stream_mod.mulaw_encode
-
-
-def _cached_encode(pcm: np.ndarray) -> bytes:
-    key = pcm.tobytes()
-    out = _ENCODE_CACHE.get(key)
-    if out is None:
-        out = _ENCODE_CACHE[key] = _real_encode(pcm)
-    return out
-
-
-def _no_decode(data: bytes | bytearray | memoryview) -> np.ndarray:
-    return _EMPTY
-
-
-def lean_mode() -> None:
-    stream_mod.mulaw_encode = _cached_encode  # type: ignore[assignment]
-    stream_mod.mulaw_decode = _no_decode  # type: ignore[assignment]
 
 
 class BenchStreamSession(StreamSession):
-    """The simulator's stream session plus send/receive timestamps (CLOCK_MONOTONIC ns)."""
+    """The simulator's stream session plus send/receive timestamps (CLOCK_MONOTONIC ns).
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    `lean`: the simulator's recording is skipped (no decode) and its caller-audio encode cached."""
+
+    def __init__(
+        self,
+        cfg: SessionConfig,
+        ws: ClientConnection,
+        cursor: ScriptCursor,
+        result: CallResult,
+        *,
+        lean: bool,
+    ) -> None:
+        super().__init__(cfg, ws, cursor, result)
+        self.lean = lean
         self.t0_ns = time.monotonic_ns()
         self.send_ns = array("q")
         self.send_late_us = array("q")
         self.media_in_ns = array("q")
         self.clear_ns = array("q")
         self.period_ns = int(20e6 / self.cfg.speed)
+
+    def encode_frame(self, pcm: np.ndarray) -> bytes:
+        if not self.lean:
+            return super().encode_frame(pcm)
+        key = pcm.tobytes()
+        out = _ENCODE_CACHE.get(key)
+        if out is None:
+            out = _ENCODE_CACHE[key] = mulaw_encode(pcm)
+        return out
+
+    def decode_frame(self, payload: bytes) -> np.ndarray:
+        return _EMPTY if self.lean else super().decode_frame(payload)
 
     async def send(self, message: dict[str, Any], numbered: bool = True) -> bool:
         if message.get("event") == "media" and not (self.stopped or self.closed):
@@ -168,6 +174,19 @@ class BenchStreamSession(StreamSession):
             "media_in_ns": list(self.media_in_ns),
             "clear_ns": list(self.clear_ns),
         }
+
+
+class BenchTwilioCaller(TwilioCaller):
+    """The simulator itself, its streams run by `BenchStreamSession`."""
+
+    def __init__(self, base_url: str, *, lean: bool, **kw: Any) -> None:
+        super().__init__(base_url, **kw)
+        self.lean = lean
+
+    def new_stream_session(
+        self, config: SessionConfig, ws: ClientConnection, cursor: ScriptCursor, result: CallResult
+    ) -> StreamSession:
+        return BenchStreamSession(config, ws, cursor, result, lean=self.lean)
 
 
 def summarise(result: CallResult, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -201,11 +220,7 @@ def summarise(result: CallResult, extra: dict[str, Any] | None = None) -> dict[s
 
 async def run(spec: dict[str, Any], out: Path) -> None:
     impl = "simulator" if spec.get("record") else spec.get("impl", "lean")
-    if impl == "simulator":
-        if not spec.get("record"):
-            lean_mode()
-        caller_mod.StreamSession = BenchStreamSession  # type: ignore[misc]
-    elif impl != "lean":
+    if impl not in ("simulator", "lean"):
         raise SystemExit(f"unknown caller impl {impl!r}")
     ticker = lean_caller.Ticker()
     seconds = float(spec["seconds"])
@@ -257,7 +272,7 @@ async def run(spec: dict[str, Any], out: Path) -> None:
                     spec["base_url"], ticker=ticker, on_call=keep, stalls=stalls.pop(call["sid"]), **common
                 )
             else:
-                caller = TwilioCaller(spec["base_url"], **common)
+                caller = BenchTwilioCaller(spec["base_url"], lean=not spec.get("record"), **common)
             state["active"] += 1
             try:
                 result = await caller.run(scripts.pop(call["sid"]))

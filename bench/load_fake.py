@@ -2,9 +2,11 @@
 
     python bench/load_fake.py --out fake.json --cpu 1 [--realtime-factor 4 --delta-ms 100]
 
-It is `callbot.sim.fake_realtime.FakeRealtimeServer` in benchmark mode (`validate=False`,
+It is `callbot.testing.fake_realtime.FakeRealtimeServer` in benchmark mode (`validate=False`,
 `record_audio=False`) with a session subclass that records, with `time.monotonic_ns()`
-(CLOCK_MONOTONIC, one clock for every process on the machine):
+(CLOCK_MONOTONIC, one clock for every process on the machine), through the fake's public
+hooks (`create_session` / `session_closed` on the server; `handle`, `emit`, `on_send`,
+`validates_server_event`, `new_vad`, an `outbox` and `responder_class` on the session):
 
 * the arrival of every `input_audio_buffer.append` (taken when the session handles the frame);
 * the moment each `input_audio_buffer.speech_started` is written to the socket;
@@ -26,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import binascii
-import copy
 import gc
 import os
 import signal
@@ -50,20 +51,13 @@ import lean_ws
 import load_common as lc
 import orjson
 from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
 
-from callbot.sim.fake_realtime import FakeRealtimeServer
-from callbot.sim.fake_realtime_audio import PCM24K, PCMU, AudioFormat, EnergyVad
-from callbot.sim.fake_realtime_responses import ActiveResponse
-from callbot.sim.fake_realtime_session import (
-    HOT_SERVER,
-    FakeSession,
-    SessionContext,
-    _Close,
-)
-from callbot.sim.fake_realtime_state import Script
-from callbot.sim.protocol_check import ProtocolViolation, validate_server_event
-from callbot.sim.speech import duration_ms_for_text
+from callbot.testing.fake_realtime import FakeRealtimeServer
+from callbot.testing.fake_realtime_audio import PCM24K, PCMU, AudioFormat, EnergyVad
+from callbot.testing.fake_realtime_responses import ActiveResponse, Responder
+from callbot.testing.fake_realtime_session import HOT_SERVER, Close, FakeSession, Outbox
+from callbot.testing.fake_realtime_state import Script, SessionContext
+from callbot.testing.speech import duration_ms_for_text
 
 APPEND_PREFIX = '{"type":"input_audio_buffer.append"'
 APPEND_HEAD = b'{"type":"input_audio_buffer.append","audio":"'
@@ -88,8 +82,17 @@ REPLIES = [
 
 
 class BenchSession(FakeSession):
-    def __init__(self, ctx: SessionContext, ws: ServerConnection, model: str, call: str) -> None:
-        super().__init__(ctx, ws, model)
+    def __init__(
+        self,
+        ctx: SessionContext,
+        ws: ServerConnection | None,
+        model: str,
+        call: str,
+        *,
+        drop_after: int | None = None,
+        outbox: Outbox | None = None,
+    ) -> None:
+        super().__init__(ctx, ws, model, drop_after=drop_after, outbox=outbox)
         self.call = call
         self.opened_ns = time.monotonic_ns()
         self.append_ns = array("q")
@@ -126,9 +129,9 @@ class BenchSession(FakeSession):
     def emit(self, event: dict[str, Any]) -> None:
         if not self.closed:
             self.count_server(event)
-        FakeSession.emit(self, event)
+        super().emit(event)
 
-    def note_sent(self, frame: bytes) -> None:
+    def on_send(self, frame: bytes) -> None:
         """Timestamp a frame about to be written if it is a speech_started or a response's first delta."""
         if frame.startswith(DELTA_PREFIX):
             start = len(DELTA_PREFIX)
@@ -139,19 +142,6 @@ class BenchSession(FakeSession):
         elif frame.startswith(SPEECH_PREFIX):
             self.speech_started_ns.append(time.monotonic_ns())
 
-    async def _write_loop(self) -> None:
-        """FakeSession._write_loop (no fault injection) with send timestamps for tagged events."""
-        try:
-            while True:
-                frame = await self._out.get()
-                if isinstance(frame, _Close):
-                    await self.ws.close(frame.code, frame.reason)
-                    return
-                self.note_sent(frame)
-                await self.ws.send(frame, text=True)
-        except ConnectionClosed:
-            self.closed = True
-
     def export(self) -> dict[str, Any]:
         return {
             "call": self.call,
@@ -160,7 +150,7 @@ class BenchSession(FakeSession):
             "append_ns": list(self.append_ns),
             "speech_started_ns": list(self.speech_started_ns),
             "first_delta_ns": list(self.first_delta_ns),
-            "utterances": self._utterances,
+            "utterances": self.core.progress.utterances,
             "appends": len(self.append_ns),
             "client_events": self.client_events,
             "server_events": self.server_events,
@@ -212,13 +202,16 @@ class LeanVad(EnergyVad):
             whole = len(data) // wb
         pcm = audioop.ulaw2lin(data, 2) if self._ulaw else data
         level = self.level
-        end = self._windows_done + whole
-        if not self.speaking and not self._recent and audioop.max(pcm, 2) < level:
-            self._windows_done = end  # no sample reaches the RMS threshold: every window is quiet
-            return ()
+        if audioop.max(pcm, 2) < level:  # no sample reaches the RMS threshold: every window is quiet
+            return self.advance([False] * whole)
         step = self.window * 2
         loud = [audioop.rms(pcm[k : k + step], 2) >= level for k in range(0, whole * step, step)]
         return self.advance(loud)  # EnergyVad's state machine on these loudness flags
+
+    def feed_audio(self, fmt: AudioFormat, data: bytes) -> Sequence[tuple[str, int]]:
+        """The VAD on the raw bytes (audioop), not on a decoded numpy array (`fmt` is this VAD's:
+        the session builds a new one when the input format changes)."""
+        return self.feed_bytes(data)
 
 
 VALIDATE_FIRST = 20
@@ -227,7 +220,7 @@ _VALIDATED: dict[str, int] = {}
 
 
 class _DirectOut:
-    """Stands in for FakeSession's outgoing queue: each emitted frame is written at once."""
+    """FakeSession's outbox on a lean connection: each emitted frame is written at once."""
 
     __slots__ = ("conn", "session")
 
@@ -235,30 +228,62 @@ class _DirectOut:
         self.session = session
         self.conn = conn
 
-    def put_nowait(self, frame: bytes | _Close) -> None:
-        if isinstance(frame, _Close):
+    def put_nowait(self, frame: bytes | Close, /) -> None:
+        if isinstance(frame, Close):
             self.conn.close(frame.code, frame.reason)
             return
-        self.session.note_sent(frame)
+        self.session.on_send(frame)
         self.conn.send_text(frame)
+
+
+class LeanResponder(Responder):
+    """Responses paced by a chain of timer callbacks instead of a task asleep between deltas:
+    the same events at the same times (t0 + i x interval), the same checks (`Responder.stream`)."""
+
+    async def stream(self, resp: ActiveResponse) -> None:
+        loop = asyncio.get_running_loop()
+        core = self.core
+        steps = resp.steps
+        interval = self.delta_interval_s()
+        if core.script.first_delta_delay_ms > 0:
+            await asyncio.sleep(core.script.first_delta_delay_ms / 1000)
+        t0 = loop.time()
+
+        def step(i: int) -> None:
+            if resp.finished or core.closed:
+                return
+            if i >= steps:
+                self.finish(resp, "completed")
+                return
+            self.send_delta(resp, i)
+            if i + 1 >= steps:
+                self.finish(resp, "completed")
+            elif interval:
+                loop.call_at(t0 + (i + 1) * interval, step, i + 1)
+            else:
+                loop.call_soon(step, i + 1)
+
+        step(0)
 
 
 class LeanBenchSession(BenchSession):
     """BenchSession on a `lean_ws` connection: client frames are handled as they are read and
-    server events are written as they are emitted (no reader loop, queue or writer task), and
-    the VAD is `LeanVad`. Appends are timestamped when the bytes carrying them were read."""
+    server events are written as they are emitted (no reader loop, queue or writer task), the
+    VAD is `LeanVad` and responses are paced by `LeanResponder`. Appends are timestamped when
+    the bytes carrying them were read."""
+
+    responder_class = LeanResponder
 
     def __init__(self, ctx: SessionContext, conn: lean_ws.WsServer, model: str, call: str) -> None:
-        super().__init__(ctx, conn, model, call)  # type: ignore[arg-type]
-        self._out = _DirectOut(self, conn)  # type: ignore[assignment]
+        super().__init__(ctx, None, model, call, outbox=_DirectOut(self, conn))
         self.lean_appends = not (ctx.validate or ctx.record_audio)
         """Appends may skip the generic handler: they are neither validated nor recorded."""
 
     def receive(self, text: str, now_ns: int) -> None:
         """One client text frame: `FakeSession.handle`, with a direct path for appends.
 
-        For an append the generic handler would only parse it and dispatch to `_on_append`
-        (appends are neither recorded nor validated in benchmark mode), so this does just that.
+        For an append the generic handler would only parse it and dispatch it (appends are
+        neither recorded nor validated in benchmark mode), so this does just that.
         Appends in the bridge's exact JSON shape do not even get here (`FakeConn.on_text_bytes`).
         """
         try:
@@ -268,86 +293,44 @@ class LeanBenchSession(BenchSession):
         if type(obj) is dict and obj.get("type") == "input_audio_buffer.append":
             self.append_ns.append(now_ns)
             if self.lean_appends:
-                try:
-                    self._on_append(obj)
-                except (KeyError, TypeError, AttributeError, ValueError) as exc:
-                    self.violation(f"client event input_audio_buffer.append could not be handled: {exc!r}")
-                    self.error(f"Invalid 'input_audio_buffer.append' event: {exc}", code="invalid_value")
+                self.dispatch(obj)
                 return
         else:
             self.count_client(obj)
         FakeSession.handle(self, text)
 
-    def emit(self, event: dict[str, Any]) -> None:
-        """FakeSession.emit, except that the fake's own non-audio events are validated against the
-        SDK models only the first `VALIDATE_FIRST` times per event type in this process (they are
-        built by the same code every time; a pydantic validation of each costs ~100 µs). Client
-        events (what the server under test sends) are still validated every time."""
-        if self.ctx.validate or self.ctx.record_audio:
-            super().emit(event)  # not benchmark mode: the unchanged path
-            return
-        if self.closed:
-            return
-        self.count_server(event)
-        self._counter += 1
-        event["event_id"] = f"event_{self._tag}{self._counter:06d}"
-        etype = event["type"]
-        if etype not in HOT_SERVER:
-            seen = _VALIDATED.get(etype, 0)
-            if seen < VALIDATE_FIRST:
-                _VALIDATED[etype] = seen + 1
-                try:
-                    validate_server_event(event)
-                except ProtocolViolation as exc:
-                    self.violation(f"server sent invalid event: {exc}")
-            self.sent.append(event)
-        self._out.put_nowait(orjson.dumps(event))
+    def validates_server_event(self, event_type: str) -> bool:
+        """As FakeSession's, except that in benchmark mode the fake's own non-audio events are
+        validated against the SDK models only the first `VALIDATE_FIRST` times per event type in
+        this process (they are built by the same code every time; a pydantic validation of each
+        costs ~100 µs). Client events (what the server under test sends) are still validated
+        every time."""
+        ctx = self.ctx
+        if ctx.validate or ctx.record_audio or event_type in HOT_SERVER:
+            return super().validates_server_event(event_type)  # not benchmark mode, or audio
+        seen = _VALIDATED.get(event_type, 0)
+        if seen >= VALIDATE_FIRST:
+            return False
+        _VALIDATED[event_type] = seen + 1
+        return True
 
-    def _configure_audio(self) -> None:
-        super()._configure_audio()
-        if self._vad is not None and not isinstance(self._vad, LeanVad):
-            self._vad = LeanVad(self._in_fmt, self._vad)
-
-    async def _stream(self, resp: ActiveResponse) -> None:
-        """ResponseMixin._stream as a chain of timer callbacks instead of a task asleep between
-        deltas: the same events at the same times (t0 + i x interval), the same checks."""
-        loop = asyncio.get_running_loop()
-        factor = self.script.realtime_factor
-        steps = len(resp.chunks) if resp.audio else len(resp.pieces)
-        interval = self.script.delta_ms / 1000 / factor if factor > 0 else 0.0
-        if self.script.first_delta_delay_ms > 0:
-            await asyncio.sleep(self.script.first_delta_delay_ms / 1000)
-        t0 = loop.time()
-        ids = {"response_id": resp.id, "item_id": resp.item.id, "output_index": 0, "content_index": 0}
-
-        def step(i: int) -> None:
-            if resp.finished or self.closed:
-                return
-            if i >= steps:
-                self.finish_response(resp, "completed")
-                return
-            if resp.audio:
-                self.emit({"type": "response.output_audio.delta", **ids, "delta": resp.chunks[i]})
-                resp.audio_ms += resp.chunk_ms[i]
-                resp.item.audio_ms = resp.audio_ms
-            piece = resp.pieces[i]
-            if piece:
-                kind = "audio_transcript" if resp.audio else "text"
-                self.emit({"type": f"response.output_{kind}.delta", **ids, "delta": piece})
-                resp.sent_text += piece
-            if i + 1 >= steps:
-                self.finish_response(resp, "completed")
-            elif interval:
-                loop.call_at(t0 + (i + 1) * interval, step, i + 1)
-            else:
-                loop.call_soon(step, i + 1)
-
-        step(0)
-
-    def _vad_events(self, vad: EnergyVad, data: bytes) -> Sequence[tuple[str, int]]:
-        """The VAD on the raw bytes (audioop), not on a decoded numpy array."""
-        assert isinstance(vad, LeanVad)
-        return vad.feed_bytes(data)
+    def new_vad(
+        self,
+        fmt: AudioFormat,
+        *,
+        threshold: float,
+        prefix_padding_ms: int,
+        silence_duration_ms: int,
+        base_ms: float,
+    ) -> EnergyVad:
+        vad = super().new_vad(
+            fmt,
+            threshold=threshold,
+            prefix_padding_ms=prefix_padding_ms,
+            silence_duration_ms=silence_duration_ms,
+            base_ms=base_ms,
+        )
+        return LeanVad(fmt, vad)
 
 
 class FakeConn(lean_ws.WsServer):
@@ -374,10 +357,10 @@ class FakeConn(lean_ws.WsServer):
         query = parse_qs(urlsplit(self.path).query)
         model = (query.get("model") or ["gpt-realtime"])[0]
         call = (query.get(lc.CALL_QUERY) or [""])[0]
-        session = self.session = LeanBenchSession(self.server._ctx, self, model, call)
+        session = self.session = LeanBenchSession(self.server.context, self, model, call)
         self.server.open.add(session)
         self.server.conns.add(self)
-        session.emit({"type": "session.created", "session": copy.deepcopy(session.config)})
+        session.open()
 
     def data_received(self, data: bytes) -> None:
         # What nearly every read carries: one masked, unfinished-by-nothing text frame of 126-65535
@@ -433,11 +416,10 @@ class FakeConn(lean_ws.WsServer):
         session = self.session
         if session is None:
             return
-        session.closed = True
-        session.cancel_all_responses()
+        session.connection_closed()
         self.server.open.discard(session)
         self.server.finished.append(session.export())
-        session._buf = bytearray()  # keep only the timestamps of closed sessions
+        session.drop_buffered_audio()  # keep only the timestamps of closed sessions
 
 
 class LeanFakeServer:
@@ -467,6 +449,10 @@ class LeanFakeServer:
     @property
     def violations(self) -> list[str]:
         return self._ctx.violations
+
+    @property
+    def context(self) -> SessionContext:
+        return self._ctx
 
     @property
     def port(self) -> int:
@@ -512,18 +498,19 @@ class BenchFakeServer(FakeRealtimeServer):
         self.finished: list[dict[str, Any]] = []
         self.open: set[BenchSession] = set()
 
-    async def _handle(self, ws: ServerConnection) -> None:
+    def create_session(self, ws: ServerConnection, model: str, *, drop_after: int | None) -> FakeSession:
         query = parse_qs(urlsplit(ws.request.path if ws.request else "").query)
-        model = (query.get("model") or ["gpt-realtime"])[0]
         call = (query.get(lc.CALL_QUERY) or [""])[0]
-        session = BenchSession(self._ctx, ws, model, call)
+        session = BenchSession(self.context, ws, model, call, drop_after=drop_after)
         self.open.add(session)
-        try:
-            await session.run()
-        finally:
-            self.open.discard(session)
-            self.finished.append(session.export())
-            session._buf = bytearray()  # keep only the timestamps of closed sessions
+        return session
+
+    def session_closed(self, session: FakeSession) -> None:
+        assert isinstance(session, BenchSession)
+        self.sessions.remove(session)  # a closed session lives on only as its timestamps
+        self.open.discard(session)
+        self.finished.append(session.export())
+        session.drop_buffered_audio()
 
 
 def prewarm_synth(ctx: SessionContext) -> None:
@@ -551,7 +538,7 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     server_cls: Any = LeanFakeServer if args.impl == "lean" else BenchFakeServer
     async with server_cls(script, host=args.host, port=args.port) as server:
-        prewarm_synth(server._ctx)
+        prewarm_synth(server.context)
         # Load-generator hygiene: without this, full collections of the ~150k objects imported at
         # start-up stall this loop for ~50 ms every few seconds and show up as inbound latency.
         gc.collect()

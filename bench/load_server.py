@@ -30,6 +30,7 @@ import inspect
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ from callbot.logs import setup_logging
 from callbot.settings import Settings
 from callbot.web.app import Services, create_app
 
+server_options: Callable[[Settings], dict[str, Any]] | None
 try:
     from callbot.web.app import server_options
 except ImportError:  # a callbot from before server_options (load_bench --server-src)

@@ -16,7 +16,7 @@ the real code path, without wall-clock pacing:
   and answers from the script, and it bills every response from the items it really holds, so
   deletions and the summary item show up in its `response.done` usage.
 * Summaries come from `callbot.adapters.summariser_openai.OpenAISummariser` calling the fake
-  OpenAI HTTP server (`callbot.sim.fake_openai_http`) through the real SDK; its token usage is
+  OpenAI HTTP server (`callbot.testing.fake_openai_http`) through the real SDK; its token usage is
   read from the HTTP responses.
 
 Every token figure printed comes from the fake server's `response.done.usage` (or the fake
@@ -71,10 +71,10 @@ from callbot.core.call import CallConfig, CallSession
 from callbot.core.realtime import AgentConfig
 from callbot.core.summary import SummaryPolicy
 from callbot.errors import SummaryUnavailable
-from callbot.sim.fake_openai_http import serve_fake_openai
-from callbot.sim.fake_realtime import FakeRealtimeServer, Script
-from callbot.sim.fake_realtime_audio import PCMU
-from callbot.sim.speech import duration_ms_for_text
+from callbot.testing.fake_openai_http import serve_fake_openai
+from callbot.testing.fake_realtime import FakeRealtimeServer, Script
+from callbot.testing.fake_realtime_audio import PCMU
+from callbot.testing.speech import duration_ms_for_text
 
 MODEL = "gpt-realtime-1.5"
 SUMMARY_MODEL = "gpt-5.4-mini"

@@ -58,7 +58,7 @@ def build_parser(*, serve_only: bool = False) -> argparse.ArgumentParser:
     demo.add_parser(sub)
     phone.add_parser(sub)
     cli_tickets.register(sub)
-    from callbot.sim import fake_openai
+    from callbot.testing import fake_openai
 
     fake = sub.add_parser(
         "fake-openai",

@@ -21,13 +21,21 @@ from pydantic import SecretStr
 
 from callbot.adapters.realtime_openai import OpenAIRealtimeConnector
 from callbot.adapters.store_sql import SqlTicketStore
-from callbot.core.ticket import context_change_text
+from callbot.caller.simulator import (
+    HangUp,
+    Say,
+    SayDuringAssistant,
+    Silence,
+    Step,
+    TwilioCaller,
+    WaitForAssistant,
+)
+from callbot.core.transcript_text import context_change_text
 from callbot.settings import Settings
-from callbot.sim.caller import HangUp, Say, SayDuringAssistant, Silence, Step, TwilioCaller, WaitForAssistant
-from callbot.sim.fake_openai import FakeOpenAI
-from callbot.sim.fake_realtime import Script
-from callbot.sim.serving import serve_app
-from callbot.sim.speech import duration_ms_for_text, synth_speech
+from callbot.testing.fake_openai import FakeOpenAI
+from callbot.testing.fake_realtime import Script
+from callbot.testing.serving import serve_app
+from callbot.testing.speech import duration_ms_for_text, synth_speech
 from callbot.web.app import Services, create_app
 
 DEMO_TOKEN = "offline-demo-auth-token"

@@ -12,13 +12,13 @@ from openai import AsyncOpenAI
 
 from callbot.adapters.fastpaths import probe_fast_paths
 from callbot.adapters.realtime_openai import OpenAIRealtimeConnector
+from callbot.caller.simulator import TwilioCaller
 from callbot.core.record import CallRecord
 from callbot.ports import Summariser
 from callbot.settings import Settings
-from callbot.sim.caller import TwilioCaller
-from callbot.sim.fake_realtime import FakeRealtimeServer, Script
-from callbot.sim.serving import serve_app
-from callbot.sim.speech import synth_speech
+from callbot.testing.fake_realtime import FakeRealtimeServer, Script
+from callbot.testing.serving import serve_app
+from callbot.testing.speech import synth_speech
 from callbot.web.app import create_app
 
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"

@@ -25,17 +25,17 @@ from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed
 
 from callbot.adapters.realtime_openai import OpenAIRealtimeConnector
+from callbot.caller.codec import mulaw_encode, silence_frame
+from callbot.caller.playback import PlaybackQueue
+from callbot.caller.result import CallResult
+from callbot.caller.script import ScriptCursor
+from callbot.caller.simulator import HangUp, Say, SayDuringAssistant, Silence, WaitForAssistant
 from callbot.settings import Settings
-from callbot.sim.caller import HangUp, Say, SayDuringAssistant, Silence, WaitForAssistant
-from callbot.sim.caller_codec import mulaw_encode, silence_frame
-from callbot.sim.caller_playback import PlaybackQueue
-from callbot.sim.caller_result import CallResult
-from callbot.sim.caller_script import ScriptCursor
-from callbot.sim.fake_realtime_audio import PCM24K, PCMU, EnergyVad
-from callbot.sim.fake_realtime_state import Script
-from callbot.sim.protocol_check import validate_server_event
-from callbot.sim.serving import serve_app
-from callbot.sim.speech import synth_speech
+from callbot.testing.fake_realtime_audio import PCM24K, PCMU, EnergyVad
+from callbot.testing.fake_realtime_state import Script
+from callbot.testing.protocol_check import validate_server_event
+from callbot.testing.serving import serve_app
+from callbot.testing.speech import synth_speech
 from callbot.web.app import create_app
 from tests.e2e_helpers import AUTH_TOKEN, PUBLIC_URL, RecordingObserver, make_settings
 

@@ -26,7 +26,8 @@ from fastapi import FastAPI, Request, Response, WebSocket, WebSocketDisconnect
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import VoiceResponse
 
-from callbot.sim.caller import (
+from callbot.caller.playback import PlaybackQueue, playback_stats
+from callbot.caller.simulator import (
     CallerScript,
     Dtmf,
     HangUp,
@@ -38,8 +39,7 @@ from callbot.sim.caller import (
     mulaw_decode,
     mulaw_encode,
 )
-from callbot.sim.caller_playback import PlaybackQueue, playback_stats
-from callbot.sim.wavio import read_wav, resample_to, write_wav
+from callbot.caller.wavio import read_wav, resample_to, write_wav
 
 TOKEN = "12345678901234567890123456789012"
 SPEED = 4.0

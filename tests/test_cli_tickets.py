@@ -19,7 +19,7 @@ from callbot.adapters.store_sql import SqlTicketStore
 from callbot.cli_tickets import register
 from callbot.core.record import CallInfo, CallRecord, TranscriptEntry
 from callbot.core.ticket import TicketStatus
-from callbot.sim.fake_openai_http import FakeOpenAIControl, create_fake_openai_app, serve_app_in_thread
+from callbot.testing.fake_openai_http import FakeOpenAIControl, create_fake_openai_app, serve_app_in_thread
 
 BASE = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
 

@@ -6,8 +6,8 @@ import io
 import re
 from pathlib import Path
 
+from callbot.caller.wavio import read_wav
 from callbot.demo import CALLER_LINES, run_demo
-from callbot.sim.wavio import read_wav
 
 
 async def test_demo_runs_a_whole_call_offline_and_prints_transcript_summaries_and_ticket(

@@ -10,10 +10,10 @@ import pytest
 import websockets
 from twilio.request_validator import RequestValidator
 
+from callbot.caller.simulator import HangUp, Say, Silence, WaitForAssistant
 from callbot.errors import SettingsError
 from callbot.settings import Settings
-from callbot.sim.caller import HangUp, Say, Silence, WaitForAssistant
-from callbot.sim.fake_realtime import Script
+from callbot.testing.fake_realtime import Script
 from tests.e2e_helpers import AUTH_TOKEN, PUBLIC_URL, running_rig, speech
 
 

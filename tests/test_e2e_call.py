@@ -8,8 +8,8 @@ import logging
 import httpx
 import pytest
 
-from callbot.sim.caller import HangUp, Say, SayDuringAssistant, Silence, WaitForAssistant
-from callbot.sim.fake_realtime import Script
+from callbot.caller.simulator import HangUp, Say, SayDuringAssistant, Silence, WaitForAssistant
+from callbot.testing.fake_realtime import Script
 from tests.e2e_helpers import running_rig, speech
 
 TWO_TURNS = Script(

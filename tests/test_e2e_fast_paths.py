@@ -7,7 +7,7 @@ import logging
 import httpx
 import pytest
 
-from callbot.sim.caller import HangUp, Say, Silence, WaitForAssistant
+from callbot.caller.simulator import HangUp, Say, Silence, WaitForAssistant
 from tests.e2e_helpers import running_rig, speech
 from tests.test_e2e_call import TWO_TURNS
 

@@ -7,9 +7,9 @@ import re
 from openai import AsyncOpenAI
 
 from callbot.adapters.summariser_openai import OpenAISummariser
-from callbot.sim.caller import HangUp, Say, Silence, WaitForAssistant
-from callbot.sim.fake_openai_http import FakeOpenAIControl, serve_fake_openai
-from callbot.sim.fake_realtime import Script
+from callbot.caller.simulator import HangUp, Say, Silence, WaitForAssistant
+from callbot.testing.fake_openai_http import FakeOpenAIControl, serve_fake_openai
+from callbot.testing.fake_realtime import Script
 from tests.e2e_helpers import running_rig, speech
 
 TURNS = 16  # caller turns; with the replies that makes 32+ conversation turns

@@ -24,20 +24,20 @@ from fastapi import FastAPI
 from openai import AsyncOpenAI
 from websockets.asyncio.client import ClientConnection
 
-import callbot.sim.caller as caller_module
+import callbot.caller.simulator as caller_module
 from callbot.adapters.realtime_openai import OpenAIRealtimeConnector
 from callbot.adapters.store_migrate import upgrade_database
 from callbot.adapters.store_sql import SqlTicketStore
+from callbot.caller.simulator import CallResult, HangUp, Say, Silence, Step, TwilioCaller, WaitForAssistant
+from callbot.caller.stream import StreamSession
 from callbot.cli_tickets import cmd_retry
 from callbot.core.ticket import TICKET_SCHEMA, TicketStatus, schema_errors, summary_from_dict
 from callbot.core.ticket_views import TicketFilters, TicketView
 from callbot.errors import StoreUnavailable
 from callbot.settings import Settings
-from callbot.sim.caller import CallResult, HangUp, Say, Silence, Step, TwilioCaller, WaitForAssistant
-from callbot.sim.caller_stream import StreamSession
-from callbot.sim.fake_openai_http import FakeOpenAIControl, serve_fake_openai
-from callbot.sim.fake_realtime import FakeRealtimeServer, Script
-from callbot.sim.serving import serve_app
+from callbot.testing.fake_openai_http import FakeOpenAIControl, serve_fake_openai
+from callbot.testing.fake_realtime import FakeRealtimeServer, Script
+from callbot.testing.serving import serve_app
 from callbot.web.app import Services, create_app
 from tests.e2e_helpers import AUTH_TOKEN, PUBLIC_URL, speech
 

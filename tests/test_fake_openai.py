@@ -13,12 +13,12 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
+from callbot.caller.wavio import read_wav
 from callbot.core.summary import SummaryRequest, prompt_messages
 from callbot.phone.script import split_utterances
-from callbot.sim.fake_openai import FakeOpenAI
-from callbot.sim.fake_openai_http import reply_content
-from callbot.sim.fake_realtime import Script
-from callbot.sim.wavio import read_wav
+from callbot.testing.fake_openai import FakeOpenAI
+from callbot.testing.fake_openai_http import reply_content
+from callbot.testing.fake_realtime import Script
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,11 +23,11 @@ from openai import AsyncOpenAI
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from callbot.sim.fake_realtime import FakeRealtimeServer, Script
-from callbot.sim.fake_realtime_audio import PCM24K, PCMU, AudioFormat, ulaw_decode, ulaw_encode
-from callbot.sim.fake_realtime_state import text_tokens
-from callbot.sim.protocol_check import ProtocolViolation, validate_client_event, validate_server_event
-from callbot.sim.speech import duration_ms_for_text, silence, synth_speech
+from callbot.testing.fake_realtime import FakeRealtimeServer, Script
+from callbot.testing.fake_realtime_audio import PCM24K, PCMU, AudioFormat, ulaw_decode, ulaw_encode
+from callbot.testing.fake_realtime_state import text_tokens
+from callbot.testing.protocol_check import ProtocolViolation, validate_client_event, validate_server_event
+from callbot.testing.speech import duration_ms_for_text, silence, synth_speech
 
 MODEL = "gpt-realtime-1.5"
 INSTRUCTIONS = "You answer the phone for Acme Dental."
@@ -855,7 +855,7 @@ async def test_runs_as_a_separate_process() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "callbot.sim.fake_realtime",
+        "callbot.testing.fake_realtime",
         "--port",
         "0",
         "--fast",

@@ -42,13 +42,13 @@ from websockets.sync.client import connect
 
 from callbot.adapters.realtime_openai import OpenAIRealtimeConnector
 from callbot.adapters.store_sql import SqlTicketStore
+from callbot.caller.simulator import CallResult, HangUp, Say, Silence, Step, TwilioCaller, WaitForAssistant
 from callbot.core import stream_token
 from callbot.core.ticket import TicketStatus
 from callbot.settings import Settings
-from callbot.sim.caller import CallResult, HangUp, Say, Silence, Step, TwilioCaller, WaitForAssistant
-from callbot.sim.fake_openai_http import serve_fake_openai
-from callbot.sim.fake_realtime import FakeRealtimeServer, Script
-from callbot.sim.serving import serve_app
+from callbot.testing.fake_openai_http import serve_fake_openai
+from callbot.testing.fake_realtime import FakeRealtimeServer, Script
+from callbot.testing.serving import serve_app
 from callbot.web.app import Services, create_app
 from tests.e2e_helpers import AUTH_TOKEN, PUBLIC_URL, make_settings, speech
 

@@ -23,9 +23,7 @@ from openai import AsyncOpenAI
 from callbot import phone
 from callbot.adapters.realtime_openai import OpenAIRealtimeConnector
 from callbot.adapters.store_sql import SqlTicketStore
-from callbot.phone import PhoneOptions, run_phone
-from callbot.phone.script import ScriptError, input_steps, parse_script, split_utterances
-from callbot.sim.caller import (
+from callbot.caller.simulator import (
     Dtmf,
     HangUp,
     Say,
@@ -34,11 +32,13 @@ from callbot.sim.caller import (
     WaitForAssistant,
     speech_intervals,
 )
-from callbot.sim.fake_openai_http import serve_fake_openai
-from callbot.sim.fake_realtime import FakeRealtimeServer, Script
-from callbot.sim.serving import serve_app
-from callbot.sim.speech import synth_speech
-from callbot.sim.wavio import resample_to, write_wav
+from callbot.caller.wavio import resample_to, write_wav
+from callbot.phone import PhoneOptions, run_phone
+from callbot.phone.script import ScriptError, input_steps, parse_script, split_utterances
+from callbot.testing.fake_openai_http import serve_fake_openai
+from callbot.testing.fake_realtime import FakeRealtimeServer, Script
+from callbot.testing.serving import serve_app
+from callbot.testing.speech import synth_speech
 from callbot.web.app import create_app
 from tests.e2e_helpers import AUTH_TOKEN, PUBLIC_URL, make_settings
 

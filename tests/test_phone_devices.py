@@ -28,6 +28,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from callbot.caller.script import ScriptCursor
+from callbot.caller.simulator import HangUp, Live, speech_intervals
+from callbot.caller.wavio import resample_to
 from callbot.phone import PhoneOptions, run_phone
 from callbot.phone.console import Console
 from callbot.phone.devices import (
@@ -40,11 +43,8 @@ from callbot.phone.devices import (
     load_sounddevice,
     parse_device,
 )
-from callbot.sim.caller import HangUp, Live, speech_intervals
-from callbot.sim.caller_script import ScriptCursor
-from callbot.sim.fake_realtime import Script
-from callbot.sim.speech import synth_speech
-from callbot.sim.wavio import resample_to
+from callbot.testing.fake_realtime import Script
+from callbot.testing.speech import synth_speech
 from tests.e2e_helpers import AUTH_TOKEN, PUBLIC_URL
 from tests.test_phone import ADMIN_PASSWORD, phone_rig, read_stereo, transcript_lines
 

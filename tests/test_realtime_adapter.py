@@ -29,7 +29,7 @@ from callbot.adapters.realtime_openai import (
 )
 from callbot.core import realtime as rt
 from callbot.errors import UpstreamError
-from callbot.sim.fake_realtime import FakeRealtimeServer
+from callbot.testing.fake_realtime import FakeRealtimeServer
 
 
 @pytest.mark.parametrize("direct", [True, False])

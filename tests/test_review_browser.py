@@ -19,7 +19,7 @@ from callbot.adapters.store_migrate import upgrade_database
 from callbot.adapters.store_sql import SqlTicketStore
 from callbot.core.record import CallInfo, CallRecord, SummaryEvent, TranscriptEntry
 from callbot.core.ticket import TicketStatus
-from callbot.sim.fake_openai_http import serve_app_in_thread
+from callbot.testing.fake_openai_http import serve_app_in_thread
 from callbot.web.review import review_router
 
 pytestmark = pytest.mark.browser

@@ -13,9 +13,9 @@ import httpx
 from twilio.request_validator import RequestValidator
 
 from callbot.adapters.store_sql import SqlTicketStore
-from callbot.sim.caller import HangUp, Say, Silence, WaitForAssistant
-from callbot.sim.fake_openai_http import serve_fake_openai
-from callbot.sim.fake_realtime import FakeRealtimeServer, Script
+from callbot.caller.simulator import HangUp, Say, Silence, WaitForAssistant
+from callbot.testing.fake_openai_http import serve_fake_openai
+from callbot.testing.fake_realtime import FakeRealtimeServer, Script
 from tests.e2e_helpers import AUTH_TOKEN, PUBLIC_URL, speech
 
 DRAIN_S = 6.0
@@ -68,7 +68,7 @@ async def test_sigterm_drains_active_calls_and_writes_every_ticket(tmp_path: Pat
             await _wait_healthy(base_url, proc)
 
             def caller(call_sid: str):  # type: ignore[no-untyped-def]
-                from callbot.sim.caller import TwilioCaller
+                from callbot.caller.simulator import TwilioCaller
 
                 return TwilioCaller(
                     base_url, auth_token=AUTH_TOKEN, public_base_url=PUBLIC_URL, call_sid=call_sid

@@ -16,7 +16,15 @@ import sqlalchemy as sa
 
 from callbot.adapters.store_migrate import head_revision, recorded_revision, shipped_head, upgrade_if_needed
 
-NOT_BEFORE_THE_FIRST_CALL = ["alembic", "mako", "jinja2", "callbot.sim", "callbot.demo", "callbot.phone"]
+NOT_BEFORE_THE_FIRST_CALL = [
+    "alembic",
+    "mako",
+    "jinja2",
+    "callbot.caller",
+    "callbot.testing",
+    "callbot.demo",
+    "callbot.phone",
+]
 
 
 def loaded_after(code: str) -> set[str]:

@@ -33,7 +33,7 @@ from callbot.core.ticket import (
     validate_summary,
 )
 from callbot.core.ticket_views import TicketFilters
-from callbot.sim.fake_openai_http import FakeOpenAIControl, serve_app, serve_fake_openai
+from callbot.testing.fake_openai_http import FakeOpenAIControl, serve_app, serve_fake_openai
 from callbot.ticketing import TicketService
 
 START = datetime(2024, 5, 3, 14, 0, tzinfo=UTC)

@@ -13,7 +13,7 @@ from websockets.asyncio.client import connect
 
 from callbot.adapters.twilio_ws import TwilioSocket
 from callbot.adapters.ws_channel import ChannelWebSocketProtocol
-from callbot.sim.serving import serve_app
+from callbot.testing.serving import serve_app
 
 
 @pytest.mark.parametrize("ws_impl", [ChannelWebSocketProtocol, "websockets-sansio"], ids=["channel", "asgi"])

@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 
 from callbot.adapters.ws_channel import ChannelWebSocketProtocol, TextChannel, open_channel
-from callbot.sim.serving import serve_app
+from callbot.testing.serving import serve_app
 
 Handler = Callable[[WebSocket, TextChannel | None], Awaitable[None]]
 

@@ -1,6 +1,6 @@
 """`callbot phone`: a softphone that calls a running callbot server the way Twilio would.
 
-It places the call with the simulated Twilio caller (`callbot.sim.caller.TwilioCaller`): the
+It places the call with the simulated Twilio caller (`callbot.caller.simulator.TwilioCaller`): the
 signed voice webhook, the TwiML's <Connect><Stream>, the signed media websocket, then Media
 Streams exactly as Twilio speaks it (mu-law 8 kHz in 20 ms frames, marks echoed after playback,
 `clear` honoured). So everything the server does on a real call runs, against a local or a

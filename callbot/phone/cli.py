@@ -20,11 +20,11 @@ from typing import Any, TextIO
 
 import httpx
 
+from callbot.caller.simulator import CallResult, HangUp, Live, Step, TwilioCaller
 from callbot.phone.console import CallEvents, Console
 from callbot.phone.devices import AudioDeviceError, LiveAudio, list_devices, load_sounddevice, parse_device
 from callbot.phone.script import SCRIPT_HELP, ScriptError, input_steps, load_wav_8k, parse_script
 from callbot.phone.transcript import TICKET_WAIT_S, TranscriptWatcher
-from callbot.sim.caller import CallResult, HangUp, Live, Step, TwilioCaller
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_FROM = "+15551230000"

@@ -104,7 +104,7 @@ def _kaiser(x: np.ndarray, beta: float) -> np.ndarray:
 class StreamResampler:
     """Windowed-sinc resampling for any rate ratio, one chunk at a time.
 
-    The same filter as `callbot.sim.wavio.resample_to` (Kaiser window, 16 zero crossings, cutoff
+    The same filter as `callbot.caller.wavio.resample_to` (Kaiser window, 16 zero crossings, cutoff
     0.92 x the lower Nyquist), computed incrementally: output sample m sits at input position
     m x rate_in / rate_out and is produced once the input reaches half a filter past it, so the
     concatenated output equals resampling the whole signal at once. Delay: 16 zero crossings,

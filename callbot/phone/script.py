@@ -1,6 +1,6 @@
 """File mode's call plan: the `--script` language, and `--input` cut into utterances.
 
-Both build the list of simulated-caller steps (`callbot.sim.caller`) that `callbot phone` plays
+Both build the list of simulated-caller steps (`callbot.caller.simulator`) that `callbot phone` plays
 instead of a microphone. A bad line or an unreadable WAV is a `ScriptError` with a message that
 names the line; the command turns it into exit code 2.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from callbot.sim.caller import (
+from callbot.caller.simulator import (
     Dtmf,
     HangUp,
     Say,
@@ -22,7 +22,7 @@ from callbot.sim.caller import (
     WaitForAssistant,
     speech_intervals,
 )
-from callbot.sim.wavio import read_wav, resample_to
+from callbot.caller.wavio import read_wav, resample_to
 
 PHONE_RATE = 8000
 SPLIT_GAP_MS = 700

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from callbot.core.ticket import context_change_text
+from callbot.core.transcript_text import context_change_text
 from callbot.phone.console import Console
 
 POLL_INTERVAL_S = 0.5

@@ -1,8 +1,9 @@
-"""Script, session configuration and the server-side conversation of the fake Realtime server.
+"""Script, session configuration, the server-side conversation and the per-session core.
 
 Kept apart from the networking code so the rules that tests depend on — which reply text is
 chosen, how the session config merges, how items are ordered and how tokens are counted — can
-be read in one place.
+be read in one place. `SessionCore` is the state one session's parts share (the session's wire
+and input audio, its item events, its responder), declared here once.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import base64
 import copy
 import math
+import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from callbot.sim.fake_realtime_audio import AudioFormat
+from callbot.testing.fake_realtime_audio import PCM24K, AudioFormat
 
 USER_AUDIO_TOKENS_PER_S = 10
 """1 token per 100 ms of caller audio (OpenAI cost guide)."""
@@ -329,3 +332,67 @@ def usage(context: dict[str, Any], out_text_tokens: int, out_audio_ms: float) ->
         "input_token_details": context["input_token_details"],
         "output_token_details": {"text_tokens": out_text_tokens, "audio_tokens": out_audio},
     }
+
+
+# ----------------------------------------------------------------------------- one session's core
+
+
+@dataclass
+class ScriptProgress:
+    """How far one session is through its `Script`.
+
+    Speech and re-created text history both advance it (see `ItemEvents`), so a session that
+    is handed the first turns as text after a reconnect goes on with the next scripted line.
+    """
+
+    utterances: int = 0
+    """User utterances so far: the next one is heard as `Script.transcript_for(utterances)`."""
+    replies: int = 0
+    """Non-greeting in-conversation replies so far: the next one says `Script.replies[replies]`."""
+    greeted: bool = False
+
+
+class SessionCore:
+    """The state every part of one fake session shares, in one place.
+
+    `FakeSession` (the socket, the input audio buffer, dispatch), `ItemEvents` and `Responder`
+    all hold this object rather than each other's attributes. `emit` is the session's: it
+    validates, records and sends one server event, so every part's events leave in one order.
+    """
+
+    def __init__(self, ctx: SessionContext, model: str, emit: Callable[[dict[str, Any]], None]) -> None:
+        self.ctx = ctx
+        self.script = ctx.script
+        self.model = model
+        self.emit = emit
+        self.tag = secrets.token_hex(3)
+        self.id = f"sess_{self.tag}"
+        self.conversation_id = f"conv_{self.tag}"
+        self.config: dict[str, Any] = default_session(model)
+        """The effective session config (replaced as a whole on each accepted `session.update`)."""
+        self.conversation = Conversation()
+        self.progress = ScriptProgress()
+        self.input_format: AudioFormat = PCM24K
+        """The input audio format now in force (what appended audio and input_audio items are in)."""
+        self.closed = False
+        """Set once the connection is closing: nothing more is emitted."""
+        self._counter = 0
+
+    def new_id(self, prefix: str) -> str:
+        self._counter += 1
+        return f"{prefix}_{self.tag}{self._counter:05d}"
+
+    def next_event_id(self) -> str:
+        """The `event_id` of the next server event (the same counter as `new_id`)."""
+        self._counter += 1
+        return f"event_{self.tag}{self._counter:06d}"
+
+    def violation(self, message: str) -> None:
+        self.ctx.violations.append(f"{self.id}: {message}")
+
+    def error(
+        self, message: str, *, code: str | None, param: str | None = None, event_id: str | None = None
+    ) -> None:
+        """Send an `error` event shaped like the real server's `invalid_request_error`s."""
+        err = {"type": "invalid_request_error", "code": code, "message": message, "param": param}
+        self.emit({"type": "error", "error": {**err, "event_id": event_id}})

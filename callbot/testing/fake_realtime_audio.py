@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from callbot.sim.speech import synth_speech
+from callbot.testing.speech import synth_speech
 
 
 def _build_ulaw_tables() -> tuple[np.ndarray, np.ndarray]:
@@ -168,6 +168,12 @@ class EnergyVad:
         frames = samples[: whole * self.window].reshape(whole, self.window).astype(np.float32)
         loud = np.einsum("ij,ij->i", frames, frames) >= self._energy  # sum of squares vs. RMS level
         return self.advance(loud.tolist())
+
+    def feed_audio(self, fmt: AudioFormat, data: bytes) -> Sequence[tuple[str, int]]:
+        """Consume appended audio as the client sent it, encoded in `fmt`; events as `feed`'s.
+
+        A subclass may measure the encoded bytes directly (the load benchmark's lean fake does)."""
+        return self.feed(fmt.decode(data))
 
     def advance(self, loud: Sequence[bool]) -> list[tuple[str, int]]:
         """Run the state machine over the next windows, given whether each one was loud."""

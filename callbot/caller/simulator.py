@@ -23,13 +23,13 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
 from twilio.request_validator import RequestValidator
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus, WebSocketException
 
-from callbot.sim.caller_audio import AudioSink, AudioSource
-from callbot.sim.caller_codec import mulaw_decode, mulaw_encode
-from callbot.sim.caller_result import CallResult, speech_intervals
-from callbot.sim.caller_script import (
+from callbot.caller.audio import AudioSink, AudioSource
+from callbot.caller.codec import mulaw_decode, mulaw_encode
+from callbot.caller.result import CallResult, speech_intervals
+from callbot.caller.script import (
     CallerScript,
     Dtmf,
     HangUp,
@@ -41,9 +41,10 @@ from callbot.sim.caller_script import (
     Step,
     WaitForAssistant,
 )
-from callbot.sim.caller_stream import SessionConfig, StreamSession
+from callbot.caller.stream import SessionConfig, StreamSession
 
 __all__ = [
+    "USER_AGENT",
     "AudioSink",
     "AudioSource",
     "CallResult",
@@ -63,6 +64,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+USER_AGENT = "callbot-sim (Twilio Media Streams simulator)"
+"""The User-Agent of the Media Streams upgrade."""
 
 EventHook = Callable[[str, dict[str, Any]], None]
 """Observer for live display, called as hook(kind, data). Kinds: webhook, twiml, start, step,
@@ -97,6 +101,10 @@ class TwilioCaller:
 
     `audio_sink` receives every tick's playback as it happens (a softphone's speaker); together
     with a `Live(source)` step (a microphone) the simulator becomes a phone.
+
+    Hooks for a subclass (the load benchmark's): `new_stream_session` builds the session that
+    runs the stream; `run_stream` is the whole media leg, and may run it on another transport
+    (with `stream_connection` for where to connect and how the upgrade is signed).
     """
 
     def __init__(
@@ -165,7 +173,7 @@ class TwilioCaller:
         try:
             stream_url = await self._webhook(result)
             if stream_url is not None:
-                await self._stream(stream_url, script, result)
+                await self.run_stream(stream_url, script, result)
         except _NETWORK_ERRORS as exc:
             result.outcome = "error"
             result.error = f"{type(exc).__name__}: {exc}"
@@ -235,7 +243,7 @@ class TwilioCaller:
             result.custom_parameters[name] = value
         return stream_url
 
-    def _stream_connection(self, stream_url: str) -> tuple[str, dict[str, str]]:
+    def stream_connection(self, stream_url: str) -> tuple[str, dict[str, str]]:
         """Where to open the stream and its headers: signed like Twilio signs the upgrade, and
         pointed at the local server when the TwiML names the public URL."""
         headers: dict[str, str] = {}
@@ -250,11 +258,11 @@ class TwilioCaller:
             connect_url = urlunsplit((local.scheme, local.netloc, target.path, target.query, ""))
         return connect_url, headers
 
-    async def _stream(
+    async def run_stream(
         self, stream_url: str, script: CallerScript | Iterable[Step], result: CallResult
     ) -> None:
         """Open the signed Media Streams socket and run the session on it."""
-        connect_url, headers = self._stream_connection(stream_url)
+        connect_url, headers = self.stream_connection(stream_url)
         try:
             ws = await connect(
                 connect_url,
@@ -265,7 +273,7 @@ class TwilioCaller:
                 ping_interval=None,
                 open_timeout=10,
                 close_timeout=2,
-                user_agent_header="callbot-sim (Twilio Media Streams simulator)",
+                user_agent_header=USER_AGENT,
             )
         except InvalidStatus as exc:
             result.outcome = "ws_rejected"
@@ -281,5 +289,11 @@ class TwilioCaller:
             emit=self.emit,
             sink=self.audio_sink,
         )
-        session = StreamSession(config, ws, ScriptCursor(script), result)
+        session = self.new_stream_session(config, ws, ScriptCursor(script), result)
         await session.run()
+
+    def new_stream_session(
+        self, config: SessionConfig, ws: ClientConnection, cursor: ScriptCursor, result: CallResult
+    ) -> StreamSession:
+        """The session that runs one call's stream (a hook: the load bench adds timestamps)."""
+        return StreamSession(config, ws, cursor, result)

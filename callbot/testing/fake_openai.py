@@ -26,10 +26,10 @@ from types import TracebackType
 import numpy as np
 import orjson
 
-from callbot.sim.fake_openai_http import FakeOpenAIControl, create_fake_openai_app, serve_app
-from callbot.sim.fake_realtime import FakeRealtimeServer, Script
-from callbot.sim.speech import duration_ms_for_text, silence, synth_speech
-from callbot.sim.wavio import write_wav
+from callbot.caller.wavio import write_wav
+from callbot.testing.fake_openai_http import FakeOpenAIControl, create_fake_openai_app, serve_app
+from callbot.testing.fake_realtime import FakeRealtimeServer, Script
+from callbot.testing.speech import duration_ms_for_text, silence, synth_speech
 
 HEAD_LIMIT = 64 * 1024
 """Largest request head the front door reads before it decides where a connection goes."""

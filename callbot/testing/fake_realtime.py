@@ -19,7 +19,7 @@ noise reduction or truncation of an overflowing context.
 Fault injection for resilience tests: `drop_after_events(n)`, `drop_now()`,
 `refuse_connections`, `expire_session()`.
 
-Run standalone (e.g. for the load benchmark): `python -m callbot.sim.fake_realtime --port 8765`.
+Run standalone (e.g. for the load benchmark): `python -m callbot.testing.fake_realtime --port 8765`.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from callbot.sim.fake_realtime_session import FakeSession
-from callbot.sim.fake_realtime_state import Script, SessionContext
+from callbot.testing.fake_realtime_session import FakeSession
+from callbot.testing.fake_realtime_state import Script, SessionContext
 
 __all__ = ["FakeRealtimeServer", "FakeSession", "Script", "main", "serve_forever"]
 
@@ -76,6 +76,11 @@ class FakeRealtimeServer:
     def violations(self) -> list[str]:
         """Every protocol violation seen, in either direction, by any session."""
         return self._ctx.violations
+
+    @property
+    def context(self) -> SessionContext:
+        """What every session shares: the script, the validation switches, the synth cache."""
+        return self._ctx
 
     @property
     def port(self) -> int:
@@ -156,13 +161,23 @@ class FakeRealtimeServer:
             )
         return None
 
+    def create_session(self, ws: ServerConnection, model: str, *, drop_after: int | None) -> FakeSession:
+        """The session for a connection just accepted (a hook: the load bench adds timestamps)."""
+        return FakeSession(self._ctx, ws, model, drop_after=drop_after)
+
+    def session_closed(self, session: FakeSession) -> None:
+        """Called once a session's connection is gone (a hook; `sessions` keeps it by default)."""
+
     async def _handle(self, ws: ServerConnection) -> None:
         query = parse_qs(urlsplit(ws.request.path if ws.request else "").query)
         model = (query.get("model") or ["gpt-realtime"])[0]
-        session = FakeSession(self._ctx, ws, model, drop_after=self._drop_next)
+        session = self.create_session(ws, model, drop_after=self._drop_next)
         self._drop_next = None
         self.sessions.append(session)
-        await session.run()
+        try:
+            await session.run()
+        finally:
+            self.session_closed(session)
 
 
 def _refuse(
@@ -187,7 +202,7 @@ async def serve_forever(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: `python -m callbot.sim.fake_realtime --port 8765 [--realtime-factor 4] [--fast]`."""
+    """CLI: `python -m callbot.testing.fake_realtime --port 8765 [--realtime-factor 4] [--fast]`."""
     parser = argparse.ArgumentParser(description="Fake OpenAI Realtime GA server")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)

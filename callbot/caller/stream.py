@@ -19,11 +19,11 @@ import orjson
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from callbot.sim.caller_audio import AudioSink
-from callbot.sim.caller_codec import FRAME_BYTES, FRAME_MS, mulaw_decode, mulaw_encode, silence_frame
-from callbot.sim.caller_playback import BURST_GAP_TICKS, PlaybackQueue, playback_stats
-from callbot.sim.caller_result import CallResult, MarkStatus
-from callbot.sim.caller_script import ScriptCursor
+from callbot.caller.audio import AudioSink
+from callbot.caller.codec import FRAME_BYTES, FRAME_MS, mulaw_decode, mulaw_encode, silence_frame
+from callbot.caller.playback import BURST_GAP_TICKS, PlaybackQueue, playback_stats
+from callbot.caller.result import CallResult, MarkStatus
+from callbot.caller.script import ScriptCursor
 
 LATE_AFTER_STOP_S = 0.25
 """Server messages arriving this long (wall clock) after our `stop` were not in flight: a violation."""
@@ -46,7 +46,10 @@ class SessionConfig:
 
 
 class StreamSession:
-    """One Media Streams connection: the 20 ms tick loop (send + playback) and the receiver."""
+    """One Media Streams connection: the 20 ms tick loop (send + playback) and the receiver.
+
+    `encode_frame` and `decode_frame` are the codec hooks (the load bench caches the encode and
+    skips the decode, which only feeds the recording)."""
 
     def __init__(self, cfg: SessionConfig, ws: ClientConnection, cursor: ScriptCursor, result: CallResult):
         self.cfg = cfg
@@ -157,8 +160,8 @@ class StreamSession:
                     self.cfg.emit("dtmf", {"digit": digit, "ms": tick_ms})
             if plan.frame is None:
                 return
-            payload = mulaw_encode(plan.frame) if plan.frame.any() else silence_frame()
-            self.caller_frames.append(mulaw_decode(payload))
+            payload = self.encode_frame(plan.frame) if plan.frame.any() else silence_frame()
+            self.caller_frames.append(self.decode_frame(payload))
             media = {
                 "track": "inbound",
                 "chunk": str(self.tick + 1),
@@ -173,6 +176,14 @@ class StreamSession:
                 self.cfg.emit("max_call_reached", {"ms": tick_ms})
                 return
 
+    def encode_frame(self, pcm: np.ndarray) -> bytes:
+        """One caller frame as mu-law."""
+        return mulaw_encode(pcm)
+
+    def decode_frame(self, payload: bytes) -> np.ndarray:
+        """One mu-law frame as PCM, for the recording (and the sink)."""
+        return mulaw_decode(payload)
+
     def record_playback(self, frame: bytes | None, tick_ms: float) -> None:
         """Append what the caller heard this tick and announce assistant bursts to the observer."""
         if frame is None:
@@ -186,7 +197,7 @@ class StreamSession:
                 self.in_burst = False
                 self.cfg.emit("assistant_audio_end", {"ms": tick_ms - self.quiet_ticks * FRAME_MS + FRAME_MS})
             return
-        pcm = mulaw_decode(frame)
+        pcm = self.decode_frame(frame)
         self.assistant_frames.append(pcm)
         self.played.append(True)
         if self.cfg.sink is not None:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from callbot.sim.caller_audio import AudioSource
-from callbot.sim.caller_codec import FRAME_MS
+from callbot.caller.audio import AudioSource
+from callbot.caller.codec import FRAME_MS
 
 SAMPLES_PER_FRAME = 160
 
@@ -76,7 +76,7 @@ class Dtmf:
 class Live:
     """Stream whatever `source` delivers (a microphone), one frame per tick, until it returns None.
 
-    The source is asked once per tick, on the call's clock; see `callbot.sim.caller_audio`.
+    The source is asked once per tick, on the call's clock; see `callbot.caller.audio`.
     """
 
     source: AudioSource

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from callbot.sim.caller_codec import FRAME_BYTES, FRAME_MS, SILENCE_BYTE
+from callbot.caller.codec import FRAME_BYTES, FRAME_MS, SILENCE_BYTE
 
 BURST_GAP_TICKS = 5
 """A gap of fewer than 5 empty ticks (< 100 ms) inside assistant audio is an underrun, not a pause."""

@@ -13,8 +13,8 @@ from typing import Literal
 
 import numpy as np
 
-from callbot.sim.caller_codec import FRAME_MS, SAMPLE_RATE
-from callbot.sim.wavio import write_wav
+from callbot.caller.codec import FRAME_MS, SAMPLE_RATE
+from callbot.caller.wavio import write_wav
 
 Outcome = Literal["completed", "webhook_error", "no_stream", "ws_rejected", "error"]
 MarkStatus = Literal["played", "cleared"]

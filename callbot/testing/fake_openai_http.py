@@ -26,7 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from callbot.core.ticket import schema_errors
+from callbot.core.ticket_schema import schema_errors
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Responses of the fake Realtime server: creation, paced streaming, cancellation, usage.
 
-A mixin of `FakeSession` (it uses the session's `emit`, `error`, `conversation`, ...). Split
-out only to keep each module readable.
+One part of `FakeSession`, sharing its `SessionCore`; user items it needs (transcriptions held
+until a response is done, inline `response.input` items) go through the session's `ItemEvents`.
 """
 
 from __future__ import annotations
@@ -11,14 +11,19 @@ import copy
 import math
 import zlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from callbot.sim.fake_realtime_audio import AudioFormat, audio_format
-from callbot.sim.fake_realtime_state import ConvItem, context_tokens, split_words, text_tokens, usage
-from callbot.sim.speech import duration_ms_for_text
-
-if TYPE_CHECKING:
-    from callbot.sim.fake_realtime_state import Conversation, Script, SessionContext
+from callbot.testing.fake_realtime_audio import AudioFormat, audio_format
+from callbot.testing.fake_realtime_items import ItemEvents
+from callbot.testing.fake_realtime_state import (
+    ConvItem,
+    SessionCore,
+    context_tokens,
+    split_words,
+    text_tokens,
+    usage,
+)
+from callbot.testing.speech import duration_ms_for_text
 
 
 @dataclass(eq=False)
@@ -44,6 +49,11 @@ class ActiveResponse:
     task: asyncio.Task[None] | None = None
     pending_transcriptions: list[tuple[ConvItem, int]] = field(default_factory=list)
 
+    @property
+    def steps(self) -> int:
+        """How many deltas the response streams (one per audio chunk, or per text piece)."""
+        return len(self.chunks) if self.audio else len(self.pieces)
+
 
 def _rate_limits(max_output_tokens: Any) -> list[dict[str, Any]]:
     reserve = max_output_tokens if isinstance(max_output_tokens, int) else 4096
@@ -53,76 +63,67 @@ def _rate_limits(max_output_tokens: Any) -> list[dict[str, Any]]:
     ]
 
 
-class ResponseMixin:
-    """Response handling for FakeSession."""
+class Responder:
+    """Response handling for one session: `response.create` / `.cancel`, streaming, barge-in.
 
-    if TYPE_CHECKING:
-        ctx: SessionContext
-        script: Script
-        config: dict[str, Any]
-        conversation: Conversation
-        conversation_id: str
-        closed: bool
+    `stream` paces one response's deltas; a subclass may pace them another way (the load
+    benchmark's lean fake uses timer callbacks) as long as each step goes through `send_delta`.
+    """
 
-        def emit(self, event: dict[str, Any]) -> None: ...
-        def error(
-            self, message: str, *, code: str | None, param: str | None = None, event_id: str | None = None
-        ) -> None: ...
-        def new_id(self, prefix: str) -> str: ...
-        def item_from_client(self, raw: dict[str, Any]) -> ConvItem: ...
-        def transcribe(self, item: ConvItem, n: int) -> None: ...
-
-    def _init_responses(self) -> None:
-        self.responses: dict[str, ActiveResponse] = {}
+    def __init__(self, core: SessionCore, items: ItemEvents) -> None:
+        self.core = core
+        self.items = items
+        self.active: dict[str, ActiveResponse] = {}
+        """Responses between `response.created` and `response.done`, by id."""
         self.active_inband: ActiveResponse | None = None
         self.voice_locked = False
-        self._greeted = False
-        self._replies = 0
+        """Assistant audio was produced: the voice can no longer change."""
 
     # ------------------------------------------------------------------ client events
 
-    def _on_response_create(self, obj: dict[str, Any]) -> None:
+    def on_create(self, obj: dict[str, Any]) -> None:
         params = obj.get("response") or {}
         inband = params.get("conversation", "auto") != "none"
         if inband and self.active_inband is not None:
-            self.error(
+            self.core.error(
                 f"Conversation already has an active response in progress: {self.active_inband.id}. "
                 "Wait until the response is finished before creating a new one.",
                 code="conversation_already_has_active_response",
                 event_id=obj.get("event_id"),
             )
             return
-        self.start_response(params, event_id=obj.get("event_id"))
+        self.start(params, event_id=obj.get("event_id"))
 
-    def _on_response_cancel(self, obj: dict[str, Any]) -> None:
+    def on_cancel(self, obj: dict[str, Any]) -> None:
         rid = obj.get("response_id")
-        resp = self.responses.get(rid) if rid else self.active_inband
+        resp = self.active.get(rid) if rid else self.active_inband
         if resp is None:
-            self.error(
+            self.core.error(
                 "Cancellation failed: no active response found",
                 code="response_cancel_not_active",
                 event_id=obj.get("event_id"),
             )
             return
-        self.finish_response(resp, "cancelled", "client_cancelled")
+        self.finish(resp, "cancelled", "client_cancelled")
 
     # ------------------------------------------------------------------ lifecycle
 
     def _reply_text(self, inband: bool, params: dict[str, Any], context: list[ConvItem]) -> str:
         """Pick what the fake model says (see `Script`)."""
         if not inband:
-            if self.script.out_of_band_reply is not None:
-                return self.script.out_of_band_reply
+            if self.core.script.out_of_band_reply is not None:
+                return self.core.script.out_of_band_reply
             said = " | ".join(item.heard_text for item in context if item.heard_text)
             return f"Summary: {said[:300] or 'nothing yet.'}"
-        has_user = any(item.data.get("role") == "user" for item in self.conversation.items)
-        if not self._greeted and (params.get("instructions") is not None or not has_user):
-            self._greeted = True
-            return self.script.greeting
-        n = self._replies
-        self._replies += 1
-        if n < len(self.script.replies):
-            return self.script.replies[n]
+        has_user = any(item.data.get("role") == "user" for item in self.core.conversation.items)
+        progress, script = self.core.progress, self.core.script
+        if not progress.greeted and (params.get("instructions") is not None or not has_user):
+            progress.greeted = True
+            return script.greeting
+        n = progress.replies
+        progress.replies += 1
+        if n < len(script.replies):
+            return script.replies[n]
         last_user = next((i for i in reversed(context) if i.data.get("role") == "user"), None)
         return f"You said: {last_user.heard_text if last_user else 'nothing'}"
 
@@ -130,9 +131,9 @@ class ResponseMixin:
         items: list[ConvItem] = []
         for entry in spec:
             if entry.get("type") == "item_reference":
-                found = self.conversation.get(entry["id"])
+                found = self.core.conversation.get(entry["id"])
                 if found is None:
-                    self.error(
+                    self.core.error(
                         f"Item reference '{entry['id']}' does not exist in this session.",
                         code="invalid_value",
                         param="response.input",
@@ -141,12 +142,12 @@ class ResponseMixin:
                     return None
                 items.append(found)
             else:
-                items.append(self.item_from_client(entry))
+                items.append(self.items.from_client(entry))
         return items
 
-    def start_response(self, params: dict[str, Any], *, event_id: str | None) -> ActiveResponse | None:
+    def start(self, params: dict[str, Any], *, event_id: str | None) -> ActiveResponse | None:
         """Emit the opening events of a response and start streaming it."""
-        session = self.config
+        session = self.core.config
         inband = params.get("conversation", "auto") != "none"
         modalities = params.get("output_modalities") or session["output_modalities"]
         instructions = (
@@ -155,13 +156,13 @@ class ResponseMixin:
         out = (params.get("audio") or {}).get("output") or {}
         fmt = audio_format(out.get("format") or session["audio"]["output"]["format"])
         if fmt is None:
-            self.error(
+            self.core.error(
                 "The fake server does not implement that output format.",
                 code="invalid_value",
                 event_id=event_id,
             )
             return None
-        context = list(self.conversation.items)
+        context = list(self.core.conversation.items)
         if params.get("input") is not None:
             resolved = self._resolve_input(params["input"], event_id)
             if resolved is None:
@@ -173,24 +174,29 @@ class ResponseMixin:
         max_tokens = params.get("max_output_tokens", session.get("max_output_tokens"))
         body: dict[str, Any] = {
             "object": "realtime.response",
-            "id": self.new_id("resp"),
+            "id": self.core.new_id("resp"),
             "status": "in_progress",
             "status_details": None,
             "output": [],
-            "conversation_id": self.conversation_id if inband else None,
+            "conversation_id": self.core.conversation_id if inband else None,
             "output_modalities": ["audio"] if audio else ["text"],
             "max_output_tokens": max_tokens,
             "audio": {"output": {"format": fmt.to_json(), "voice": voice}},
             "usage": None,
             "metadata": params.get("metadata"),
         }
-        data = {"id": self.new_id("item"), "object": "realtime.item", "type": "message", "role": "assistant"}
+        data = {
+            "id": self.core.new_id("item"),
+            "object": "realtime.item",
+            "type": "message",
+            "role": "assistant",
+        }
         item = ConvItem(data={**data, "status": "in_progress", "content": []})
-        delta_ms = max(10, int(self.script.delta_ms))
+        delta_ms = max(10, int(self.core.script.delta_ms))
         if audio:
             duration = duration_ms_for_text(text)
             seed = zlib.crc32(text.encode()) & 0xFFFF
-            chunks = self.ctx.synth_chunks(fmt, duration, seed, delta_ms)
+            chunks = self.core.ctx.synth_chunks(fmt, duration, seed, delta_ms)
             chunk_ms = [float(min(delta_ms, duration - i * delta_ms)) for i in range(len(chunks))]
             item.audio_format, item.synth_seed, item.synth_ms = fmt, seed, duration
         else:
@@ -211,9 +217,9 @@ class ResponseMixin:
             chunk_ms,
         )
         rid, iid = resp.id, item.id
-        self.emit({"type": "response.created", "response": copy.deepcopy(body)})
-        self.emit({"type": "rate_limits.updated", "rate_limits": _rate_limits(max_tokens)})
-        self.emit(
+        self.core.emit({"type": "response.created", "response": copy.deepcopy(body)})
+        self.core.emit({"type": "rate_limits.updated", "rate_limits": _rate_limits(max_tokens)})
+        self.core.emit(
             {
                 "type": "response.output_item.added",
                 "response_id": rid,
@@ -222,8 +228,8 @@ class ResponseMixin:
             }
         )
         if inband:
-            prev = self.conversation.insert(item)
-            self.emit(
+            prev = self.core.conversation.insert(item)
+            self.core.emit(
                 {
                     "type": "conversation.item.added",
                     "previous_item_id": prev,
@@ -232,42 +238,50 @@ class ResponseMixin:
             )
         part = {"type": "audio", "transcript": ""} if audio else {"type": "text", "text": ""}
         ids = {"response_id": rid, "item_id": iid, "output_index": 0, "content_index": 0}
-        self.emit({"type": "response.content_part.added", **ids, "part": part})
-        self.responses[rid] = resp
+        self.core.emit({"type": "response.content_part.added", **ids, "part": part})
+        self.active[rid] = resp
         if inband:
             self.active_inband = resp
-        resp.task = asyncio.get_running_loop().create_task(self._stream(resp))
+        resp.task = asyncio.get_running_loop().create_task(self.stream(resp))
         return resp
 
-    async def _stream(self, resp: ActiveResponse) -> None:
+    async def stream(self, resp: ActiveResponse) -> None:
         """Send the deltas, paced at `realtime_factor` x real time; the sleeps are the only awaits."""
         loop = asyncio.get_running_loop()
-        factor = self.script.realtime_factor
-        steps = len(resp.chunks) if resp.audio else len(resp.pieces)
-        interval = self.script.delta_ms / 1000 / factor if factor > 0 else 0.0
-        if self.script.first_delta_delay_ms > 0:
-            await asyncio.sleep(self.script.first_delta_delay_ms / 1000)
+        script = self.core.script
+        steps = resp.steps
+        interval = self.delta_interval_s()
+        if script.first_delta_delay_ms > 0:
+            await asyncio.sleep(script.first_delta_delay_ms / 1000)
         t0 = loop.time()
-        ids = {"response_id": resp.id, "item_id": resp.item.id, "output_index": 0, "content_index": 0}
         for i in range(steps):
             if i:
                 await asyncio.sleep(max(0.0, t0 + i * interval - loop.time()) if interval else 0)
-            if resp.finished or self.closed:
+            if resp.finished or self.core.closed:
                 return
-            if resp.audio:
-                self.emit({"type": "response.output_audio.delta", **ids, "delta": resp.chunks[i]})
-                resp.audio_ms += resp.chunk_ms[i]
-                resp.item.audio_ms = resp.audio_ms
-            piece = resp.pieces[i]
-            if piece:
-                kind = (
-                    "response.output_audio_transcript.delta" if resp.audio else "response.output_text.delta"
-                )
-                self.emit({"type": kind, **ids, "delta": piece})
-                resp.sent_text += piece
-        self.finish_response(resp, "completed")
+            self.send_delta(resp, i)
+        self.finish(resp, "completed")
 
-    def finish_response(self, resp: ActiveResponse, status: str, reason: str | None = None) -> None:
+    def delta_interval_s(self) -> float:
+        """Wall-clock seconds between two deltas (0: as fast as they go)."""
+        script = self.core.script
+        factor = script.realtime_factor
+        return script.delta_ms / 1000 / factor if factor > 0 else 0.0
+
+    def send_delta(self, resp: ActiveResponse, i: int) -> None:
+        """Step `i` of a response: its audio chunk and/or its piece of transcript or text."""
+        ids = {"response_id": resp.id, "item_id": resp.item.id, "output_index": 0, "content_index": 0}
+        if resp.audio:
+            self.core.emit({"type": "response.output_audio.delta", **ids, "delta": resp.chunks[i]})
+            resp.audio_ms += resp.chunk_ms[i]
+            resp.item.audio_ms = resp.audio_ms
+        piece = resp.pieces[i]
+        if piece:
+            kind = "response.output_audio_transcript.delta" if resp.audio else "response.output_text.delta"
+            self.core.emit({"type": kind, **ids, "delta": piece})
+            resp.sent_text += piece
+
+    def finish(self, resp: ActiveResponse, status: str, reason: str | None = None) -> None:
         """Emit the closing events (also for cancelled responses) and `response.done`."""
         if resp.finished:
             return
@@ -277,21 +291,21 @@ class ResponseMixin:
         ids = {"response_id": resp.id, "item_id": resp.item.id, "output_index": 0, "content_index": 0}
         text = resp.sent_text
         if resp.audio:
-            self.emit({"type": "response.output_audio.done", **ids})
-            self.emit({"type": "response.output_audio_transcript.done", **ids, "transcript": text})
+            self.core.emit({"type": "response.output_audio.done", **ids})
+            self.core.emit({"type": "response.output_audio_transcript.done", **ids, "transcript": text})
             part: dict[str, Any] = {"type": "audio", "transcript": text}
             content: dict[str, Any] = {"type": "output_audio", "transcript": text}
             self.voice_locked = self.voice_locked or resp.audio_ms > 0
         else:
-            self.emit({"type": "response.output_text.done", **ids, "text": text})
+            self.core.emit({"type": "response.output_text.done", **ids, "text": text})
             part = {"type": "text", "text": text}
             content = {"type": "output_text", "text": text}
-        self.emit({"type": "response.content_part.done", **ids, "part": part})
+        self.core.emit({"type": "response.content_part.done", **ids, "part": part})
         item = resp.item
         item.data["status"] = "completed" if status == "completed" else "incomplete"
         item.data["content"] = [content]
         item.heard_text = text
-        self.emit(
+        self.core.emit(
             {
                 "type": "response.output_item.done",
                 "response_id": resp.id,
@@ -299,9 +313,9 @@ class ResponseMixin:
                 "item": copy.deepcopy(item.data),
             }
         )
-        if resp.inband and self.conversation.get(item.id) is item:
-            prev = self.conversation.previous_of(item.id)
-            self.emit(
+        if resp.inband and self.core.conversation.get(item.id) is item:
+            prev = self.core.conversation.previous_of(item.id)
+            self.core.emit(
                 {"type": "conversation.item.done", "previous_item_id": prev, "item": copy.deepcopy(item.data)}
             )
         body = resp.body
@@ -309,18 +323,18 @@ class ResponseMixin:
         body["status_details"] = None if status == "completed" else {"type": status, "reason": reason}
         body["output"] = [copy.deepcopy(item.data)]
         body["usage"] = usage(resp.context, text_tokens(text), resp.audio_ms)
-        self.emit({"type": "response.done", "response": copy.deepcopy(body)})
-        self.responses.pop(resp.id, None)
+        self.core.emit({"type": "response.done", "response": copy.deepcopy(body)})
+        self.active.pop(resp.id, None)
         if self.active_inband is resp:
             self.active_inband = None
         for pending in resp.pending_transcriptions:
-            self.transcribe(*pending)
+            self.items.transcribe(*pending)
 
-    def cancel_all_responses(self) -> None:
+    def cancel_all(self) -> None:
         """Stop streaming tasks without emitting anything (the connection is gone)."""
-        for resp in self.responses.values():
+        for resp in self.active.values():
             resp.finished = True
             if resp.task is not None:
                 resp.task.cancel()
-        self.responses.clear()
+        self.active.clear()
         self.active_inband = None
