@@ -394,7 +394,7 @@ class FakeConn(lean_ws.WsServer):
                 session.append_ns.append(now_ns)
                 try:
                     session.append_audio(audio)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - a fake bug shows up as a violation (as below)
                     session.violation(f"fake failed handling an append: {exc!r}")
                 return
         try:
@@ -404,7 +404,7 @@ class FakeConn(lean_ws.WsServer):
             return
         try:
             session.receive(text, now_ns)
-        except Exception as exc:  # a fake bug must show up as a violation, not kill the connection
+        except Exception as exc:  # noqa: BLE001 - a fake bug must show up as a violation, not kill the connection
             session.violation(f"fake failed handling {text[:60]!r}: {exc!r}")
 
     def on_binary(self, data: bytes) -> None:

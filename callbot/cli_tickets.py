@@ -14,6 +14,7 @@ import json
 import re
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 from sqlalchemy.engine import make_url
@@ -107,7 +108,7 @@ def _run(settings_work: Callable[[Settings], Coroutine[Any, Any, int]]) -> int:
     """Build the settings, run the job, and turn expected failures into a message and exit 1."""
     try:
         settings = Settings()
-    except Exception as exc:  # pydantic names the offending variable
+    except ValueError as exc:  # pydantic's ValidationError, callbot's SettingsError: both name the variable
         print(f"error: invalid settings: {exc}", file=sys.stderr)
         return 1
     try:
@@ -190,8 +191,7 @@ def cmd_export(args: argparse.Namespace, out: TextIO | None = None) -> int:
         rows = await _with_store(settings, collect)
         text = json.dumps(rows, indent=2, ensure_ascii=False) + "\n" if args.format == "json" else _csv(rows)
         if args.output:
-            with open(args.output, "w", encoding="utf-8", newline="") as f:
-                f.write(text)
+            await asyncio.to_thread(Path(args.output).write_text, text, encoding="utf-8", newline="")
             print(f"exported {len(rows)} ticket(s) to {args.output}", file=sys.stderr)
         else:
             (out or sys.stdout).write(text)

@@ -114,7 +114,7 @@ class _Printer:
 async def run_demo(workdir: Path, *, speed: float = 1.0, output: Path | None = None, out: Any = None) -> int:
     out = out or sys.stdout
     printer = _Printer(out)
-    workdir.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     database_url = f"sqlite+aiosqlite:///{workdir / 'demo.db'}"
     print("callbot offline demo: the real server on 127.0.0.1, the OpenAI side simulated", file=out)
     print("(fake Realtime server + fake text model; no API key, no network).", file=out)
@@ -143,7 +143,8 @@ async def run_demo(workdir: Path, *, speed: float = 1.0, output: Path | None = N
             )
             result = await caller.run(caller_steps())
             services: Services = app.state.services
-            while services.active_calls:  # the ticket is written as the bridge finishes
+            # the ticket is written as the bridge finishes (a poll: the server has no "idle" event)
+            while services.active_calls:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
             if output is not None:
                 result.write_wav(output)

@@ -116,7 +116,7 @@ def test_ulaw_silence_and_idempotence() -> None:
 def test_tables_and_filter_are_read_only() -> None:
     for name in ("LOWPASS", "_ULAW_DECODE", "_ULAW_DECODE_F64", "_ULAW_ENCODE", "_UP_BANK", "_DOWN_BANK"):
         assert not getattr(audio, name).flags.writeable, name
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="read-only"):
         LOWPASS[0] = 1.0
     decoded = ulaw_decode(b"\x00")
     decoded[0] = 0  # results are fresh arrays, never views of the shared tables
@@ -333,7 +333,7 @@ def test_pcm24k_converters_shapes_and_values() -> None:
     assert len(pcm) == 960
     np.testing.assert_array_equal(np.frombuffer(pcm, "<i2"), Upsampler3().process(ulaw_decode(ulaw)))
     assert len(outbound.convert(pcm)) == 160
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown audio mode 'pcm16'"):
         InboundConverter("pcm16")  # type: ignore[arg-type]
 
 

@@ -7,7 +7,6 @@ import asyncio
 import csv
 import io
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -93,7 +92,7 @@ async def seed(url: str) -> None:
 
 
 @pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A working directory with no .env, and the settings pointing at a fresh SQLite file."""
     monkeypatch.chdir(tmp_path)
     for name in (
@@ -106,7 +105,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     db = tmp_path / "data" / "tickets.db"
     monkeypatch.setenv("CALLBOT_DATABASE_URL", f"sqlite+aiosqlite:///{db}")
     monkeypatch.setenv("CALLBOT_SPOOL_DIR", str(tmp_path / "spool"))
-    yield db
+    return db
 
 
 @pytest.fixture

@@ -73,6 +73,8 @@ def run_probe(name: str, packages: tuple[str, ...], fallback: str, probe: Probe)
     try:
         missing = probe()
     except Exception as exc:  # whatever a changed internal raises, the public path must still run
+        # The failure is the probe's result (the start-up WARNING names it); the traceback says where.
+        log.debug("fast path %s: the probe raised", name, exc_info=True)
         missing = f"{type(exc).__name__}: {exc}"
     return FastPath(name, versions(*packages), fallback, missing)
 

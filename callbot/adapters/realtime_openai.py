@@ -203,6 +203,8 @@ def probe() -> str:
         try:
             outcome.append(asyncio.run(_self_test()))
         except Exception as exc:  # a changed internal fails here as AttributeError, TypeError, ...
+            # The failure is the probe's result (the start-up WARNING names it); the traceback says where.
+            log.debug("realtime frames probe: the self-test raised", exc_info=True)
             outcome.append(f"{type(exc).__name__}: {exc}")
 
     thread = threading.Thread(target=run, name="callbot-probe-realtime-frames")

@@ -93,13 +93,22 @@ async def _sqlite_migration_lock(database_url: str) -> AsyncIterator[None]:
     if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
         yield
         return
-    lock_path = Path(str(url.database)).expanduser().with_suffix(".migrate-lock")
-    with open(lock_path, "a+b") as lock_file:
+    lock_path = await asyncio.to_thread(_lock_path, str(url.database))
+    with await asyncio.to_thread(open, lock_path, "a+b") as lock_file:
         await asyncio.to_thread(fcntl.flock, lock_file.fileno(), fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+
+
+def _lock_path(database: str) -> Path:
+    """The lock file beside an SQLite database (`~` expanded: that may read the password database)."""
+    return Path(database).expanduser().with_suffix(".migrate-lock")
+
+
+def _file_exists(database: str) -> bool:
+    return Path(database).expanduser().exists()
 
 
 def upgrade_database_sync(database_url: str, revision: str = "head") -> str | None:
@@ -158,7 +167,7 @@ async def recorded_revision(database_url: str) -> str | None:
     """The revision in the database's version table, read with SQLAlchemy alone (None if absent)."""
     url = make_url(database_url)
     local_file = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
-    if local_file and not Path(str(url.database)).expanduser().exists():
+    if local_file and not await asyncio.to_thread(_file_exists, str(url.database)):
         return None  # asking would create an empty file; the upgrade makes its directory first
     engine = create_engine(database_url)
 

@@ -21,6 +21,7 @@ Pass the class to uvicorn as `uvicorn.Config(..., ws=ChannelWebSocketProtocol)`,
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -37,6 +38,8 @@ else:
         from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
     except ImportError:  # uvicorn < 0.35 or a release that moved it: probe() says so, nothing uses the class
         WebSocketsSansIOProtocol = asyncio.Protocol
+
+log = logging.getLogger("callbot.ws_channel")
 
 EXTENSION = "callbot.text_channel"
 """The scope["extensions"] key; its value is a callable that opens the channel."""
@@ -337,6 +340,7 @@ async def _self_test() -> str:
                 received.append(text)
                 await channel.send([text.upper()])
         except Exception as exc:  # reported by the probe, not logged by uvicorn as an app crash
+            log.debug("twilio channel probe: the in-memory app raised", exc_info=True)
             failures.append(f"{type(exc).__name__}: {exc}")
 
     config = Config(app, ws=ChannelWebSocketProtocol, ws_max_size=1 << 16, log_config=None, lifespan="off")
@@ -403,6 +407,8 @@ def probe() -> str:
         try:
             outcome.append(asyncio.run(_self_test()))
         except Exception as exc:  # a changed internal fails here as AttributeError, TypeError, ...
+            # The failure is the probe's result (the start-up WARNING names it); the traceback says where.
+            log.debug("twilio channel probe: the self-test raised", exc_info=True)
             outcome.append(f"{type(exc).__name__}: {exc}")
 
     thread = threading.Thread(target=run, name="callbot-probe-twilio-channel")
