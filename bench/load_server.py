@@ -45,13 +45,10 @@ from openai import AsyncOpenAI, OpenAIError
 from pydantic import SecretStr
 
 import callbot
-from callbot.adapters.realtime_openai import (
-    OpenAIRealtimeConnector,
-    OpenAIRealtimeLink,
-    UpstreamError,
-)
+from callbot.adapters.realtime_openai import OpenAIRealtimeConnector, OpenAIRealtimeLink
 from callbot.bridge import call_sid_var
 from callbot.core.record import CallRecord
+from callbot.errors import UpstreamError
 from callbot.logs import setup_logging
 from callbot.settings import Settings
 from callbot.web.app import Services, create_app

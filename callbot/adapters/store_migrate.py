@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, make_url
 
-from callbot.adapters.store_sql import StoreUnavailable, create_engine
+from callbot.adapters.store_sql import create_engine
+from callbot.errors import StoreUnavailable
 
 if TYPE_CHECKING:
     from alembic.config import Config

@@ -33,11 +33,16 @@ from websockets.http11 import Request
 
 if TYPE_CHECKING:
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    _HAVE_SANSIO_PROTOCOL: bool
 else:
     try:
         from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
     except ImportError:  # uvicorn < 0.35 or a release that moved it: probe() says so, nothing uses the class
         WebSocketsSansIOProtocol = asyncio.Protocol
+        _HAVE_SANSIO_PROTOCOL = False
+    else:
+        _HAVE_SANSIO_PROTOCOL = True
 
 log = logging.getLogger("callbot.ws_channel")
 
@@ -391,7 +396,7 @@ def probe() -> str:
 
     Returns '' when the fast path works on the installed uvicorn and websockets, else what is
     missing or wrong. Runs on a thread of its own, so it works inside a running event loop too."""
-    if WebSocketsSansIOProtocol is asyncio.Protocol:
+    if not _HAVE_SANSIO_PROTOCOL:
         return "uvicorn has no protocols.websockets.websockets_sansio_impl.WebSocketsSansIOProtocol"
     from uvicorn.config import Config
 

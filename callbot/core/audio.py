@@ -83,7 +83,7 @@ def design_lowpass(
     n = np.arange(taps) - (taps - 1) / 2.0
     fc = cutoff_hz / rate_hz
     h: FloatArray = 2.0 * fc * np.sinc(2.0 * fc * n) * np.kaiser(taps, beta)
-    return h / h.sum()
+    return h / float(h.sum())
 
 
 def _banks(h: FloatArray) -> tuple[FloatArray, FloatArray]:

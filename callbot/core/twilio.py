@@ -89,7 +89,7 @@ def _int(obj: object, default: int = 0) -> int:
     raise _NotANumber(repr(obj)[:40])
 
 
-def _parse_media(msg: dict, sid: str) -> TwilioEvent:
+def _parse_media(msg: dict[str, object], sid: str) -> TwilioEvent:
     media = msg.get("media")
     if not isinstance(media, dict):
         return Invalid("media event without a media object", "media")
@@ -107,7 +107,7 @@ def _parse_media(msg: dict, sid: str) -> TwilioEvent:
     return Media(sid, payload, audio, timestamp)
 
 
-def _parse_start(msg: dict, sid: str) -> TwilioEvent:
+def _parse_start(msg: dict[str, object], sid: str) -> TwilioEvent:
     start = msg.get("start")
     if not isinstance(start, dict):
         return Invalid("start event without a start object", "start")
