@@ -22,11 +22,14 @@ of slowing or breaking calls.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 log = logging.getLogger("callbot.fastpaths")
 
@@ -66,6 +69,25 @@ class FastPath:
 
 Probe = Callable[[], str]
 """Checks a fast path on the installed versions: '' if it works, else what is missing or wrong."""
+
+
+def self_test_on_a_thread(name: str, self_test: Callable[[], Coroutine[Any, Any, str]]) -> str:
+    """Run a probe's in-memory self-test in an event loop of its own, on a thread of its own, so
+    a probe works inside a running loop too; '' when it passed, else why it failed."""
+    outcome: list[str] = []
+
+    def run() -> None:
+        try:
+            outcome.append(asyncio.run(self_test()))
+        except Exception as exc:  # a changed internal fails here as AttributeError, TypeError, ...
+            # The failure is the probe's result (the start-up WARNING names it); the traceback says where.
+            log.debug("%s probe: the self-test raised", name, exc_info=True)
+            outcome.append(f"{type(exc).__name__}: {exc}")
+
+    thread = threading.Thread(target=run, name=f"callbot-probe-{name}")
+    thread.start()
+    thread.join(timeout=10)
+    return outcome[0] if outcome else "the in-memory self-test did not finish"
 
 
 def run_probe(name: str, packages: tuple[str, ...], fallback: str, probe: Probe) -> FastPath:

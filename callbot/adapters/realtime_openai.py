@@ -18,7 +18,6 @@ import contextlib
 import logging
 import os
 import struct
-import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,6 +27,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.frames import apply_mask
 from websockets.protocol import State
 
+from callbot.adapters.fastpaths import self_test_on_a_thread
 from callbot.errors import UpstreamError
 
 log = logging.getLogger("callbot.realtime")
@@ -197,20 +197,7 @@ def probe() -> str:
     """Frame one event through the SDK's connection in memory and parse it back with websockets.
 
     '' when the fast path works on the installed openai and websockets, else what is wrong."""
-    outcome: list[str] = []
-
-    def run() -> None:
-        try:
-            outcome.append(asyncio.run(_self_test()))
-        except Exception as exc:  # a changed internal fails here as AttributeError, TypeError, ...
-            # The failure is the probe's result (the start-up WARNING names it); the traceback says where.
-            log.debug("realtime frames probe: the self-test raised", exc_info=True)
-            outcome.append(f"{type(exc).__name__}: {exc}")
-
-    thread = threading.Thread(target=run, name="callbot-probe-realtime-frames")
-    thread.start()
-    thread.join(timeout=10)
-    return outcome[0] if outcome else "the in-memory self-test did not finish"
+    return self_test_on_a_thread("realtime-frames", _self_test)
 
 
 class OpenAIRealtimeLink:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -30,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 from websockets.exceptions import InvalidState
 from websockets.frames import apply_mask
 from websockets.http11 import Request
+
+from callbot.adapters.fastpaths import self_test_on_a_thread
 
 if TYPE_CHECKING:
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -406,17 +407,4 @@ def probe() -> str:
         lacking.append("Config.ws_max_size")
     if lacking:
         return "uvicorn lacks " + ", ".join(lacking)
-    outcome: list[str] = []
-
-    def run() -> None:
-        try:
-            outcome.append(asyncio.run(_self_test()))
-        except Exception as exc:  # a changed internal fails here as AttributeError, TypeError, ...
-            # The failure is the probe's result (the start-up WARNING names it); the traceback says where.
-            log.debug("twilio channel probe: the self-test raised", exc_info=True)
-            outcome.append(f"{type(exc).__name__}: {exc}")
-
-    thread = threading.Thread(target=run, name="callbot-probe-twilio-channel")
-    thread.start()
-    thread.join(timeout=10)
-    return outcome[0] if outcome else "the in-memory self-test did not finish"
+    return self_test_on_a_thread("twilio-channel", _self_test)
