@@ -106,6 +106,8 @@ class _FrameWriter:
     def __init__(self, ws: ClientConnection) -> None:
         self._ws = ws
         self._transport: Any = ws.transport  # asyncio's or uvloop's (which is no WriteTransport subclass)
+        # websockets sets the transport's limits once, when the connection opens (before this)
+        self._high_water: int = self._transport.get_write_buffer_limits()[1]
         response = ws.response
         self._plain = response is None or "Sec-WebSocket-Extensions" not in response.headers
         self._keys = _MaskKeys()
@@ -115,7 +117,7 @@ class _FrameWriter:
         if (
             self._plain
             and self._ws.state is State.OPEN
-            and transport.get_write_buffer_size() < transport.get_write_buffer_limits()[1]
+            and transport.get_write_buffer_size() < self._high_water
         ):
             transport.write(client_text_frame(data, self._keys.next()))
         else:
