@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from callbot.core.call_control import CallCreate, CallUpdate, CreatedCall
 from callbot.core.record import CallRecord
 from callbot.core.summary import SummaryRequest
 from callbot.core.ticket import StructuredSummary, TicketStatus
@@ -63,6 +64,15 @@ class CallObserver(Protocol):
     async def call_started(self, record: CallRecord) -> None: ...
     async def call_progress(self, record: CallRecord) -> None: ...
     async def call_ended(self, record: CallRecord) -> int | None: ...
+
+
+class CallControl(Protocol):
+    """Twilio's REST API for calls (adapters/twilio_rest); failures raise `TwilioRestError`,
+    and `CallGone` for a call that has already ended."""
+
+    async def update_call(self, call_sid: str, update: CallUpdate) -> None: ...
+    async def create_call(self, request: CallCreate) -> CreatedCall: ...
+    async def aclose(self) -> None: ...
 
 
 # ----- tickets -----

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     twilio_auth_token: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("TWILIO_AUTH_TOKEN", "CALLBOT_TWILIO_AUTH_TOKEN")
     )
+    twilio_api_url: str = Field(
+        default="https://api.twilio.com",
+        description="Base URL of Twilio's REST API (call control); point it at a fake in tests.",
+    )
     public_url: str | None = Field(
         default=None,
         description="Public https origin Twilio reaches this server at, e.g. https://bot.example.com",
