@@ -25,7 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import StaticPool
 
 from callbot.adapters.store_models import tickets
-from callbot.core.record import CallRecord, UsageTotals
+from callbot.core.call_lifecycle import Lifecycle, PlacedCall, StatusUpdate, call_outcome, merge_status
+from callbot.core.record import CallInfo, CallRecord, UsageTotals
 from callbot.core.record_json import (
     entry_from_json,
     entry_to_json,
@@ -193,6 +194,137 @@ class SqlTicketStore:
 
         return await self._run(work)
 
+    # ----- the call's life (core/call_lifecycle.py) -----
+
+    async def create_placed_call(self, info: CallInfo, placed: PlacedCall, started_at: datetime) -> int:
+        """The ticket of a call callbot has just placed, before it rings; its id (idempotent)."""
+        record = CallRecord(info=info, started_at=started_at)
+        values = _record_values(record)
+        now = _now()
+        extra = {
+            "placement_id": placed.placement_id,
+            "instructions": placed.instructions,
+            "call_context": dict(placed.context) if placed.context is not None else None,
+            "twilio_status": "queued",
+        }
+
+        async def work(conn: AsyncConnection) -> int:
+            insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+            stmt = insert(tickets).values(
+                **values, **extra, status=TicketStatus.IN_PROGRESS.value, created_at=now, updated_at=now
+            )
+            # A status callback may have created the row first: the placement still goes on it.
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[tickets.c.call_sid],
+                set_={
+                    name: stmt.excluded[name]
+                    for name in ("placement_id", "instructions", "call_context", "direction")
+                },
+            )
+            await conn.execute(stmt)
+            found = await conn.scalar(sa.select(tickets.c.id).where(tickets.c.call_sid == info.call_sid))
+            if found is None:
+                raise StoreUnavailable(f"ticket for call {info.call_sid} vanished during the save")
+            return int(found)
+
+        return await self._run(work)
+
+    async def placed_call(self, call_sid: str) -> PlacedCall | None:
+        """The placement of an outbound call (its id, instructions, context), or None."""
+
+        async def work(conn: AsyncConnection) -> Mapping[str, Any] | None:
+            stmt = sa.select(tickets.c.placement_id, tickets.c.instructions, tickets.c.call_context).where(
+                tickets.c.call_sid == call_sid
+            )
+            row = (await conn.execute(stmt)).mappings().first()
+            return dict(row) if row is not None else None
+
+        row = await self._run(work)
+        if row is None or not row["placement_id"]:
+            return None
+        return PlacedCall(row["placement_id"], row["instructions"] or "", row["call_context"])
+
+    async def apply_status(self, update: StatusUpdate) -> int:
+        """Fold a status callback into the call's ticket, creating the ticket if the call never
+        reached the stream (busy, no answer, hung up while ringing); the ticket id."""
+        return await self._change_lifecycle(update.call_sid, lambda life: merge_status(life, update), update)
+
+    async def apply_amd(self, call_sid: str, answered_by: str, *, voicemail_left: bool = False) -> int:
+        """Record the answering-machine result, and that a voicemail was left."""
+
+        def change(life: Lifecycle) -> Lifecycle:
+            return Lifecycle(
+                twilio_status=life.twilio_status,
+                sequence=life.sequence,
+                duration_s=life.duration_s,
+                answered_by=answered_by or life.answered_by,
+                voicemail_left=life.voicemail_left or voicemail_left,
+            )
+
+        return await self._change_lifecycle(call_sid, change, None)
+
+    async def refresh_outcome(self, call_sid: str) -> int | None:
+        """Work the outcome out again (the stream has just ended); None if there is no ticket."""
+        try:
+            return await self._change_lifecycle(call_sid, lambda life: life, None)
+        except TicketNotFound:
+            return None
+
+    async def _change_lifecycle(
+        self, call_sid: str, change: Callable[[Lifecycle], Lifecycle], create: StatusUpdate | None
+    ) -> int:
+        async def work(conn: AsyncConnection) -> int:
+            stmt = sa.select(tickets).where(tickets.c.call_sid == call_sid)
+            if conn.dialect.name == "postgresql":
+                stmt = stmt.with_for_update()
+            found = (await conn.execute(stmt)).mappings().first()
+            row: dict[str, Any] | None = dict(found) if found is not None else None
+            now = _now()
+            if row is None:
+                if create is None:
+                    raise TicketNotFound(f"no ticket for call {call_sid}")
+                info = CallInfo(
+                    call_sid=call_sid,
+                    stream_sid="",
+                    from_number=create.from_number,
+                    to_number=create.to_number,
+                    direction=create.direction,
+                )
+                fresh = _record_values(CallRecord(info=info, started_at=now))
+                insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+                await conn.execute(
+                    insert(tickets)
+                    .values(**fresh, status=TicketStatus.IN_PROGRESS.value, created_at=now, updated_at=now)
+                    .on_conflict_do_nothing(index_elements=[tickets.c.call_sid])
+                )
+                row = dict((await conn.execute(stmt)).mappings().one())
+            life = change(_lifecycle(row))
+            stream_started = bool(row["stream_sid"])
+            outcome = call_outcome(life, stream_started=stream_started, stream_s=row["duration_s"])
+            values: dict[str, Any] = {
+                "twilio_status": life.twilio_status,
+                "twilio_sequence": life.sequence,
+                "twilio_duration_s": life.duration_s,
+                "answered_by": life.answered_by,
+                "voicemail_left": life.voicemail_left,
+                "outcome": outcome,
+                "updated_at": now,
+            }
+            if outcome is not None and not stream_started and row["status"] == TicketStatus.IN_PROGRESS.value:
+                # Nobody spoke: there is nothing to summarise, the ticket is complete as it stands.
+                values.update(
+                    status=TicketStatus.COMPLETE.value,
+                    ended_at=now,
+                    duration_s=0.0,
+                    title=f"{row['direction'].capitalize()} call: {outcome}"[:300],
+                )
+            if outcome is not None:
+                values["search_text"] = row["search_text"] + f"\n{outcome}"
+            await conn.execute(sa.update(tickets).where(tickets.c.id == row["id"]).values(**values))
+            return int(row["id"])
+
+        return await self._run(work)
+
     # ----- reads -----
 
     async def get(self, ticket_id: int) -> TicketView | None:
@@ -301,6 +433,7 @@ def _record_values(record: CallRecord) -> dict[str, Any]:
         "account_sid": info.account_sid,
         "from_number": info.from_number,
         "to_number": info.to_number,
+        "direction": info.direction,
         "started_at": record.started_at,
         "ended_at": record.ended_at,
         "duration_s": record.duration_s,
@@ -393,4 +526,19 @@ def _view(row: Mapping[str, Any]) -> TicketView:
         ),
         transcript=transcript,
         summaries=summaries,
+        direction=row.get("direction") or "inbound",
+        lifecycle=_lifecycle(row),
+        outcome=row.get("outcome"),
+        instructions=row.get("instructions"),
+        context=row.get("call_context"),
+    )
+
+
+def _lifecycle(row: Mapping[str, Any]) -> Lifecycle:
+    return Lifecycle(
+        twilio_status=row.get("twilio_status"),
+        sequence=row.get("twilio_sequence"),
+        duration_s=row.get("twilio_duration_s"),
+        answered_by=row.get("answered_by"),
+        voicemail_left=bool(row.get("voicemail_left")),
     )

@@ -18,7 +18,7 @@ from callbot import compose
 from callbot.adapters.fastpaths import FastPaths, probe_fast_paths, summary_line
 from callbot.bridge import CallBridge, Pacer
 from callbot.metrics import Metrics
-from callbot.ports import CallObserver, RealtimeConnector, Summariser, TicketReader
+from callbot.ports import CallControl, CallLog, CallObserver, RealtimeConnector, Summariser, TicketReader
 from callbot.settings import Settings
 
 log = logging.getLogger("callbot.web")
@@ -37,6 +37,9 @@ class Services:
     summariser: Summariser | None = None
     store: TicketReader | None = None
     stream_secret: bytes = b""
+    call_control: CallControl | None = None
+    calls: CallLog | None = None
+    outbound_pending: set[str] = field(default_factory=set)  # placed, neither streaming nor final
     active_calls: set[CallBridge] = field(default_factory=set)
     calls_total: int = 0
     ready: bool = True
@@ -96,11 +99,15 @@ async def open_services(
     if observer is None:
         tickets = await compose.Ticketing.open(settings, client)
         services.observer, services.store = tickets.service, tickets.store
+        services.calls = tickets.store
+    services.call_control = compose.call_control(settings)
     try:
         yield services
     finally:
         services.ready = False
         await services.pacer.stop()
+        if services.call_control is not None:
+            await services.call_control.aclose()
         if tickets is not None:
             await tickets.close()
 

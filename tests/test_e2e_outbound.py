@@ -1,0 +1,157 @@
+"""Outbound calls end to end: the real server places calls through the fake Twilio REST API, whose
+dialer answers as a person, as a machine, or not at all, and posts signed status callbacks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+from twilio.request_validator import RequestValidator
+
+from callbot.core.ticket import TicketStatus
+from tests.e2e_helpers import AUTH_TOKEN, PUBLIC_URL
+from tests.outbound_rig import ACCOUNT, FROM, VOICEMAIL, outbound_rig
+
+HUMAN = "+15557770001"
+MACHINE = "+15557770002"
+BUSY = "+15557770003"
+NO_ANSWER = "+15557770004"
+
+
+async def test_a_person_answers_talks_and_gets_a_complete_ticket_with_the_context(tmp_path: Path) -> None:
+    async with outbound_rig(tmp_path) as rig:
+        context = {"order": "4417", "name": "Ada"}
+        reply = await rig.place(
+            HUMAN, instructions="Tell Ada her order 4417 ships tomorrow.", context=context
+        )
+        assert reply.status_code == 201, reply.text
+        placed = reply.json()
+        assert placed["call_sid"].startswith("CA") and isinstance(placed["ticket_id"], int)
+        await rig.settle()
+        view = await rig.ticket(placed["call_sid"])
+        sessions = rig.fake.sessions
+
+    assert view.id == placed["ticket_id"]
+    assert view.status == TicketStatus.COMPLETE
+    assert view.direction == "outbound"
+    assert (view.item.from_number, view.item.to_number) == (FROM, HUMAN)
+    assert view.context == context
+    assert view.instructions == "Tell Ada her order 4417 ships tomorrow."
+    assert view.lifecycle.twilio_status == "completed"
+    assert view.lifecycle.duration_s is not None
+    assert view.lifecycle.answered_by == "human"
+    assert view.outcome == "talked"
+    roles = [e.role for e in view.transcript]
+    assert roles[:3] == ["assistant", "user", "assistant"]
+    # the call's own instructions and context reached its Realtime session, and the agent opened with them
+    (session,) = sessions
+    update = next(e for e in session.received if e.get("type") == "session.update")
+    instructions = update["session"]["instructions"]
+    assert "outbound call" in instructions and "order 4417 ships tomorrow" in instructions
+    assert json.dumps(context, sort_keys=True) in instructions
+    greeting = next(e for e in session.received if e.get("type") == "response.create")
+    assert "why you are calling" in greeting["response"]["instructions"]
+    # what callbot asked Twilio for
+    create = next(r for r in rig.rest.requests if r.path.endswith("/Calls.json"))
+    assert create.field("MachineDetection") == "DetectMessageEnd" and create.field("AsyncAmd") == "true"
+    assert create.field("StatusCallback") == PUBLIC_URL + "/twilio/status"
+    assert set(create.fields("StatusCallbackEvent")) == {"initiated", "ringing", "answered", "completed"}
+
+
+async def test_a_machine_gets_the_voicemail_after_the_beep_and_the_ticket_says_so(tmp_path: Path) -> None:
+    async with outbound_rig(tmp_path, dialer_options={"answers": {MACHINE: "machine"}}) as rig:
+        placed = (await rig.place(MACHINE, instructions="Remind about the appointment.")).json()
+        await rig.settle()
+        view = await rig.ticket(placed["call_sid"])
+        dialed = rig.dialer.dialed[placed["call_sid"]]
+    assert dialed.voicemail == VOICEMAIL  # what the machine recorded
+    assert dialed.hung_up_by_update
+    assert view.lifecycle.answered_by == "machine_end_beep"
+    assert view.lifecycle.voicemail_left
+    assert view.outcome == "voicemail_left"
+    assert view.lifecycle.twilio_status == "completed"
+
+
+async def test_a_machine_is_hung_up_on_when_the_policy_says_so(tmp_path: Path) -> None:
+    async with outbound_rig(
+        tmp_path, dialer_options={"answers": {MACHINE: "machine"}}, machine_policy="hangup"
+    ) as rig:
+        placed = (await rig.place(MACHINE)).json()
+        await rig.settle()
+        view = await rig.ticket(placed["call_sid"])
+        create = next(r for r in rig.rest.requests if r.path.endswith("/Calls.json"))
+        updates = rig.rest.updates_for(placed["call_sid"])
+    assert create.field("MachineDetection") == "Enable"
+    assert [u.status for u in updates] == ["completed"]
+    assert view.lifecycle.answered_by == "machine_start"
+    assert not view.lifecycle.voicemail_left
+    assert view.outcome == "machine"
+
+
+async def test_busy_and_no_answer_numbers_get_tickets_with_that_status(tmp_path: Path) -> None:
+    answers = {BUSY: "busy", NO_ANSWER: "no-answer"}
+    async with outbound_rig(tmp_path, dialer_options={"answers": answers}) as rig:
+        busy = (await rig.place(BUSY)).json()
+        unanswered = (await rig.place(NO_ANSWER)).json()
+        await rig.settle()
+        busy_view = await rig.ticket(busy["call_sid"])
+        no_answer_view = await rig.ticket(unanswered["call_sid"])
+        assert rig.fake.sessions == []  # nobody answered: no Realtime session was opened
+    for view, status in ((busy_view, "busy"), (no_answer_view, "no-answer")):
+        assert view.lifecycle.twilio_status == status
+        assert view.outcome == status
+        assert view.lifecycle.duration_s == 0
+        assert view.status == TicketStatus.COMPLETE  # nothing to summarise
+        assert view.transcript == ()
+        assert view.direction == "outbound"
+
+
+async def test_an_inbound_call_that_never_streamed_gets_a_ticket_from_its_callback(tmp_path: Path) -> None:
+    params = {
+        "CallSid": "CA" + "9" * 32,
+        "AccountSid": ACCOUNT,
+        "From": "+15550009999",
+        "To": FROM,
+        "CallStatus": "canceled",
+        "Direction": "inbound",
+        "CallDuration": "0",
+    }
+    signature = RequestValidator(AUTH_TOKEN).compute_signature(PUBLIC_URL + "/twilio/status", params)
+    async with outbound_rig(tmp_path) as rig, httpx.AsyncClient(base_url=rig.base_url) as http:
+        bad = await http.post("/twilio/status", data=params, headers={"X-Twilio-Signature": "forged"})
+        assert bad.status_code == 403
+        missing = await http.post("/twilio/status", data=params)
+        assert missing.status_code == 403
+        for _ in range(2):  # a duplicate changes nothing
+            ok = await http.post("/twilio/status", data=params, headers={"X-Twilio-Signature": signature})
+            assert ok.status_code == 204
+        view = await rig.ticket(params["CallSid"])
+        listed = (await rig.http.get("/api/tickets")).json()
+    assert view.direction == "inbound"
+    assert (view.lifecycle.twilio_status, view.outcome) == ("canceled", "canceled")
+    assert view.item.from_number == "+15550009999"
+    assert listed["total"] == 1
+
+
+async def test_bad_requests_place_no_call(tmp_path: Path) -> None:
+    async with outbound_rig(tmp_path) as rig:
+        not_e164 = await rig.place("555-1234")
+        bad_context = await rig.place(HUMAN, context="[1, 2]")
+        unauthenticated = await httpx.AsyncClient(base_url=rig.base_url).post(
+            "/api/calls", json={"to": HUMAN}
+        )
+        placed = rig.rest.requests
+    assert not_e164.status_code == 400 and "E.164" in not_e164.json()["error"]
+    assert bad_context.status_code == 400 and "JSON object" in bad_context.json()["error"]
+    assert unauthenticated.status_code == 401
+    assert placed == []
+
+
+async def test_a_server_without_twilio_credentials_says_which_are_missing(tmp_path: Path) -> None:
+    async with outbound_rig(tmp_path, twilio_account_sid=None, outbound_from_number=None) as rig:
+        reply = await rig.place(HUMAN)
+        assert rig.rest.requests == []
+    assert reply.status_code == 503
+    assert "TWILIO_ACCOUNT_SID" in reply.json()["error"]
+    assert "CALLBOT_OUTBOUND_FROM_NUMBER" in reply.json()["error"]
