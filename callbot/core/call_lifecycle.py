@@ -50,7 +50,7 @@ def check_e164(number: str, what: str = "number") -> str:
     if not E164.fullmatch(cleaned):
         raise InvalidCallRequest(
             f"{what} {number!r} is not an E.164 phone number (a '+', the country code, then the "
-            "number: 8 to 15 digits in all, e.g. +15551234567)"
+            "number: 7 to 15 digits in all, e.g. +15551234567)"
         )
     return cleaned
 

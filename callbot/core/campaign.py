@@ -2,9 +2,11 @@
 
 No I/O: the CLI reads the CSV text and the state file's lines and writes what these functions
 return. Each row is keyed by its line number and number, so an edited CSV (a row moved) is not
-mistaken for an earlier row. A row is marked `placing` in the state file before its call is
-placed; a resumed run skips every row with any mark, because a `placing` with nothing after it
-may have rung the phone just before an interrupt.
+mistaken for an earlier row. A row is marked `placing` (with the time) in the state file before
+its call is placed, and `placed` with its call sid once the server answered. A resumed run never
+places a marked row again: it watches `placed` rows to their end, and asks the server about a
+`placing` row with nothing after it (the interrupt came while the request was out): a call to
+that number placed since is adopted, and only a row the server has no call for is placed.
 """
 
 from __future__ import annotations
@@ -86,10 +88,12 @@ class RowState:
     ticket_id: int | None = None
     outcome: str | None = None
     error: str | None = None
+    placing_at: str | None = None  # ISO time the request went out (the CLI's clock)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "key": self.key,
+            "placing_at": self.placing_at,
             "line": self.line,
             "number": self.number,
             "state": self.state,
@@ -126,12 +130,17 @@ class CampaignState:
                 ticket_id=data.get("ticket_id"),
                 outcome=data.get("outcome"),
                 error=data.get("error"),
+                placing_at=data.get("placing_at"),
             )
         return state
 
     def to_place(self, rows: Iterable[CampaignRow]) -> list[CampaignRow]:
         """The rows never touched by an earlier run."""
         return [row for row in rows if row.key not in self.rows]
+
+    def to_check(self) -> list[RowState]:
+        """Rows an interrupt caught between `placing` and the server's answer."""
+        return [r for r in self.rows.values() if r.state == "placing"]
 
     def to_watch(self) -> list[RowState]:
         """Rows placed by an earlier run whose final status it did not see."""
