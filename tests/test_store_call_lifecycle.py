@@ -106,3 +106,22 @@ async def test_a_placement_lands_on_a_row_a_callback_created_first(store: SqlTic
         and view.lifecycle.answered_by == "machine_end_beep"
     )
     assert await store.placed_call("CA" + "0" * 32) is None
+
+
+async def test_concurrent_callbacks_and_amd_results_all_land(store: SqlTicketStore) -> None:
+    import asyncio
+
+    await store.upsert_call(make_record(SID, ended=False), TicketStatus.IN_PROGRESS)
+    await asyncio.gather(
+        store.apply_amd(SID, "machine_end_beep"),
+        store.apply_status(StatusUpdate(SID, "in-progress", 2)),
+        store.apply_amd(SID, "machine_end_beep", voicemail_left=True),
+        store.apply_status(completed(9)),
+    )
+    view = await store.get_by_call_sid(SID)
+    assert view is not None
+    life = view.lifecycle
+    assert (life.twilio_status, life.duration_s, life.answered_by, life.voicemail_left) == (
+        "completed", 9, "machine_end_beep", True,
+    )  # fmt: skip
+    assert view.outcome == "voicemail_left"

@@ -49,6 +49,11 @@ T = TypeVar("T")
 MAX_PAGE_SIZE = 500
 MAX_ERROR_CHARS = 2000
 ABANDONED_AFTER_S = 2 * 3600.0
+LIFECYCLE_ATTEMPTS = 20
+_LIFECYCLE_GUARD = (
+    "status", "stream_sid", "duration_s", "twilio_status", "twilio_sequence", "twilio_duration_s",
+    "answered_by", "voicemail_left",
+)  # fmt: skip
 
 
 def _now() -> datetime:
@@ -273,7 +278,19 @@ class SqlTicketStore:
     async def _change_lifecycle(
         self, call_sid: str, change: Callable[[Lifecycle], Lifecycle], create: StatusUpdate | None
     ) -> int:
-        async def work(conn: AsyncConnection) -> int:
+        """Read the row, fold the change in (core/call_lifecycle.py), write it back only if nobody
+        changed what was read meanwhile, else read again: callbacks and the stream's own saves
+        arrive concurrently, and SQLite's reads take no lock."""
+        for _attempt in range(LIFECYCLE_ATTEMPTS):
+            ticket_id = await self._try_change_lifecycle(call_sid, change, create)
+            if ticket_id is not None:
+                return ticket_id
+        raise StoreUnavailable(f"call {call_sid}: its ticket kept changing; lifecycle update gave up")
+
+    async def _try_change_lifecycle(
+        self, call_sid: str, change: Callable[[Lifecycle], Lifecycle], create: StatusUpdate | None
+    ) -> int | None:
+        async def work(conn: AsyncConnection) -> int | None:
             stmt = sa.select(tickets).where(tickets.c.call_sid == call_sid)
             if conn.dialect.name == "postgresql":
                 stmt = stmt.with_for_update()
@@ -320,8 +337,13 @@ class SqlTicketStore:
                 )
             if outcome is not None:
                 values["search_text"] = row["search_text"] + f"\n{outcome}"
-            await conn.execute(sa.update(tickets).where(tickets.c.id == row["id"]).values(**values))
-            return int(row["id"])
+            unchanged = [
+                tickets.c[name].is_(None) if row[name] is None else tickets.c[name] == row[name]
+                for name in _LIFECYCLE_GUARD
+            ]
+            write = sa.update(tickets).where(tickets.c.id == row["id"], *unchanged).values(**values)
+            updated = await conn.execute(write)
+            return int(row["id"]) if updated.rowcount == 1 else None
 
         return await self._run(work)
 

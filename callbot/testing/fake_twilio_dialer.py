@@ -108,6 +108,7 @@ class FakeTwilioDialer:
         ring_s: float = 0.2,
         speed: float = 1.0,
         max_call_s: float = 60.0,
+        on_event: Callable[[str, DialedCall, dict[str, object]], None] | None = None,
     ) -> None:
         self.rest = rest
         self.server_url = server_url.rstrip("/")
@@ -119,6 +120,7 @@ class FakeTwilioDialer:
         self.ring_s = ring_s
         self.speed = speed
         self.max_call_s = max_call_s
+        self.on_event = on_event
         self.dialed: dict[str, DialedCall] = {}
         self.in_flight = 0
         self.max_in_flight = 0
@@ -164,6 +166,10 @@ class FakeTwilioDialer:
         if self._previous_update is not None:
             await self._previous_update(call, update)
 
+    def _emit(self, kind: str, dialed: DialedCall, data: dict[str, object]) -> None:
+        if self.on_event is not None:
+            self.on_event(kind, dialed, data)
+
     # ----- one call -----
 
     async def _play(self, dialed: DialedCall) -> None:
@@ -206,6 +212,7 @@ class FakeTwilioDialer:
             speed=self.speed,
             max_call_s=self.max_call_s,
             public_base_url=self.public_url,
+            on_event=(lambda kind, data: self._emit(kind, dialed, data)) if self.on_event else None,
         )
         machine = dialed.answer == "machine"
         steps = machine_steps(self.machine_greeting_ms) if machine else list(self.human(call))
@@ -213,6 +220,8 @@ class FakeTwilioDialer:
         try:
             dialed.result = await caller.run_twiml(call.twiml or "", steps)
         finally:
+            # A result already on its way is delivered (Twilio does not take it back at hang-up).
+            await asyncio.wait({amd}, timeout=10)
             if not amd.done():
                 amd.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -276,6 +285,8 @@ class FakeTwilioDialer:
         except httpx.HTTPError:
             code = 0
         dialed.callbacks.append((parts.path, params, code))
+        status = params.get("CallStatus") or params.get("AnsweredBy", "")
+        self._emit("callback", dialed, {"path": parts.path, "status": status, "http": code})
 
 
 def _said(twiml: str) -> str | None:
