@@ -98,6 +98,10 @@ async def test_busy_and_no_answer_numbers_get_tickets_with_that_status(tmp_path:
         busy_view = await rig.ticket(busy["call_sid"])
         no_answer_view = await rig.ticket(unanswered["call_sid"])
         assert rig.fake.sessions == []  # nobody answered: no Realtime session was opened
+        page = await rig.http.get(f"/tickets/{busy['ticket_id']}")
+        api = (await rig.http.get(f"/api/tickets/{busy['ticket_id']}")).json()
+    assert page.status_code == 200 and "+15557770003" in page.text
+    assert (api["outcome"], api["twilio_status"], api["direction"]) == ("busy", "busy", "outbound")
     for view, status in ((busy_view, "busy"), (no_answer_view, "no-answer")):
         assert view.lifecycle.twilio_status == status
         assert view.outcome == status
