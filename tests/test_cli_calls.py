@@ -175,3 +175,22 @@ async def test_a_row_cut_off_mid_request_is_adopted_if_the_server_placed_it_and_
     results = {r["line"]: r for r in json.loads(out.getvalue())["results"]}
     assert results[2]["call_sid"] == placed["call_sid"] and results[2]["outcome"] == "busy"
     assert results[3]["outcome"] == "busy"
+
+
+async def test_a_campaign_waits_for_room_when_the_server_is_at_its_call_limit(tmp_path: Path) -> None:
+    csv_path = tmp_path / "five.csv"
+    numbers = [f"+1555444{n:04d}" for n in range(5)]
+    csv_path.write_text("number\n" + "\n".join(numbers) + "\n", encoding="utf-8")
+    options = {"default_answer": "no-answer", "ring_s": 0.6}
+    async with outbound_rig(tmp_path, dialer_options=options, max_concurrent_calls=2) as rig:
+        campaign, cli = prepared(rig, "--from-csv", str(csv_path), "--concurrency", "5", "--json")
+        out = io.StringIO()
+        code = await run_campaign(campaign, cli, out=out, err=io.StringIO())
+        await rig.settle()
+        placed = created_numbers(rig)
+        refused = [r for r in rig.rest.requests if r.path.endswith("/Calls.json")]
+        max_in_flight = rig.dialer.max_in_flight
+    assert code == 0
+    assert sorted(placed) == numbers and len(refused) == 5  # a 429 reaches no Twilio API
+    assert max_in_flight <= 2
+    assert json.loads(out.getvalue())["counts"] == {"no-answer": 5}

@@ -159,3 +159,18 @@ async def test_a_server_without_twilio_credentials_says_which_are_missing(tmp_pa
     assert reply.status_code == 503
     assert "TWILIO_ACCOUNT_SID" in reply.json()["error"]
     assert "CALLBOT_OUTBOUND_FROM_NUMBER" in reply.json()["error"]
+
+
+async def test_the_server_refuses_a_call_over_its_limit_of_live_and_placed_calls(tmp_path: Path) -> None:
+    options = {"default_answer": "no-answer", "ring_s": 1.0}
+    async with outbound_rig(tmp_path, dialer_options=options, max_concurrent_calls=2) as rig:
+        first, second = await rig.place("+15557770011"), await rig.place("+15557770012")
+        third = await rig.place("+15557770013")
+        creates = [r for r in rig.rest.requests if r.path.endswith("/Calls.json")]
+        await rig.settle()
+        after = await rig.place("+15557770013")  # the ringing ones are over: there is room again
+        await rig.settle()
+    assert (first.status_code, second.status_code, third.status_code) == (201, 201, 429)
+    assert "CALLBOT_MAX_CONCURRENT_CALLS is 2" in third.json()["error"]
+    assert len(creates) == 2
+    assert after.status_code == 201

@@ -69,6 +69,19 @@ def calls_router(settings: Settings) -> APIRouter:
     return router
 
 
+PENDING_SLACK_S = 60.0
+"""A placed call still counts towards the limit this long after it stopped ringing, unless its
+stream started or its final status came first."""
+
+
+def _pending(services: Services) -> int:
+    """Placed calls that still count towards CALLBOT_MAX_CONCURRENT_CALLS (forgetting stale ones)."""
+    now = asyncio.get_running_loop().time()
+    for call_sid in [sid for sid, until in services.outbound_pending.items() if until < now]:
+        del services.outbound_pending[call_sid]
+    return len(services.outbound_pending)
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -117,7 +130,7 @@ async def place_call(request: Request) -> Response:
         return _error(503, "this server cannot place calls; set " + ", ".join(missing))
     if not services.ready:
         return _error(503, "the server is shutting down")
-    in_flight = len(services.active_calls) + len(services.outbound_pending)
+    in_flight = len(services.active_calls) + _pending(services)
     if in_flight >= settings.max_concurrent_calls:
         return _error(
             429,
@@ -141,12 +154,18 @@ async def place_call(request: Request) -> Response:
         amd_status_callback=public + AMD_PATH,
         ring_timeout_s=settings.outbound_ring_timeout_s,
     )
+    # The slot is taken before the create is awaited, so concurrent requests cannot all pass the check.
+    forget_at = asyncio.get_running_loop().time() + settings.outbound_ring_timeout_s + PENDING_SLACK_S
+    slot = f"placing:{placement_id}"
+    services.outbound_pending[slot] = forget_at
     try:
         created = await services.call_control.create_call(create)
     except TwilioRestError as exc:
         log.warning("placing a call to %s failed: %s", wanted.to, exc)
         return _error(502, f"Twilio refused the call: {exc}")
-    services.outbound_pending.add(created.call_sid)
+    finally:
+        services.outbound_pending.pop(slot, None)
+    services.outbound_pending[created.call_sid] = forget_at
     info = CallInfo(
         call_sid=created.call_sid,
         stream_sid="",
@@ -178,7 +197,7 @@ async def outbound_setup(services: Services, start: tw.Start) -> CallSetup:
     placement = start.custom_parameters.get("placement")
     if not placement:
         return CallSetup()
-    services.outbound_pending.discard(start.call_sid)
+    services.outbound_pending.pop(start.call_sid, None)
     if services.calls is None:
         return CallSetup(refusal="an outbound stream, but this server has no ticket store")
     loop = asyncio.get_running_loop()
@@ -202,7 +221,7 @@ async def stream_ended(services: Services, bridge: CallBridge) -> None:
     info = bridge.session.info
     if services.calls is None or info is None:
         return
-    services.outbound_pending.discard(info.call_sid)
+    services.outbound_pending.pop(info.call_sid, None)
     try:
         await services.calls.refresh_outcome(info.call_sid)
     except StoreUnavailable as exc:
@@ -247,7 +266,7 @@ async def status_callback(request: Request) -> Response:
     except InvalidCallRequest as exc:
         return Response(str(exc), status_code=400, media_type="text/plain")
     if update.final:
-        services.outbound_pending.discard(update.call_sid)
+        services.outbound_pending.pop(update.call_sid, None)
     if services.calls is None:
         return Response(status_code=204)
     try:

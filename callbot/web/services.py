@@ -39,7 +39,9 @@ class Services:
     stream_secret: bytes = b""
     call_control: CallControl | None = None
     calls: CallLog | None = None
-    outbound_pending: set[str] = field(default_factory=set)  # placed, neither streaming nor final
+    outbound_pending: dict[str, float] = field(default_factory=dict)
+    """Calls placed and neither streaming nor final yet: call sid -> when to stop counting it
+    (loop time; a call whose callbacks never come must not hold a line for ever)."""
     active_calls: set[CallBridge] = field(default_factory=set)
     calls_total: int = 0
     ready: bool = True
