@@ -194,3 +194,16 @@ async def test_a_campaign_waits_for_room_when_the_server_is_at_its_call_limit(tm
     assert sorted(placed) == numbers and len(refused) == 5  # a 429 reaches no Twilio API
     assert max_in_flight <= 2
     assert json.loads(out.getvalue())["counts"] == {"no-answer": 5}
+
+
+async def test_a_server_that_cannot_place_calls_stops_the_campaign_with_its_reason(tmp_path: Path) -> None:
+    csv_path = tmp_path / "two.csv"
+    csv_path.write_text("number\n+15553330001\n+15553330002\n", encoding="utf-8")
+    async with outbound_rig(tmp_path, twilio_account_sid=None) as rig:
+        campaign, options = prepared(rig, "--from-csv", str(csv_path))
+        err = io.StringIO()
+        code = await run_campaign(campaign, options, out=io.StringIO(), err=err)
+        creates = created_numbers(rig)
+    assert code == 2
+    assert "TWILIO_ACCOUNT_SID" in err.getvalue()
+    assert creates == []

@@ -174,3 +174,72 @@ async def test_the_server_refuses_a_call_over_its_limit_of_live_and_placed_calls
     assert "CALLBOT_MAX_CONCURRENT_CALLS is 2" in third.json()["error"]
     assert len(creates) == 2
     assert after.status_code == 201
+
+
+async def test_a_stream_naming_a_placement_is_refused_unless_token_and_ticket_both_match(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    from callbot.caller.simulator import HangUp, Silence, TwilioCaller
+    from callbot.core import stream_token
+    from callbot.core.call_lifecycle import placement_subject
+    from callbot.web.calls import stream_twiml
+
+    async with outbound_rig(tmp_path, dialer_options={"default_answer": "busy"}) as rig:
+        placed = (await rig.place(BUSY, instructions="Secret plan.")).json()
+        await rig.settle()
+        now = int(time.time())
+        genuine = "a" * 32
+        cases = {
+            # a token minted over the placement, but the call's ticket holds another placement
+            placed["call_sid"]: stream_token.mint(AUTH_TOKEN.encode(), placement_subject(genuine), now, 60),
+            # a token nobody minted
+            "CA" + "7" * 32: f"{now + 60}.{'0' * 64}",
+        }
+        results = []
+        for call_sid, token in cases.items():
+            twiml = stream_twiml(rig.settings, "x", {"token": token, "placement": genuine, "to": HUMAN})
+            caller = TwilioCaller(
+                rig.base_url,
+                auth_token=AUTH_TOKEN,
+                call_sid=call_sid,
+                public_base_url=PUBLIC_URL,
+                max_call_s=10,
+            )
+            results.append(await caller.run_twiml(twiml, [Silence(4000), HangUp()]))
+        sessions = list(rig.fake.sessions)
+        view = await rig.ticket(placed["call_sid"])
+    assert all(r.closed_by == "server" for r in results)
+    assert sessions == []  # no Realtime session, so nothing of the call's instructions went anywhere
+    assert view.transcript == () and view.outcome == "busy"
+
+
+async def test_a_call_that_goes_on_after_its_stream_ended_is_recorded_as_transferred(tmp_path: Path) -> None:
+    from callbot.caller.simulator import HangUp, Silence, TwilioCaller, WaitForAssistant
+
+    async with outbound_rig(tmp_path) as rig:
+        caller = TwilioCaller(rig.base_url, auth_token=AUTH_TOKEN, public_base_url=PUBLIC_URL)
+        result = await caller.run([WaitForAssistant(timeout_s=10), Silence(200), HangUp()])
+        await rig.settle()
+        params = {
+            "CallSid": result.call_sid,
+            "AccountSid": ACCOUNT,
+            "From": caller.from_number,
+            "To": caller.to_number,
+            "CallStatus": "completed",
+            "Direction": "inbound",
+            "CallDuration": "120",  # Twilio kept the call for two minutes after the stream's stop
+        }
+        signature = RequestValidator(AUTH_TOKEN).compute_signature(PUBLIC_URL + "/twilio/status", params)
+        async with httpx.AsyncClient(base_url=rig.base_url) as http:
+            ok = await http.post("/twilio/status", data=params, headers={"X-Twilio-Signature": signature})
+        view = await rig.ticket(result.call_sid)
+    assert ok.status_code == 204
+    assert view.direction == "inbound"
+    assert view.status == TicketStatus.COMPLETE and view.transcript  # the stream's own ticket
+    assert (view.lifecycle.twilio_status, view.lifecycle.duration_s, view.outcome) == (
+        "completed",
+        120,
+        "transferred",
+    )
