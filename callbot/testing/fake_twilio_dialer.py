@@ -26,14 +26,15 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
 from twilio.request_validator import RequestValidator
+from websockets.asyncio.client import ClientConnection
 
 from callbot.caller.result import CallResult
-from callbot.caller.script import HangUp, Say, Silence, Step, WaitForAssistant
+from callbot.caller.script import HangUp, Say, ScriptCursor, Silence, Step, WaitForAssistant
 from callbot.caller.simulator import TwilioCaller
 from callbot.caller.stream import SessionConfig, StreamSession
 from callbot.core.call_control import CallUpdate
@@ -78,11 +79,13 @@ class DialedCall:
 class _DialerCaller(TwilioCaller):
     """The simulator, keeping hold of the stream session so an update can stop it."""
 
-    def __init__(self, dialed: DialedCall, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, dialed: DialedCall, base_url: str, **kwargs: Any) -> None:
+        super().__init__(base_url, **kwargs)
         self._dialed = dialed
 
-    def new_stream_session(self, config: SessionConfig, ws, cursor, result):  # type: ignore[no-untyped-def]
+    def new_stream_session(
+        self, config: SessionConfig, ws: ClientConnection, cursor: ScriptCursor, result: CallResult
+    ) -> StreamSession:
         session = super().new_stream_session(config, ws, cursor, result)
         self._dialed.session = session
         return session
