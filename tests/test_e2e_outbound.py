@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 from twilio.request_validator import RequestValidator
 
+from callbot.cli_tickets import _describe
 from callbot.core.ticket import TicketStatus
 from tests.e2e_helpers import AUTH_TOKEN, PUBLIC_URL
 from tests.outbound_rig import ACCOUNT, FROM, VOICEMAIL, outbound_rig
@@ -71,6 +72,10 @@ async def test_a_machine_gets_the_voicemail_after_the_beep_and_the_ticket_says_s
     assert view.lifecycle.voicemail_left
     assert view.outcome == "voicemail_left"
     assert view.lifecycle.twilio_status == "completed"
+    shown = _describe(view)  # what `callbot tickets show` prints
+    assert "Lifecycle: outbound, Twilio completed" in shown
+    assert "answered by machine_end_beep, outcome voicemail_left" in shown
+    assert "Placed with: Remind about the appointment." in shown
 
 
 async def test_a_machine_is_hung_up_on_when_the_policy_says_so(tmp_path: Path) -> None:
@@ -101,6 +106,7 @@ async def test_busy_and_no_answer_numbers_get_tickets_with_that_status(tmp_path:
         page = await rig.http.get(f"/tickets/{busy['ticket_id']}")
         api = (await rig.http.get(f"/api/tickets/{busy['ticket_id']}")).json()
     assert page.status_code == 200 and "+15557770003" in page.text
+    assert '<dd id="call-outcome">busy</dd>' in page.text
     assert (api["outcome"], api["twilio_status"], api["direction"]) == ("busy", "busy", "outbound")
     for view, status in ((busy_view, "busy"), (no_answer_view, "no-answer")):
         assert view.lifecycle.twilio_status == status
