@@ -133,10 +133,11 @@ def cmd_call(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(run_campaign(campaign, options))
     except KeyboardInterrupt:
-        placed = sum(1 for r in campaign.state.rows.values())
+        handled = len(campaign.state.rows)
         where = f" (state in {campaign.state_path})" if campaign.state_path else ""
         print(
-            f"\ncallbot call: interrupted after {placed} placed{where}; run the same command again to resume",
+            f"\ncallbot call: interrupted with {handled} row(s) handled{where}; "
+            "run the same command again to resume",
             file=sys.stderr,
         )
         return 130

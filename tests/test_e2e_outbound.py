@@ -65,7 +65,9 @@ async def test_a_machine_gets_the_voicemail_after_the_beep_and_the_ticket_says_s
         placed = (await rig.place(MACHINE, instructions="Remind about the appointment.")).json()
         await rig.settle()
         view = await rig.ticket(placed["call_sid"])
-        dialed = rig.dialer.dialed[placed["call_sid"]]
+        found = (await rig.http.get("/api/tickets", params={"search": "voicemail_left"})).json()
+    assert [item["id"] for item in found["items"]] == [placed["ticket_id"]]
+    dialed = rig.dialer.dialed[placed["call_sid"]]
     assert dialed.voicemail == VOICEMAIL  # what the machine recorded
     assert dialed.hung_up_by_update
     assert view.lifecycle.answered_by == "machine_end_beep"

@@ -125,3 +125,15 @@ async def test_concurrent_callbacks_and_amd_results_all_land(store: SqlTicketSto
         "completed", 9, "machine_end_beep", True,
     )  # fmt: skip
     assert view.outcome == "voicemail_left"
+
+
+async def test_the_outcome_is_searchable_and_only_the_current_one(store: SqlTicketStore) -> None:
+    from callbot.core.ticket_views import TicketFilters
+
+    await store.upsert_call(make_record(SID), TicketStatus.PENDING_SUMMARY)
+    await store.apply_status(completed(43))  # talked, for now
+    assert (await store.list(TicketFilters(search="outcome:talked"))).total == 1
+    await store.apply_amd(SID, "machine_end_beep", voicemail_left=True)
+    assert (await store.list(TicketFilters(search="voicemail_left"))).total == 1
+    assert (await store.list(TicketFilters(search="outcome:talked"))).total == 0
+    assert (await store.list(TicketFilters(search="Hello"))).total == 1  # the transcript is still searchable

@@ -52,7 +52,7 @@ ABANDONED_AFTER_S = 2 * 3600.0
 LIFECYCLE_ATTEMPTS = 20
 _LIFECYCLE_GUARD = (
     "status", "stream_sid", "duration_s", "twilio_status", "twilio_sequence", "twilio_duration_s",
-    "answered_by", "voicemail_left",
+    "answered_by", "voicemail_left", "outcome", "search_text",
 )  # fmt: skip
 
 
@@ -336,7 +336,7 @@ class SqlTicketStore:
                     title=f"{row['direction'].capitalize()} call: {outcome}"[:300],
                 )
             if outcome is not None:
-                values["search_text"] = row["search_text"] + f"\n{outcome}"
+                values["search_text"] = _with_outcome(row["search_text"], row["outcome"], outcome)
             unchanged = [
                 tickets.c[name].is_(None) if row[name] is None else tickets.c[name] == row[name]
                 for name in _LIFECYCLE_GUARD
@@ -554,6 +554,14 @@ def _view(row: Mapping[str, Any]) -> TicketView:
         instructions=row.get("instructions"),
         context=row.get("call_context"),
     )
+
+
+def _with_outcome(search_text: str, old: str | None, new: str) -> str:
+    """The search text with `outcome:<new>` in it (searchable: "voicemail_left"), and not the old one."""
+    if old and old != new:
+        search_text = search_text.replace(f"\noutcome:{old}", "")
+    marker = f"\noutcome:{new}"
+    return search_text if marker in search_text else search_text + marker
 
 
 def _lifecycle(row: Mapping[str, Any]) -> Lifecycle:
