@@ -143,9 +143,7 @@ async def run_demo(workdir: Path, *, speed: float = 1.0, output: Path | None = N
             )
             result = await caller.run(caller_steps())
             services: Services = app.state.services
-            # the ticket is written as the bridge finishes (a poll: the server has no "idle" event)
-            while services.active_calls:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
+            await services.active_calls.wait_empty()  # the ticket is written as the bridge finishes
             if output is not None:
                 result.write_wav(output)
                 printer.line(f"stereo recording written to {output} (caller left, assistant right)")

@@ -113,9 +113,7 @@ class TicketRig:
     async def settle(self, timeout_s: float = 30.0) -> None:
         """Wait until every call has ended and the ticket service has nothing in flight."""
         deadline = time.monotonic() + timeout_s
-        while self.services.active_calls:
-            assert time.monotonic() < deadline, "a call never ended"
-            await asyncio.sleep(0.02)
+        assert await self.services.active_calls.wait_empty(timeout_s), "a call never ended"
         await asyncio.wait_for(self.services.observer.drain(), timeout=deadline - time.monotonic())  # type: ignore[union-attr]
 
 
