@@ -113,8 +113,8 @@ def summary(
 
 async def test_migrations_create_the_schema_the_models_describe(database_url: str) -> None:
     assert await current_revision(database_url) is None
-    assert await upgrade_database(database_url) == head_revision() == "0001"
-    assert await upgrade_database(database_url) == "0001"  # idempotent
+    assert await upgrade_database(database_url) == head_revision() == "0004"
+    assert await upgrade_database(database_url) == "0004"  # idempotent
 
     engine = create_engine(database_url)
 
