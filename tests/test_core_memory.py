@@ -77,6 +77,7 @@ def router_call(ticket_id: int = 12, days_ago: int = 1, **overrides: Any) -> Ear
         ("+86282452253", None),
         ("+7378742833", None),
         ("+2562533", None),
+        ("+8656696", None),
         ("15551230000", None),  # not E.164: no leading +
         ("+0555123000", None),  # no country code starts with 0
         ("+1234", None),  # too short

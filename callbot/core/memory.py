@@ -37,7 +37,7 @@ GREETING_HINT = (
 
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 # What a carrier puts in From when the caller withheld the number; see docs/memory.md §1.
-WITHHELD_NUMBERS = frozenset({"+266696687", "+86282452253", "+7378742833", "+2562533"})
+WITHHELD_NUMBERS = frozenset({"+266696687", "+7378742833", "+86282452253", "+2562533", "+8656696"})
 
 FIELD_CHARS = {"title": 120, "caller_request": 300, "outcome": 300, "action": 160}
 MAX_ACTIONS = 3
