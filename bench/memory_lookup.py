@@ -67,7 +67,7 @@ def _pg_fill(n: int, numbers: int) -> str:
     SELECT 'CA' || i, '+1555' || lpad((i % {numbers})::text, 7, '0'), '+15559870000',
            timestamptz '{NOW.isoformat()}' - ((i * 7919) % 129600) * interval '1 minute',
            'complete', '{SUMMARY}'::jsonb, 'Router drops the connection', '[]', '[]', now(), now()
-    FROM generate_series(0, {n - 1}) AS i
+    FROM generate_series(0::bigint, {n - 1}) AS i
     """
 
 
