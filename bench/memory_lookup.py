@@ -26,12 +26,14 @@ from pathlib import Path
 
 import asyncpg
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from callbot.adapters.store_migrate import upgrade_database
 from callbot.adapters.store_sql import SqlTicketStore
 
 PG_URL = os.environ.get("CALLBOT_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 NOW = datetime(2026, 12, 7, tzinfo=UTC)
+plans: list[str] = []
 CALLS_PER_NUMBER = 10
 """Each generated number has called this many times, over the last 90 days."""
 
@@ -74,7 +76,7 @@ def _pg_fill(n: int, numbers: int) -> str:
 async def _fill(url: str, n: int) -> float:
     numbers = max(1, n // CALLS_PER_NUMBER)
     started = time.perf_counter()
-    engine = sa.ext.asyncio.create_async_engine(url)
+    engine = create_async_engine(url)
     try:
         async with engine.begin() as conn:
             fill = _pg_fill if conn.dialect.name == "postgresql" else _sqlite_fill
@@ -83,6 +85,29 @@ async def _fill(url: str, n: int) -> float:
     finally:
         await engine.dispose()
     return time.perf_counter() - started
+
+
+# The lookup as SqlTicketStore.earlier_calls issues it, to show which index the planner takes.
+_LOOKUP = (
+    "SELECT id, started_at, summary FROM tickets WHERE from_number = '+15550000042' "
+    "AND started_at >= {since} AND status = 'complete' AND memory_excluded = false "
+    "ORDER BY started_at DESC, id DESC LIMIT 3"
+)
+
+
+async def _plan(url: str) -> str:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                sql = "EXPLAIN " + _LOOKUP.format(since="now() - interval '30 days'")
+                rows = (await conn.execute(sa.text(sql))).all()
+                return " / ".join(str(r[0]).strip() for r in rows)
+            sql = "EXPLAIN QUERY PLAN " + _LOOKUP.format(since="'2026-11-07'")
+            rows = (await conn.execute(sa.text(sql))).all()
+            return " / ".join(str(r[-1]) for r in rows)
+    finally:
+        await engine.dispose()
 
 
 async def _measure(url: str, n: int, lookups: int) -> tuple[float, float, float, int]:
@@ -110,6 +135,7 @@ async def _run_one(label: str, url: str, n: int, lookups: int) -> None:
     await upgrade_database(url)
     fill_s = await _fill(url, n)
     p50, p99, worst, found = await _measure(url, n, lookups)
+    plans.append(f"{label} {n:,}: {await _plan(url)}")
     print(
         f"| {label} | {n:,} | {fill_s:.1f} s | {p50:.2f} ms | {p99:.2f} ms | {worst:.2f} ms | "
         f"{found / lookups:.1f} |",
@@ -132,6 +158,7 @@ async def main() -> int:
         for n in sizes:
             await _run_one("SQLite", f"sqlite+aiosqlite:///{Path(tmp) / f'bench{n}.db'}", n, args.lookups)
     if args.skip_postgres:
+        print("\n".join(["", "query plans:", *plans]))
         return 0
     admin_dsn = PG_URL.replace("+asyncpg", "")
     for n in sizes:
@@ -143,6 +170,7 @@ async def main() -> int:
         finally:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             await admin.close()
+    print("\n".join(["", "query plans:", *plans]))
     return 0
 
 
