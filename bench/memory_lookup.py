@@ -34,6 +34,7 @@ from callbot.adapters.store_sql import SqlTicketStore
 PG_URL = os.environ.get("CALLBOT_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 NOW = datetime(2026, 12, 7, tzinfo=UTC)
 plans: list[str] = []
+WITHOUT_INDEX = False
 CALLS_PER_NUMBER = 10
 """Each generated number has called this many times, over the last 90 days."""
 
@@ -131,9 +132,21 @@ async def _measure(url: str, n: int, lookups: int) -> tuple[float, float, float,
     return statistics.median(times), p99, max(times), found
 
 
+async def _drop_index(url: str) -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("DROP INDEX ix_tickets_from_number_started_at"))
+    finally:
+        await engine.dispose()
+
+
 async def _run_one(label: str, url: str, n: int, lookups: int) -> None:
     await upgrade_database(url)
     fill_s = await _fill(url, n)
+    if WITHOUT_INDEX:
+        await _drop_index(url)
+        label += " without the 0004 index"
     p50, p99, worst, found = await _measure(url, n, lookups)
     plans.append(f"{label} {n:,}: {await _plan(url)}")
     print(
@@ -148,7 +161,12 @@ async def main() -> int:
     parser.add_argument("--sizes", default="10000,1000000", help="ticket counts, comma separated")
     parser.add_argument("--lookups", type=int, default=200, help="lookups timed per database and size")
     parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument(
+        "--without-index", action="store_true", help="drop the lookup's index first, for comparison"
+    )
     args = parser.parse_args()
+    global WITHOUT_INDEX
+    WITHOUT_INDEX = args.without_index
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()} on {platform.platform()}")  # fmt: skip
