@@ -320,3 +320,45 @@ def test_a_session_lost_before_it_confirmed_the_memory_gets_it_again_at_the_root
     session, _ = configured(SEED)  # the create was sent, its item.added never came
     restored = restore_events(session.conversation, session.memory)
     assert [(e["item"]["id"], e["previous_item_id"]) for e in restored] == [(MEMORY_ITEM_ID, "root")]
+
+
+# ----- the record and the filters carry it -----
+
+
+def test_the_records_memory_ticket_ids_round_trip_through_the_spool_format() -> None:
+    from callbot.core.record import CallRecord
+    from callbot.core.record_json import record_from_json, record_to_json
+    from callbot.errors import RecordJsonError
+
+    record = CallRecord(info=CallInfo("CA1", "MZ1"), started_at=NOW, memory_ticket_ids=(3, 9))
+    data = record_to_json(record)
+    assert data["memory_ticket_ids"] == [3, 9]
+    assert record_from_json(data).memory_ticket_ids == (3, 9)
+    old = {k: v for k, v in data.items() if k != "memory_ticket_ids"}  # spooled before issue 17
+    assert record_from_json(old).memory_ticket_ids == ()
+    for bad in ("3,9", [3, "9"], [True]):
+        with pytest.raises(RecordJsonError, match="memory_ticket_ids"):
+            record_from_json({**data, "memory_ticket_ids": bad})
+
+
+def test_the_ticket_list_filters_by_a_number_in_any_common_spelling() -> None:
+    from callbot.core.ticket_views import TicketFilters
+    from callbot.errors import FilterError
+
+    assert TicketFilters.from_strings(number=" +1 (555) 123-0000 ").number == "+15551230000"
+    assert TicketFilters.from_strings(number="anonymous").number == "anonymous"
+    assert TicketFilters.from_strings(number="  ").number is None
+    with pytest.raises(FilterError, match="not a phone number"):
+        TicketFilters.from_strings(number="+1555; drop table")
+
+
+def test_a_call_without_request_outcome_or_items_is_one_line() -> None:
+    bare = router_call(caller_request="", outcome="", action_items=(), category="")
+    seed = build_memory([bare], NOW, MemoryPolicy())
+    assert seed is not None
+    assert (
+        seed.text.split("\n")[1]
+        == '- 2026-12-06 08:00 UTC (yesterday), ticket #12: "Router drops the connection"'
+    )
+    assert len(seed.text.split("\n")) == 3
+    assert seed.tokens == estimate_tokens(seed.text) > 0
