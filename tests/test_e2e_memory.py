@@ -173,3 +173,31 @@ async def test_database_down_at_call_start_means_no_memory_and_the_call_goes_on(
     assert greeting_said(session) == GREETING
     assert any("memory lookup failed" in r.getMessage() for r in caplog.records)
     assert sorted(p.name for p in (tmp_path / "spool").glob("*.json")) == [f"{result.call_sid}.json"]
+
+
+async def test_a_reconnect_gives_the_new_session_the_memory_again_at_the_root(tmp_path: Path) -> None:
+    async with rig_for(tmp_path) as rig:
+        sid1, _ = await call(rig, FIRST)
+        first = await ticket(rig, sid1)
+        rig.fake.script.user_transcripts = [SECOND]
+        plan = [WaitForAssistant(timeout_s=10), Silence(2500), Say(speech(700, seed=8)), Silence(100)]
+        caller = asyncio.create_task(rig.caller().run([*plan, WaitForAssistant(timeout_s=10), HangUp()]))
+        while len(rig.fake.sessions) < 2 or not any(
+            i.data.get("role") == "assistant" and i.data.get("status") == "completed"
+            for i in rig.fake.sessions[1].core.conversation.items
+        ):
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        await rig.fake.drop_now()  # the Realtime link of the second call drops after its greeting
+        result = await caller
+        await rig.settle()
+        second = await ticket(rig, result.call_sid)
+        before, after = rig.fake.sessions[1], rig.fake.sessions[2]
+        assert rig.fake.violations == []
+    assert result.outcome == "completed", result.summary()
+    assert root_memory(before) is not None
+    assert root_memory(after) == root_memory(before)  # restored under the same id, first
+    assert f'ticket #{first.id}: "{first.item.title}"' in (root_memory(after) or "")
+    assert "response.create" not in [e["type"] for e in after.received]  # no second greeting
+    assert second.memory_ticket_ids == (first.id,)
+    assert [e.role for e in second.transcript] == ["assistant", "user", "assistant"]
