@@ -95,3 +95,24 @@ async def test_a_slow_database_is_given_up_on_after_the_timeout(caplog: pytest.L
 
 async def test_no_history_is_no_message() -> None:
     assert await service(FakeStore([])).recall(info()) is None
+
+
+def test_the_memory_takes_at_most_half_of_the_summary_trigger() -> None:
+    from callbot import compose
+    from callbot.settings import Settings
+
+    def policy(**values: object) -> MemoryPolicy:
+        return compose.memory_policy(Settings(**values))  # type: ignore[arg-type]
+
+    assert policy() == MemoryPolicy(enabled=True, max_calls=3, days=30, max_tokens=600)
+    assert policy(summary_trigger_tokens=400, memory_max_tokens=600).max_tokens == 200
+    assert policy(summary_enabled=False, summary_trigger_tokens=400).max_tokens == 600  # nothing to bound
+    assert policy(memory_max_calls=5, memory_days=7).max_calls == 5
+    assert policy(memory_enabled=False).enabled is False
+
+
+def test_memory_off_builds_no_service() -> None:
+    from callbot import compose
+    from callbot.settings import Settings
+
+    assert compose.caller_memory(Settings(memory_enabled=False), store=None) is None  # type: ignore[arg-type]
