@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from callbot import compose
 from callbot.adapters.store_migrate import upgrade_database
 from callbot.adapters.store_sql import SqlTicketStore
+from callbot.core.memory import rememberable_number
 from callbot.core.ticket import CATEGORIES, PRIORITIES, TicketStatus, transcript_as_text
 from callbot.core.ticket_views import TicketFilters, TicketListItem, TicketView, parse_time_bound
 from callbot.errors import FilterError, StoreUnavailable, TicketSchemaError
@@ -58,6 +59,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     retry.add_argument("--limit", type=_positive, default=500, help="at most this many tickets")
     retry.set_defaults(func=cmd_retry)
 
+    forget = commands.add_parser(
+        "forget", help="exclude a ticket from returning callers' memory (it stays in the list)"
+    )
+    forget.add_argument("id", type=_positive, help="ticket id")
+    forget.add_argument("--json", action="store_true", help="print the result as JSON")
+    forget.set_defaults(func=cmd_forget)
+
+    purge = commands.add_parser("purge", help="delete every ticket of a caller's number (their history)")
+    purge.add_argument("--number", required=True, help="the caller's number, e.g. +15551230000")
+    purge.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    purge.add_argument("--json", action="store_true", help="print the result as JSON (needs --yes)")
+    purge.set_defaults(func=cmd_purge)
+
     db = subparsers.add_parser("db", help="ticket database schema")
     db_commands = db.add_subparsers(dest="db_command", metavar="COMMAND", required=True)
     upgrade = db_commands.add_parser("upgrade", help="apply the database migrations (alembic upgrade head)")
@@ -75,6 +89,7 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--until", type=_date_arg, help="calls started before the end of (YYYY-MM-DD) or before"
     )
+    parser.add_argument("--number", help="calls from or to this phone number")
 
 
 def _positive(text: str) -> int:
@@ -100,7 +115,7 @@ def _date_arg(text: str) -> str:
 def _filters(args: argparse.Namespace) -> TicketFilters:
     return TicketFilters.from_strings(
         search=args.search, status=args.status, category=args.category, priority=args.priority,
-        since=args.since, until=args.until,
+        since=args.since, until=args.until, number=args.number,
     )  # fmt: skip
 
 
@@ -238,6 +253,61 @@ def cmd_retry(args: argparse.Namespace, out: TextIO | None = None) -> int:
             await service.aclose()
             await store.close()
             await client.close()
+
+    return _run(work)
+
+
+def cmd_forget(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+
+    async def work(settings: Settings) -> int:
+        found = await _with_store(settings, lambda s: s.forget(args.id))
+        if not found:
+            print(f"error: ticket {args.id} not found", file=sys.stderr)
+            return 1
+        if args.json:
+            print(json.dumps({"id": args.id, "memory_excluded": True}), file=out)
+        else:
+            print(f"ticket {args.id} will not seed returning callers' memory any more", file=out)
+        return 0
+
+    return _run(work)
+
+
+def cmd_purge(
+    args: argparse.Namespace, out: TextIO | None = None, confirm: Callable[[str], str] | None = None
+) -> int:
+    """Exit 0 when deleted (or nothing to delete), 1 on a failure or a declined prompt."""
+    out = out or sys.stdout
+    number = rememberable_number(args.number) or args.number.strip()
+    if not number:
+        print("error: --number is empty", file=sys.stderr)
+        return 2
+    if args.json and not args.yes:
+        print("error: --json needs --yes (there is no prompt to answer)", file=sys.stderr)
+        return 2
+
+    async def work(settings: Settings) -> int:
+        async def purge(store: SqlTicketStore) -> int | None:
+            count = await store.count_number(number)
+            if count and not args.yes:
+                ask = confirm or input
+                answer = await asyncio.to_thread(
+                    ask, f"delete {count} ticket(s) of calls from {number}? This cannot be undone. [y/N] "
+                )
+                if answer.strip().lower() not in ("y", "yes"):
+                    return None
+            return await store.purge_number(number) if count else 0
+
+        deleted = await _with_store(settings, purge)
+        if deleted is None:
+            print("nothing deleted", file=out)
+            return 1
+        if args.json:
+            print(json.dumps({"number": number, "deleted": deleted}), file=out)
+        else:
+            print(f"deleted {deleted} ticket(s) of calls from {number}", file=out)
+        return 0
 
     return _run(work)
 

@@ -154,6 +154,22 @@ class Settings(BaseSettings):
     admin_password: SecretStr | None = None
     redact_patterns: list[str] = Field(default_factory=list)
 
+    # --- Returning callers (memory) ---
+    memory_enabled: bool = Field(
+        default=True, description="Seed a call with the caller's earlier finished tickets (by phone number)."
+    )
+    memory_max_calls: int = Field(default=3, ge=1, le=20, description="At most this many earlier calls.")
+    memory_days: int = Field(default=30, ge=1, description="Only earlier calls from the last this many days.")
+    memory_max_tokens: int = Field(
+        default=600,
+        ge=50,
+        description="Upper bound on the memory message (~4 characters a token); at most half "
+        "of CALLBOT_SUMMARY_TRIGGER_TOKENS is used.",
+    )
+    memory_lookup_timeout_s: float = Field(
+        default=1.0, gt=0, le=10, description="The lookup at call start gives up after this long: no memory."
+    )
+
     # --- Process ---
     max_concurrent_calls: int = Field(default=200, ge=1)
     drain_timeout_s: float = Field(default=300.0, ge=0)

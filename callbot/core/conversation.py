@@ -33,6 +33,7 @@ class Turn:
     summary_id: str | None = None
     in_context: bool = True
     is_summary: bool = False
+    is_memory: bool = False
     started_ms: int | None = None
     ended_ms: int | None = None
     _deltas: list[str] = field(default_factory=list)
@@ -113,11 +114,15 @@ class ConversationState:
         return [self._turns[i] for i in self._log]
 
     def context_turns(self) -> list[Turn]:
-        """Turns the server still holds verbatim (summary items excluded), in order."""
-        return [t for i in self.context if not (t := self._turns[i]).is_summary]
+        """Turns the server still holds verbatim (summary and memory items excluded), in order."""
+        return [t for i in self.context if not ((t := self._turns[i]).is_summary or t.is_memory)]
 
     def summary_items(self) -> list[Turn]:
         return [t for i in self.context if (t := self._turns[i]).is_summary]
+
+    def memory_item(self) -> Turn | None:
+        """The returning caller's memory message, while the server holds it (core/memory.py)."""
+        return next((t for i in self.context if (t := self._turns[i]).is_memory), None)
 
     @property
     def context_tokens(self) -> int:
@@ -134,8 +139,12 @@ class ConversationState:
         at_ms: int,
         *,
         is_summary: bool = False,
+        is_memory: bool = False,
     ) -> Turn | None:
-        """`conversation.item.added` (or the beta `.created`): place the item in both views."""
+        """`conversation.item.added` (or the beta `.created`): place the item in both views.
+
+        Summaries and the memory message are conversation state, not turns: they go into the
+        context (at the root, where they were asked for) but not into the call's log."""
         item_id = item.get("id")
         if not isinstance(item_id, str):
             return None
@@ -146,6 +155,7 @@ class ConversationState:
         role: Role = raw_role if raw_role in ("user", "assistant", "system") else "system"  # type: ignore[assignment]
         turn = Turn(item_id=item_id, role=role, at_ms=at_ms, kind=str(item.get("type", "message")))
         turn.is_summary = is_summary
+        turn.is_memory = is_memory
         text = _content_text(item)
         if text is not None:
             turn.text = text
@@ -156,10 +166,10 @@ class ConversationState:
         if item_id in self._speech:
             turn.started_ms, turn.ended_ms = self._speech.pop(item_id)
         self._turns[item_id] = turn
-        if is_summary:
+        if is_summary or is_memory:
             previous_item_id = "root"  # we asked for the root; the event may report it as null
         self._insert(self.context, item_id, previous_item_id)
-        if not is_summary:
+        if not (is_summary or is_memory):
             self._insert(self._log, item_id, previous_item_id)
         return turn
 

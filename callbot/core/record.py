@@ -105,6 +105,8 @@ class CallRecord:
     realtime_model: str = ""
     summary_model: str = ""
     end_reason: str = ""
+    memory_ticket_ids: tuple[int, ...] = ()
+    """The earlier tickets whose summaries seeded this call (core/memory.py)."""
 
     @property
     def duration_s(self) -> float | None:

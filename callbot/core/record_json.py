@@ -119,6 +119,7 @@ def record_to_json(record: CallRecord) -> dict[str, Any]:
         "realtime_model": record.realtime_model,
         "summary_model": record.summary_model,
         "end_reason": record.end_reason,
+        "memory_ticket_ids": list(record.memory_ticket_ids),
     }
 
 
@@ -144,7 +145,15 @@ def record_from_json(obj: Any) -> CallRecord:
         realtime_model=_str(data, "realtime_model", ""),
         summary_model=_str(data, "summary_model", ""),
         end_reason=_str(data, "end_reason", ""),
+        memory_ticket_ids=_ids(data.get("memory_ticket_ids", [])),
     )
+
+
+def _ids(value: Any) -> tuple[int, ...]:
+    """Ticket ids; records written before issue 17 have none."""
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise RecordJsonError("record: memory_ticket_ids must be a list of ticket ids")
+    return tuple(value)
 
 
 def _datetime(text: str) -> datetime:

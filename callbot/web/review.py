@@ -168,15 +168,16 @@ class _ListQuery:
     until: str | None
     page: int
     call_sid: str | None = None
+    number: str | None = None
 
     def filters(self) -> TicketFilters:
         return TicketFilters.from_strings(
             search=self.q, status=self.status, category=self.category, priority=self.priority,
-            since=self.since, until=self.until, call_sid=self.call_sid,
+            since=self.since, until=self.until, call_sid=self.call_sid, number=self.number,
         )  # fmt: skip
 
     def form(self) -> dict[str, str]:
-        fields = ("q", "status", "category", "priority", "since", "until", "call_sid")
+        fields = ("q", "status", "category", "priority", "since", "until", "call_sid", "number")
         return {name: getattr(self, name) or "" for name in fields}
 
     def url(self, base: str, page: int) -> str:
@@ -193,8 +194,9 @@ def _list_query(
     until: str | None = Query(None, max_length=40),
     page: int = Query(1, ge=1, le=1_000_000),
     call_sid: str | None = Query(None, max_length=64),
+    number: str | None = Query(None, max_length=40),
 ) -> _ListQuery:
-    return _ListQuery(q, status, category, priority, since, until, page, call_sid)
+    return _ListQuery(q, status, category, priority, since, until, page, call_sid, number)
 
 
 class _ReviewPages:
@@ -236,9 +238,25 @@ class _ReviewPages:
         view = await self._store().get(ticket_id)
         if view is None:
             raise HTTPException(404, f"Ticket {ticket_id} not found.")
+        earlier = []
+        for earlier_id in view.memory_ticket_ids:
+            seeded = await self._store().get(earlier_id)
+            earlier.append(
+                {
+                    "id": earlier_id,
+                    "url": request.url_for("review_ticket", ticket_id=earlier_id).path,
+                    "title": seeded.item.title if seeded else None,
+                    "started_at": seeded.item.started_at if seeded else None,
+                }
+            )
+        number = view.item.from_number
+        list_url = request.url_for("review_list").path
         template = _templates().get_template("ticket.html")
         html = template.render(
             **_page_urls(request),
+            earlier=earlier,
+            number_url=f"{list_url}?{urlencode({'number': number})}" if number else None,
+            forget_url=request.url_for("review_forget", ticket_id=ticket_id).path,
             json_url=request.url_for("api_ticket", ticket_id=ticket_id).path,
             t=view.item,
             view=view,
@@ -247,6 +265,21 @@ class _ReviewPages:
             rows=_timeline_rows(view),
         )
         return HTMLResponse(html)
+
+    async def forget(self, request: Request, ticket_id: int) -> Response:
+        """The review page's "exclude from memory" form (`callbot tickets forget` in the browser)."""
+        _same_origin(request)
+        if not await self._store().forget(ticket_id):
+            raise HTTPException(404, f"Ticket {ticket_id} not found.")
+        log.info("ticket %s excluded from returning callers' memory from the review page", ticket_id)
+        url = request.url_for("review_ticket", ticket_id=ticket_id).path
+        return Response(status_code=303, headers={"Location": url})
+
+    async def api_forget(self, request: Request, ticket_id: int) -> Response:
+        _same_origin(request)
+        if not await self._store().forget(ticket_id):
+            raise HTTPException(404, f"Ticket {ticket_id} not found.")
+        return JSONResponse({"id": ticket_id, "memory_excluded": True})
 
     async def api_list(
         self, query: Annotated[_ListQuery, Depends(_list_query)], page_size: int = Query(50, ge=1, le=500)
@@ -266,6 +299,19 @@ class _ReviewPages:
 
     async def css(self) -> Response:
         return Response((STATIC_DIR / "review.css").read_bytes(), media_type="text/css")
+
+
+def _same_origin(request: Request) -> None:
+    """A state-changing POST must come from these pages: browsers send Basic credentials with a
+    cross-site form too, so a foreign Origin (or Sec-Fetch-Site) is refused."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        raise HTTPException(403, "Cross-site request refused.")
+    origin = request.headers.get("origin")
+    if origin is not None and origin != "null":
+        host = request.headers.get("host", "")
+        if origin.split("://", 1)[-1] != host:
+            raise HTTPException(403, "Cross-site request refused.")
 
 
 def _extra_fields(summary: dict[str, Any] | None) -> list[tuple[str, Any]]:
@@ -303,6 +349,21 @@ def review_router(
     router.add_api_route("/tickets", pages.list_page, name="review_list", dependencies=auth, **html)
     router.add_api_route(
         "/tickets/{ticket_id}", pages.ticket_page, name="review_ticket", dependencies=auth, **html
+    )
+    router.add_api_route(
+        "/tickets/{ticket_id}/forget",
+        pages.forget,
+        name="review_forget",
+        dependencies=auth,
+        methods=["POST"],
+        include_in_schema=False,
+    )
+    router.add_api_route(
+        "/api/tickets/{ticket_id}/forget",
+        pages.api_forget,
+        name="api_forget",
+        dependencies=auth,
+        methods=["POST"],
     )
     router.add_api_route("/api/tickets", pages.api_list, name="api_list", dependencies=auth, methods=["GET"])
     router.add_api_route(

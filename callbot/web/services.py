@@ -18,7 +18,7 @@ from callbot import compose
 from callbot.adapters.fastpaths import FastPaths, probe_fast_paths, summary_line
 from callbot.bridge import CallBridge, Pacer
 from callbot.metrics import Metrics
-from callbot.ports import CallObserver, RealtimeConnector, Summariser, TicketReader
+from callbot.ports import CallerMemory, CallObserver, RealtimeConnector, Summariser, TicketReader
 from callbot.settings import Settings
 
 log = logging.getLogger("callbot.web")
@@ -71,6 +71,7 @@ class Services:
     observer: CallObserver | None = None
     summariser: Summariser | None = None
     store: TicketReader | None = None
+    memory: CallerMemory | None = None
     stream_secret: bytes = b""
     active_calls: ActiveCalls = field(default_factory=ActiveCalls)
     calls_total: int = 0
@@ -125,6 +126,7 @@ async def open_services(
     if observer is None:
         tickets = await compose.Ticketing.open(settings, client)
         services.observer, services.store = tickets.service, tickets.store
+        services.memory = compose.caller_memory(settings, tickets.store)
     try:
         yield services
     finally:
