@@ -162,6 +162,7 @@ class CallBridge:
             realtime_model=s.config.agent.model,
             summary_model=self.summary_model,
             end_reason=s.end_reason or "",
+            response_usage=tuple(conv.response_usages),
         )
 
     # ----- lifecycle -----

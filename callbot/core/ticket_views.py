@@ -10,8 +10,20 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from callbot.core.record import CallInfo, CallRecord, SummaryEvent, TranscriptEntry, UsageTotals
-from callbot.core.record_json import entry_to_json, summary_event_to_json, usage_to_json
+from callbot.core.record import (
+    CallInfo,
+    CallRecord,
+    ResponseUsage,
+    SummaryEvent,
+    TranscriptEntry,
+    UsageTotals,
+)
+from callbot.core.record_json import (
+    entry_to_json,
+    response_usage_to_json,
+    summary_event_to_json,
+    usage_to_json,
+)
 from callbot.core.ticket import CATEGORIES, PRIORITIES, TicketStatus
 from callbot.errors import FilterError
 
@@ -75,6 +87,7 @@ class TicketView:
     usage: UsageTotals
     transcript: tuple[TranscriptEntry, ...]
     summaries: tuple[SummaryEvent, ...]
+    response_usage: tuple[ResponseUsage, ...] = ()
 
     @property
     def id(self) -> int:
@@ -106,6 +119,7 @@ class TicketView:
             realtime_model=self.realtime_model,
             summary_model=self.summary_model,
             end_reason=self.end_reason,
+            response_usage=self.response_usage,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -120,6 +134,7 @@ class TicketView:
             "usage": {**usage_to_json(self.usage), "total_tokens": self.usage.total_tokens},
             "transcript": [entry_to_json(e) for e in self.transcript],
             "in_call_summaries": [summary_event_to_json(s) for s in self.summaries],
+            "response_usage": [response_usage_to_json(u) for u in self.response_usage],
         }
 
 
