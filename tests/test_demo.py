@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import io
 import re
+import wave
 from pathlib import Path
+
+import numpy as np
 
 from callbot.caller.wavio import read_wav
 from callbot.demo import CALLER_LINES, run_demo
+from callbot.testing import tts
+from tests.speech_measure import spectra
 
 
 async def test_demo_runs_a_whole_call_offline_and_prints_transcript_summaries_and_ticket(
@@ -36,6 +41,20 @@ async def test_demo_runs_a_whole_call_offline_and_prints_transcript_summaries_an
     assert "fact: number: 4471-2290" in text and "category: technical" in text
     pcm, rate = read_wav(tmp_path / "call.wav")
     assert rate == 8000 and len(pcm) > 8000 * 20
+    caller, assistant = stereo_channels(tmp_path / "call.wav")
+    if tts.available():  # the dev lock installs it: both sides speak words
+        assert "eSpeak NG speaks" in text
+        assert spectra(caller).speech_like(), spectra(caller)
+        assert spectra(assistant).speech_like(), spectra(assistant)
+    else:
+        assert "synthetic buzzes" in text
+
+
+def stereo_channels(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with wave.open(str(path), "rb") as w:
+        assert w.getnchannels() == 2 and w.getsampwidth() == 2
+        both = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2)
+    return both[:, 0], both[:, 1]
 
 
 def check_times_match_the_call(text: str) -> None:
