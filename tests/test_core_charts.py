@@ -89,3 +89,24 @@ def test_bars_have_one_group_per_value_and_escape_labels() -> None:
     assert widths[0] == 2 * widths[1]
     assert "&lt;x&gt;" in svg
     assert "no data" in "".join(parse(bar_chart_svg([], chart_id="e", title="t")).itertext())
+
+
+def test_a_barge_in_without_speech_times_is_marked_when_the_turn_ended_or_arrived() -> None:
+    record = CallRecord(
+        info=CallInfo("CA1", "MZ1"),
+        started_at=datetime(2026, 12, 1, tzinfo=UTC),
+        transcript=(
+            TranscriptEntry("a1", "assistant", "Hel…", interrupted=True, at_ms=700, ended_ms=2100),
+            TranscriptEntry("a2", "assistant", "Wai…", interrupted=True, at_ms=5000),
+        ),
+    )
+    marks = call_marks(record)
+    assert [(m.at_ms, m.label) for m in marks] == [
+        (2100, "barge-in: the caller cut the assistant off"),
+        (5000, "barge-in: the caller cut the assistant off"),
+    ]
+    # a summary whose new size is not known yet: drawn at its size before, labelled "?"
+    svg = context_chart_svg([], [Mark("summary", 100, "s", tokens_before=0)], None)
+    root = parse(svg)
+    assert root.find(f".//{SVG}circle[@class='before']") is not None
+    assert root.find(f".//{SVG}circle[@class='after']") is None

@@ -176,3 +176,38 @@ def test_the_conversation_keeps_each_response_usage_with_its_time() -> None:
     conv.response_usage({"input_tokens": "lots", "input_token_details": None}, 9500)
     assert conv.response_usages == [USAGE, ResponseUsage(at_ms=9500)]
     assert conv.usage.responses == 2
+
+
+def test_edge_cases_of_the_token_split() -> None:
+    # input tokens with no modality split at all count as text
+    assert response_tokens(ResponseUsage(0, input_tokens=100)) == TokensByKind(text_input=100)
+    # a nonsensical cached split (more than the input) falls back to the proportional share
+    odd = ResponseUsage(0, 100, 100, 50, 50, cached_text_tokens=90, cached_audio_tokens=90)
+    assert response_tokens(odd) == TokensByKind(text_cached=50, audio_cached=50)
+    # a system turn spoken (a timed item) counts as text only
+    system = TranscriptEntry("x", "system", "abcdefgh", started_ms=0, ended_ms=1000)
+    assert turn_tokens(system) == (2, 0)
+
+
+def test_response_usage_json_round_trips_and_bad_input_is_refused() -> None:
+    from callbot.core.record_json import record_from_json, record_to_json, response_usages_from_json
+    from callbot.errors import RecordJsonError
+
+    rec = record(USAGE)
+    assert record_from_json(record_to_json(rec)) == rec
+    old = record_to_json(rec)
+    del old["response_usage"]  # a spooled record from before issue #18
+    assert record_from_json(old).response_usage == ()
+    with pytest.raises(RecordJsonError, match="must be a list"):
+        response_usages_from_json({"at_ms": 1})
+    with pytest.raises(RecordJsonError, match="must be an integer"):
+        response_usages_from_json([{"at_ms": "soon"}])
+    with pytest.raises(RecordJsonError, match="must be an object"):
+        response_usages_from_json([3])
+
+
+def test_details_that_are_not_objects_count_as_nothing() -> None:
+    conv = ConversationState()
+    conv.response_usage({"input_tokens": 10, "input_token_details": [1], "output_token_details": "x"}, 5)
+    conv.response_usage({"input_tokens": 7, "input_token_details": {"cached_tokens_details": 4}}, 6)
+    assert conv.response_usages == [ResponseUsage(5, 10), ResponseUsage(6, 7)]

@@ -82,3 +82,9 @@ def test_a_date_range_fills_its_empty_days_and_nothing_is_none() -> None:
     assert stats.calls_per_day == (("2026-12-01", 0), ("2026-12-02", 0), ("2026-12-03", 0))
     assert stats.average_cost_usd is None and stats.average_duration_s is None
     assert compute_stats([], TABLE).calls_per_day == ()
+
+
+def test_more_than_a_year_of_days_lists_only_the_days_with_calls() -> None:
+    views = [view(1, DAY), view(2, DAY + timedelta(days=400))]
+    stats = compute_stats(views, TABLE)
+    assert stats.calls_per_day == (("2026-12-01", 1), ("2028-01-05", 1))

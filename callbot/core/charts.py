@@ -94,7 +94,7 @@ class _Frame:
     height: int
     left: int = 64
     right: int = 16
-    top: int = 16
+    top: int = 24
     bottom: int = 36
 
     @property
@@ -194,7 +194,7 @@ def context_chart_svg(
                 )
         glyph = _MARK_GLYPHS.get(m.kind, "•")
         out.append(
-            f'<text x="{xx:.1f}" y="{frame.top + 10}" text-anchor="middle" font-size="11" '
+            f'<text x="{xx:.1f}" y="{frame.top - 6}" text-anchor="middle" font-size="11" '
             f'fill="{_MARK_COLOURS.get(m.kind, "#475467")}">{glyph}</text></g>'
         )
     if points:
