@@ -32,6 +32,7 @@ from callbot.caller.simulator import (
     TwilioCaller,
     WaitForAssistant,
 )
+from callbot.core.cost import DEFAULT_PRICE_TABLE, call_cost, price_table
 from callbot.core.transcript_text import context_change_text
 from callbot.settings import Settings
 from callbot.testing.fake_openai import FakeOpenAI
@@ -210,6 +211,14 @@ async def _print_ticket(database_url: str, call_sid: str, out: Any) -> int:
         print(f"  {key}: {fields.get(key)}", file=out)
     for fact in fields.get("facts", []):
         print(f"  fact: {fact.get('label')}: {fact.get('value')}", file=out)
+    cost = call_cost(ticket.to_record(), price_table(DEFAULT_PRICE_TABLE))
+    if cost.cost_usd is not None and cost.cost_without_summaries_usd is not None:
+        print(
+            f"\n=== Cost (estimated at {cost.model}'s list prices): ${cost.cost_usd:.4f}; "
+            f"without the summaries ${cost.cost_without_summaries_usd:.4f} "
+            f"({cost.tokens_saved} input tokens saved)",
+            file=out,
+        )
     print(f"\nReview it with: callbot tickets show {ticket.id}  (database {database_url})", file=out)
     return 0
 
