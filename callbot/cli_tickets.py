@@ -207,8 +207,11 @@ def _describe_stats(stats: CallStats) -> str:
     def secs(value: float | None) -> str:
         return "-" if value is None else f"{value:.0f} s"
 
-    since = stats.since.isoformat() if stats.since else "..."
-    span = f"{since} to {stats.until.isoformat() if stats.until else '...'} (until exclusive)"
+    bounds = [
+        f"from {stats.since.isoformat()}" if stats.since else "",
+        f"before {stats.until.isoformat()}" if stats.until else "",
+    ]
+    span = " ".join(b for b in bounds if b) or "all time"
     average_cost = "-" if stats.average_cost_usd is None else f"${stats.average_cost_usd:.4f}"
     lines = [
         f"Calls: {stats.calls} ({span})",

@@ -315,7 +315,7 @@ def test_stats_prints_the_dashboards_figures(
     total = sum(call_cost(r, table).cost_usd or 0 for r in long_calls)
     result = run(capsys, "tickets", "stats", "--since", "2026-12-01", "--until", "2026-12-01")
     assert result.code == 0
-    assert "Calls: 3 (2026-12-01T00:00:00+00:00 to 2026-12-02T00:00:00+00:00 (until exclusive))" in result.out
+    assert "Calls: 3 (from 2026-12-01T00:00:00+00:00 before 2026-12-02T00:00:00+00:00)" in result.out
     assert f"Cost: ${total:.4f} total" in result.out
     assert "Open follow-ups: 1" in result.out and "Summary failures: 1 failed attempts" in result.out
     assert "  2026-12-01     3 ###" in result.out
