@@ -167,6 +167,7 @@ class CallBridge:
             summary_model=self.summary_model,
             end_reason=s.end_reason or "",
             memory_ticket_ids=s.memory_ticket_ids,
+            response_usage=tuple(conv.response_usages),
         )
 
     # ----- lifecycle -----

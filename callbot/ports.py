@@ -98,6 +98,9 @@ class TicketReader(Protocol):
 
     async def get(self, ticket_id: int) -> TicketView | None: ...
     async def list(self, filters: TicketFilters, page: int = 1, page_size: int = 50) -> TicketPage: ...
+    async def calls(self, filters: TicketFilters, limit: int = ...) -> Sequence[TicketView]:
+        """Whole tickets for the dashboard's figures, oldest first."""
+
     async def forget(self, ticket_id: int) -> bool:
         """Exclude the ticket from returning callers' memory; False when there is no such ticket."""
         ...

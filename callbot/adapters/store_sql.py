@@ -30,6 +30,8 @@ from callbot.core.record import CallRecord, UsageTotals
 from callbot.core.record_json import (
     entry_from_json,
     entry_to_json,
+    response_usage_to_json,
+    response_usages_from_json,
     summary_event_from_json,
     summary_event_to_json,
 )
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_PAGE_SIZE = 500
+MAX_STATS_CALLS = 20_000
 MAX_ERROR_CHARS = 2000
 ABANDONED_AFTER_S = 2 * 3600.0
 
@@ -293,6 +296,22 @@ class SqlTicketStore:
         total, rows = await self._run(work)
         return TicketPage(items=[_list_item(r) for r in rows], total=total, page=page, page_size=page_size)
 
+    async def calls(self, filters: TicketFilters, limit: int = MAX_STATS_CALLS) -> builtins.list[TicketView]:
+        """Whole tickets of the calls `filters` select, oldest first, for the dashboard's figures
+        (computed in callbot.core.stats from these rows); at most `limit` of the newest."""
+        where = _where(filters)
+
+        async def work(conn: AsyncConnection) -> builtins.list[Mapping[str, Any]]:
+            stmt = (
+                sa.select(tickets)
+                .where(*where)
+                .order_by(tickets.c.started_at.desc(), tickets.c.id.desc())
+                .limit(max(1, limit))
+            )
+            return [dict(r) for r in (await conn.execute(stmt)).mappings().all()]
+
+        return [_view(r) for r in reversed(await self._run(work))]
+
     async def pending_summaries(
         self, limit: int = 50, *, abandoned_after_s: float | None = ABANDONED_AFTER_S
     ) -> builtins.list[TicketView]:
@@ -383,6 +402,7 @@ def _record_values(record: CallRecord) -> dict[str, Any]:
         "transcript": [entry_to_json(e) for e in record.transcript],
         "in_call_summaries": [summary_event_to_json(s) for s in record.summaries],
         "memory_ticket_ids": list(record.memory_ticket_ids),
+        "response_usage": [response_usage_to_json(u) for u in record.response_usage],
         "search_text": "\n".join(
             [info.call_sid, info.from_number, info.to_number, transcript_as_text(record)]
         ).lower(),
@@ -437,6 +457,7 @@ def _view(row: Mapping[str, Any]) -> TicketView:
     try:
         transcript = tuple(entry_from_json(e) for e in row["transcript"] or [])
         summaries = tuple(summary_event_from_json(s) for s in row["in_call_summaries"] or [])
+        response_usage = response_usages_from_json(row.get("response_usage"))
     except RecordJsonError as exc:
         raise StoreUnavailable(f"ticket {row['id']} has an unreadable transcript: {exc}") from exc
     return TicketView(
@@ -460,4 +481,5 @@ def _view(row: Mapping[str, Any]) -> TicketView:
         transcript=transcript,
         summaries=summaries,
         memory_ticket_ids=tuple(i for i in row["memory_ticket_ids"] or [] if isinstance(i, int)),
+        response_usage=response_usage,
     )

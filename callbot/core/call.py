@@ -401,7 +401,7 @@ class CallSession:
     ) -> list[Action]:
         self.responses.done(response_id)
         if usage is not None:
-            self.conversation.response_usage(usage)
+            self.conversation.response_usage(usage, now_ms)
             self.summaries.response_usage(self.conversation, response_id)
         return [Checkpoint(), *self._maybe_summarise(now_ms)]
 

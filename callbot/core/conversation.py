@@ -15,7 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from callbot.core.record import Role, SummaryEvent, TranscriptEntry, TranscriptStatus, UsageTotals
+from callbot.core.record import (
+    ResponseUsage,
+    Role,
+    SummaryEvent,
+    TranscriptEntry,
+    TranscriptStatus,
+    UsageTotals,
+)
 
 
 @dataclass(slots=True)
@@ -88,6 +95,11 @@ def _content_text(item: dict[str, Any]) -> str | None:
     return " ".join(texts) if texts else None
 
 
+def _count(value: Any) -> int:
+    """A token count from the server's JSON: a non-negative int, anything else counts as 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 PENDING_SPEECH_KEPT = 8
 """Caller speech spans waiting for their item; a real one waits a second at most."""
 
@@ -102,6 +114,7 @@ class ConversationState:
         self.summaries: list[SummaryEvent] = []
         self.usage = UsageTotals()
         self.last_usage: dict[str, Any] | None = None
+        self.response_usages: list[ResponseUsage] = []
         # caller speech seen by the VAD before its item exists: item id -> [started, stopped]
         self._speech: dict[str, list[int | None]] = {}
 
@@ -273,22 +286,45 @@ class ConversationState:
         turn.text = _cut_to_heard(turn.text or "", heard_ms, generated_ms)
 
     # ----- usage -----
-    def response_usage(self, usage: dict[str, Any]) -> None:
-        """Add an in-conversation `response.done` usage; its total is the current context size."""
+    def response_usage(self, usage: dict[str, Any], at_ms: int = 0) -> None:
+        """Add an in-conversation `response.done` usage; its total is the current context size.
+
+        Each one is also kept on its own (`response_usages`), for the ticket's context chart and
+        its cost (docs/protocols.md §11.1 names the fields)."""
         self.last_usage = usage
         inp = usage.get("input_token_details") or {}
         out = usage.get("output_token_details") or {}
+        if not isinstance(inp, dict):
+            inp = {}
+        if not isinstance(out, dict):
+            out = {}
+        cached_details = inp.get("cached_tokens_details") or {}
+        if not isinstance(cached_details, dict):
+            cached_details = {}
+        self.response_usages.append(
+            ResponseUsage(
+                at_ms=at_ms,
+                input_tokens=_count(usage.get("input_tokens")),
+                cached_tokens=_count(inp.get("cached_tokens")),
+                input_text_tokens=_count(inp.get("text_tokens")),
+                input_audio_tokens=_count(inp.get("audio_tokens")),
+                output_text_tokens=_count(out.get("text_tokens")),
+                output_audio_tokens=_count(out.get("audio_tokens")),
+                cached_text_tokens=_count(cached_details.get("text_tokens")),
+                cached_audio_tokens=_count(cached_details.get("audio_tokens")),
+            )
+        )
         u = self.usage
         self.usage = UsageTotals(
             responses=u.responses + 1,
-            input_tokens=u.input_tokens + int(usage.get("input_tokens") or 0),
-            output_tokens=u.output_tokens + int(usage.get("output_tokens") or 0),
-            input_text_tokens=u.input_text_tokens + int(inp.get("text_tokens") or 0),
-            input_audio_tokens=u.input_audio_tokens + int(inp.get("audio_tokens") or 0),
-            cached_tokens=u.cached_tokens + int(inp.get("cached_tokens") or 0),
-            output_text_tokens=u.output_text_tokens + int(out.get("text_tokens") or 0),
-            output_audio_tokens=u.output_audio_tokens + int(out.get("audio_tokens") or 0),
-            last_context_tokens=int(usage.get("total_tokens") or 0),
+            input_tokens=u.input_tokens + _count(usage.get("input_tokens")),
+            output_tokens=u.output_tokens + _count(usage.get("output_tokens")),
+            input_text_tokens=u.input_text_tokens + _count(inp.get("text_tokens")),
+            input_audio_tokens=u.input_audio_tokens + _count(inp.get("audio_tokens")),
+            cached_tokens=u.cached_tokens + _count(inp.get("cached_tokens")),
+            output_text_tokens=u.output_text_tokens + _count(out.get("text_tokens")),
+            output_audio_tokens=u.output_audio_tokens + _count(out.get("audio_tokens")),
+            last_context_tokens=_count(usage.get("total_tokens")),
         )
 
     # ----- summaries -----

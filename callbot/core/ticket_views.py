@@ -11,8 +11,20 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from callbot.core.record import CallInfo, CallRecord, SummaryEvent, TranscriptEntry, UsageTotals
-from callbot.core.record_json import entry_to_json, summary_event_to_json, usage_to_json
+from callbot.core.record import (
+    CallInfo,
+    CallRecord,
+    ResponseUsage,
+    SummaryEvent,
+    TranscriptEntry,
+    UsageTotals,
+)
+from callbot.core.record_json import (
+    entry_to_json,
+    response_usage_to_json,
+    summary_event_to_json,
+    usage_to_json,
+)
 from callbot.core.ticket import CATEGORIES, PRIORITIES, TicketStatus
 from callbot.errors import FilterError
 
@@ -81,6 +93,7 @@ class TicketView:
     summaries: tuple[SummaryEvent, ...]
     memory_ticket_ids: tuple[int, ...] = ()
     """The earlier tickets that seeded this call (core/memory.py)."""
+    response_usage: tuple[ResponseUsage, ...] = ()
 
     @property
     def id(self) -> int:
@@ -113,6 +126,7 @@ class TicketView:
             summary_model=self.summary_model,
             end_reason=self.end_reason,
             memory_ticket_ids=self.memory_ticket_ids,
+            response_usage=self.response_usage,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -128,6 +142,7 @@ class TicketView:
             "transcript": [entry_to_json(e) for e in self.transcript],
             "in_call_summaries": [summary_event_to_json(s) for s in self.summaries],
             "memory_ticket_ids": list(self.memory_ticket_ids),
+            "response_usage": [response_usage_to_json(u) for u in self.response_usage],
         }
 
 

@@ -211,7 +211,16 @@ class Responder:
         }
         item = ConvItem(data={**data, "status": "in_progress", "content": []})
         delta_ms = max(10, int(self.core.script.delta_ms))
-        if audio:
+        spoken = (
+            self.core.ctx.spoken_chunks(fmt, text, delta_ms)
+            if audio and self.core.script.speak_words
+            else None
+        )
+        if spoken is not None:  # words through eSpeak NG (callbot/testing/tts.py)
+            chunks, duration, item.audio_bytes = spoken
+            chunk_ms = [float(min(delta_ms, duration - i * delta_ms)) for i in range(len(chunks))]
+            item.audio_format = fmt
+        elif audio:
             duration = duration_ms_for_text(text)
             seed = zlib.crc32(text.encode()) & 0xFFFF
             chunks = self.core.ctx.synth_chunks(fmt, duration, seed, delta_ms)
