@@ -10,6 +10,7 @@ import httpx
 from twilio.request_validator import RequestValidator
 
 from callbot.cli_tickets import _describe
+from callbot.core.cost import call_cost
 from callbot.core.ticket import TicketStatus
 from tests.e2e_helpers import AUTH_TOKEN, PUBLIC_URL
 from tests.outbound_rig import ACCOUNT, FROM, VOICEMAIL, outbound_rig
@@ -74,7 +75,7 @@ async def test_a_machine_gets_the_voicemail_after_the_beep_and_the_ticket_says_s
     assert view.lifecycle.voicemail_left
     assert view.outcome == "voicemail_left"
     assert view.lifecycle.twilio_status == "completed"
-    shown = _describe(view)  # what `callbot tickets show` prints
+    shown = _describe(view, call_cost(view.to_record(), rig.settings.price_table))  # `callbot tickets show`
     assert "Lifecycle: outbound, Twilio completed" in shown
     assert "answered by machine_end_beep, outcome voicemail_left" in shown
     assert "Placed with: Remind about the appointment." in shown
