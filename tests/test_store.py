@@ -124,8 +124,8 @@ def summary(
 
 async def test_migrations_create_the_schema_the_models_describe(database_url: str) -> None:
     assert await current_revision(database_url) is None
-    assert await upgrade_database(database_url) == head_revision() == "0005"
-    assert await upgrade_database(database_url) == "0005"  # idempotent
+    assert await upgrade_database(database_url) == head_revision() == "0003"
+    assert await upgrade_database(database_url) == "0003"  # idempotent
 
     engine = create_engine(database_url)
 
@@ -410,8 +410,8 @@ async def test_concurrent_upgrades_from_several_processes_agree(database_url: st
     results = await asyncio.gather(
         *(upgrade_database(database_url) for _ in range(3)), return_exceptions=True
     )
-    assert results == ["0005", "0005", "0005"]
-    assert await current_revision(database_url) == "0005"
+    assert results == ["0003", "0003", "0003"]
+    assert await current_revision(database_url) == "0003"
 
 
 # ----- per-response usage and the dashboard's rows (issue #18) -----
