@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -193,15 +194,20 @@ async def run_campaign(
     client = httpx.AsyncClient(base_url=options.server, auth=options.auth, timeout=30.0, trust_env=False)
     async with client as http:
         by_key = {row.key: row for row in campaign.rows}
+        request_ids: dict[str, str] = {}
         for unsure in campaign.state.to_check():
             if not await _adopt(http, campaign, unsure) and unsure.key in by_key:
-                todo.append(by_key[unsure.key])  # the server never placed it: place it now
+                # No ticket yet: never placed, or still being placed. Asking again under the same
+                # request id places it or joins the placement still in flight (web/calls.py).
+                todo.append(by_key[unsure.key])
+                if unsure.request_id:
+                    request_ids[unsure.key] = unsure.request_id
         watch = campaign.state.to_watch()
         progress = _Progress(len(todo) + len(watch), options.show_progress, err)
 
         async def one(row: CampaignRow) -> None:
             async with gate:
-                result = await _place_and_wait(http, campaign, row, options)
+                result = await _place_and_wait(http, campaign, row, options, request_ids.get(row.key))
             _report(result, options, out)
             progress.advance(campaign.results)
 
@@ -266,14 +272,19 @@ async def _adopt(http: httpx.AsyncClient, campaign: Campaign, row: RowState) -> 
 
 
 async def _place_and_wait(
-    http: httpx.AsyncClient, campaign: Campaign, row: CampaignRow, options: CallOptions
+    http: httpx.AsyncClient,
+    campaign: Campaign,
+    row: CampaignRow,
+    options: CallOptions,
+    request_id: str | None = None,
 ) -> RowState:
     at = datetime.now(UTC).isoformat()
-    state = RowState(key=row.key, line=row.line, number=row.request.to, placing_at=at)
+    request_id = request_id or secrets.token_hex(16)
+    state = RowState(key=row.key, line=row.line, number=row.request.to, placing_at=at, request_id=request_id)
     campaign.save(state)  # before the call is placed (core/campaign.py)
     while True:
         try:
-            reply = await http.post("/api/calls", json=_body(row.request))
+            reply = await http.post("/api/calls", json={**_body(row.request), "request_id": request_id})
         except httpx.HTTPError as exc:
             return _finish(campaign, state, error=f"server unreachable: {exc}")
         if reply.status_code == 429:  # the server's call limit: nothing was placed, try again

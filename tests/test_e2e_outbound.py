@@ -3,6 +3,7 @@ dialer answers as a person, as a machine, or not at all, and posts signed status
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -252,3 +253,32 @@ async def test_a_call_that_goes_on_after_its_stream_ended_is_recorded_as_transfe
         120,
         "transferred",
     )
+
+
+async def test_one_request_id_places_one_call_however_often_and_however_concurrently_it_is_sent(
+    tmp_path: Path,
+) -> None:
+    async with outbound_rig(tmp_path, dialer_options={"default_answer": "busy"}) as rig:
+        body = {"to": BUSY, "request_id": "row-7-0123456789abcdef"}
+        # the first request is still with Twilio when the repeats arrive (a client cut off and retrying)
+        first, second, third = await asyncio.gather(
+            *(rig.http.post("/api/calls", json=body) for _ in range(3))
+        )
+        await rig.settle()
+        later = await rig.http.post("/api/calls", json=body)  # after the call ended: still the same call
+        bad = await rig.http.post("/api/calls", json={"to": BUSY, "request_id": "no spaces allowed"})
+        refused = await rig.http.post(
+            "/api/calls", json={"to": "5551234", "request_id": "row-8-fedcba9876543210"}
+        )
+        retried = await rig.http.post(
+            "/api/calls", json={"to": NO_ANSWER, "request_id": "row-8-fedcba9876543210"}
+        )
+        await rig.settle()
+        creates = [r for r in rig.rest.requests if r.path.endswith("/Calls.json")]
+    answers = [r.json() for r in (first, second, third, later)]
+    assert [r.status_code for r in (first, second, third, later)] == [201] * 4
+    assert all(a == answers[0] for a in answers)
+    assert bad.status_code == 400 and "request_id" in bad.json()["error"]
+    # a refused request placed nothing, so the same id may place the corrected call
+    assert refused.status_code == 400 and retried.status_code == 201
+    assert [c.field("To") for c in creates] == [BUSY, NO_ANSWER]

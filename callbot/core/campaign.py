@@ -89,11 +89,13 @@ class RowState:
     outcome: str | None = None
     error: str | None = None
     placing_at: str | None = None  # ISO time the request went out (the CLI's clock)
+    request_id: str | None = None  # sent with the request: the server places one call per id
 
     def to_json(self) -> dict[str, Any]:
         return {
             "key": self.key,
             "placing_at": self.placing_at,
+            "request_id": self.request_id,
             "line": self.line,
             "number": self.number,
             "state": self.state,
@@ -131,6 +133,7 @@ class CampaignState:
                 outcome=data.get("outcome"),
                 error=data.get("error"),
                 placing_at=data.get("placing_at"),
+                request_id=data.get("request_id"),
             )
         return state
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import secrets
 import time
 from datetime import UTC, datetime
@@ -104,16 +105,57 @@ def stream_twiml(
     return str(response)
 
 
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+REQUEST_ID_KEEP_S = 600.0
+"""How long this server remembers a placement under its `request_id` after the answer."""
+
+
 async def place_call(request: Request) -> Response:
-    """Place one call; answers at once with its call sid and ticket id (201)."""
+    """Place one call; answers at once with its call sid and ticket id (201).
+
+    A body with a `request_id` is placed once per id: asking again while the first request is
+    still being handled (a client cut off mid-request that tries again, `callbot call` resuming)
+    waits for it and gets the same answer instead of a second call. This server remembers ids
+    for `REQUEST_ID_KEEP_S`; a client asking another replica finds the placement by its ticket."""
     services: Services = request.app.state.services
-    settings = services.settings
     try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         return _error(400, 'the body must be a JSON object: {"to": "+15551234567", ...}')
     if not isinstance(body, dict):
         return _error(400, 'the body must be a JSON object: {"to": "+15551234567", ...}')
+    request_id = body.get("request_id")
+    if request_id is None:
+        return await _place(services, body)
+    if not isinstance(request_id, str) or not _REQUEST_ID.fullmatch(request_id):
+        return _error(400, "request_id must be 8 to 64 letters, digits, '-' or '_'")
+    loop = asyncio.get_running_loop()
+    for old in [key for key, (_, until) in services.placements.items() if until < loop.time()]:
+        del services.placements[old]
+    earlier = services.placements.get(request_id)
+    if earlier is not None:
+        status, payload = await asyncio.shield(earlier[0])
+        return JSONResponse(payload, status_code=status)
+    answer: asyncio.Future[tuple[int, object]] = loop.create_future()
+    services.placements[request_id] = (answer, loop.time() + REQUEST_ID_KEEP_S)
+    try:
+        response = await _place(services, body)
+    except BaseException:
+        services.placements.pop(request_id, None)
+        answer.set_result(
+            (503, {"error": "the first request with this request_id was interrupted; try again"})
+        )
+        raise
+    if response.status_code == 201 and isinstance(response, JSONResponse):
+        answer.set_result((201, json.loads(bytes(response.body))))
+    else:  # nothing was placed: a retry under the same id may place it
+        services.placements.pop(request_id, None)
+        answer.set_result((response.status_code, json.loads(bytes(response.body))))
+    return response
+
+
+async def _place(services: Services, body: dict[str, object]) -> Response:
+    settings = services.settings
     try:
         wanted = call_request(
             body.get("to"),

@@ -84,6 +84,8 @@ class Services:
     call_control: CallControl | None = None
     calls: CallLog | None = None
     outbound_pending: dict[str, float] = field(default_factory=dict)
+    placements: dict[str, tuple[asyncio.Future[tuple[int, object]], float]] = field(default_factory=dict)
+    """`POST /api/calls` by `request_id`: the answer (or its future) and when to forget it."""
     """Calls placed and neither streaming nor final yet: call sid -> when to stop counting it
     (loop time; a call whose callbacks never come must not hold a line for ever)."""
     active_calls: ActiveCalls = field(default_factory=ActiveCalls)
