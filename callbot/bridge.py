@@ -282,7 +282,9 @@ class CallBridge:
                 if refusal is not None:
                     await self._perform(self.session.refuse_stream(refusal))
                     return
-            await self._perform(self.session.receive_twilio(event, self.now_ms()))
+            actions = self.session.receive_twilio(event, self.now_ms())
+            if actions:  # most frames only join a batch: no coroutine for nothing to do
+                await self._perform(actions)
             if sampled and self.metrics is not None:
                 self.metrics.inbound_latency.observe(time.perf_counter() - started)
 
@@ -303,7 +305,9 @@ class CallBridge:
             if self.metrics is not None and isinstance(event, rte.AudioDelta):
                 self._outbound_count += 1
                 sampled = self._outbound_count % 5 == 0  # deltas are ~5x rarer than frames
-            await self._perform(self.session.receive_realtime(event, self.now_ms()))
+            actions = self.session.receive_realtime(event, self.now_ms())
+            if actions:
+                await self._perform(actions)
             if sampled and self.metrics is not None:
                 self.metrics.outbound_latency.observe(time.perf_counter() - started)
 
@@ -367,7 +371,9 @@ class CallBridge:
 
     async def on_tick(self) -> None:
         if not self._ended.is_set():
-            await self._perform(self.session.tick(self.now_ms()))
+            actions = self.session.tick(self.now_ms())
+            if actions:
+                await self._perform(actions)
 
     # ----- actions -----
     async def _perform(self, actions: list[Action]) -> None:
