@@ -10,6 +10,7 @@
     ├── LocalError             this deployment or its operator: settings, configured files, typed input
     │   ├── SettingsError          a setting is missing or wrong
     │   ├── TicketSchemaError      a custom ticket schema or prompt file is unusable
+    │   ├── ToolsFileError         the tools file (CALLBOT_TOOLS_FILE) is unusable
     │   └── FilterError            a ticket filter a person typed is unusable
     └── StorageError           where tickets are kept: the database, the spool, what they hold
         ├── StoreUnavailable       the database cannot be reached or used right now
@@ -81,6 +82,10 @@ class SettingsError(LocalError, ValueError):
 
 class TicketSchemaError(LocalError, ValueError):
     """A custom ticket schema or prompt file cannot be used; the message says why."""
+
+
+class ToolsFileError(LocalError, ValueError):
+    """The tools file cannot be used; the message names the bad entry and field."""
 
 
 class FilterError(LocalError, ValueError):
