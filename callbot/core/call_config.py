@@ -29,7 +29,7 @@ class CallConfig:
     summary: SummaryPolicy = field(default_factory=SummaryPolicy)
     recovery: RecoveryPolicy = field(default_factory=RecoveryPolicy)
     tools: ToolsConfig = field(default_factory=ToolsConfig)
-    """The agent's tools; `agent.tools` is what the session is told of them."""
+    """The agent's tools; `agent.session_tools` is what the session is told of them."""
 
 
 @dataclass(slots=True)

@@ -37,7 +37,7 @@ class AgentConfig:
     vad_eagerness: str = "auto"
     noise_reduction: str | None = "near_field"
     truncation_retention_ratio: float | None = None
-    tools: tuple[dict[str, Any], ...] = ()
+    session_tools: tuple[dict[str, Any], ...] = ()
     """`session.tools`: function tools and `mcp` servers (core/tool_config.py `realtime_tools`)."""
 
 
@@ -78,8 +78,8 @@ def session_update(cfg: AgentConfig) -> dict[str, Any]:
         "instructions": cfg.instructions,
         "audio": {"input": audio_in, "output": {"format": FORMATS[cfg.audio_mode], "voice": cfg.voice}},
     }
-    if cfg.tools:
-        session["tools"] = [dict(tool) for tool in cfg.tools]
+    if cfg.session_tools:
+        session["tools"] = [dict(tool) for tool in cfg.session_tools]
         session["tool_choice"] = "auto"
     if cfg.truncation_retention_ratio is not None:
         session["truncation"] = {"type": "retention_ratio", "retention_ratio": cfg.truncation_retention_ratio}
