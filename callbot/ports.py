@@ -20,6 +20,7 @@ from callbot.core.record import CallRecord
 from callbot.core.summary import SummaryRequest
 from callbot.core.ticket import StructuredSummary, TicketStatus
 from callbot.core.ticket_views import TicketFilters, TicketPage, TicketView
+from callbot.core.tool_config import HttpTool
 
 # ----- one call: the two peers -----
 
@@ -72,6 +73,16 @@ class CallControl(Protocol):
 
     async def update_call(self, call_sid: str, update: CallUpdate) -> None: ...
     async def create_call(self, request: CallCreate) -> CreatedCall: ...
+    async def aclose(self) -> None: ...
+
+
+class ToolRunner(Protocol):
+    """Runs the agent's HTTP tools (adapters/http_tools); failures and timeouts raise `ToolFailed`."""
+
+    async def run(self, tool: HttpTool, arguments: str) -> str:
+        """The tool's JSON answer as text, for the model; `arguments` is the model's JSON text."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

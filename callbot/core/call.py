@@ -448,7 +448,8 @@ class CallSession:
 
     def call_update_failed(self, call_id: str, error: str, now_ms: int) -> list[Action]:
         """Twilio refused the hang-up or transfer: the call goes on and the model is told."""
-        return self.tools.update_failed(call_id, error, self._moment(now_ms)) if self.phase != "ended" else []
+        out = self.tools.update_failed(call_id, error, self._moment(now_ms))
+        return out if self.phase != "ended" else []
 
     def _rollover_due(self, now_ms: int) -> bool:
         busy = self._caller_speaking or self.responses.active is not None or self.playback.is_playing(now_ms)

@@ -16,9 +16,12 @@ from dataclasses import dataclass, field
 
 from callbot import compose
 from callbot.adapters.fastpaths import FastPaths, probe_fast_paths, summary_line
-from callbot.bridge import CallBridge, Pacer
+from callbot.adapters.http_tools import HttpToolRunner
+from callbot.adapters.twilio_rest import TwilioRestCalls
+from callbot.bridge import CallBridge, Pacer, Whispers
+from callbot.core.tool_config import ToolsConfig
 from callbot.metrics import Metrics
-from callbot.ports import CallObserver, RealtimeConnector, Summariser, TicketReader
+from callbot.ports import CallControl, CallObserver, RealtimeConnector, Summariser, TicketReader, ToolRunner
 from callbot.settings import Settings
 
 log = logging.getLogger("callbot.web")
@@ -37,6 +40,10 @@ class Services:
     summariser: Summariser | None = None
     store: TicketReader | None = None
     stream_secret: bytes = b""
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
+    tool_runner: ToolRunner | None = None
+    call_control: CallControl | None = None
+    whispers: Whispers | None = None
     active_calls: set[CallBridge] = field(default_factory=set)
     calls_total: int = 0
     ready: bool = True
@@ -74,6 +81,7 @@ async def open_services(
     connector: RealtimeConnector | None = None,
     observer: CallObserver | None = None,
     summariser: Summariser | None = None,
+    call_control: CallControl | None = None,
 ) -> AsyncIterator[Services]:
     """The app's services for as long as it runs; what is not injected is built from `settings`.
 
@@ -81,6 +89,7 @@ async def open_services(
     drained and closed on the way out."""
     if connector is None:
         settings.check_serving()
+    tools = compose.load_tools(settings)  # a bad tools file stops the start, naming the entry
     fast_paths = probe_fast_paths(settings.fast_paths)
     log.info("fast paths: %s", summary_line(fast_paths))
     client = compose.openai_client(settings)
@@ -91,6 +100,10 @@ async def open_services(
         observer=observer,
         summariser=summariser if summariser is not None else compose.summariser(settings, client),
         stream_secret=_stream_secret(settings),
+        tools=tools,
+        tool_runner=HttpToolRunner() if tools.http else None,
+        call_control=call_control or _call_control(settings),
+        whispers=Whispers(settings.public_url + "/twilio/whisper") if settings.public_url else None,
     )
     tickets = None
     if observer is None:
@@ -103,6 +116,18 @@ async def open_services(
         await services.pacer.stop()
         if tickets is not None:
             await tickets.close()
+        if services.tool_runner is not None:
+            await services.tool_runner.aclose()
+        if services.call_control is not None and call_control is None:
+            await services.call_control.aclose()
+
+
+def _call_control(settings: Settings) -> CallControl | None:
+    """Twilio's REST API, for end_call and transfers, when the account's credentials are set."""
+    if not settings.twilio_account_sid or settings.twilio_auth_token is None:
+        return None
+    token = settings.twilio_auth_token.get_secret_value()
+    return TwilioRestCalls(settings.twilio_account_sid, token, api_url=settings.twilio_api_url)
 
 
 def _stream_secret(settings: Settings) -> bytes:
