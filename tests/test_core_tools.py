@@ -4,6 +4,7 @@ output goes back, and how end_call and transfer_to_human end the stream (core/to
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import core_helpers as h
@@ -13,8 +14,12 @@ from test_core_call import Call, to_realtime, to_twilio
 from callbot.core.actions import Action, EndCall, RunTool, SendRealtime, UpdateCall
 from callbot.core.call_control import CallUpdate
 from callbot.core.realtime import AgentConfig, session_update
+from callbot.core.record import CallInfo, CallRecord, ToolCallEvent, TranscriptEntry
+from callbot.core.record_json import record_from_json, record_to_json
+from callbot.core.redaction import redact_record
 from callbot.core.tool_config import ToolsConfig, realtime_tools, tools_config
 from callbot.core.tools import dial_twiml, whisper_twiml
+from callbot.core.transcript_text import summary_request_text, transcript_as_text
 from callbot.errors import ToolsFileError
 
 ORDERS = {
@@ -389,3 +394,64 @@ def test_no_built_in_runs_when_it_was_not_offered() -> None:
         a.event for a in out if isinstance(a, SendRealtime) and a.event["type"] == "conversation.item.create"
     ]
     assert "no tool named 'end_call'" in sent[0]["item"]["output"]
+
+
+# ----- on the ticket -----
+
+
+def _record_with_tools() -> CallRecord:
+    return CallRecord(
+        info=CallInfo(call_sid="CA1", stream_sid="MZ1", from_number="+15551230000"),
+        started_at=datetime(2026, 12, 7, 9, 0, tzinfo=UTC),
+        transcript=(
+            TranscriptEntry("item_u1", "user", "Where is my order 4417?", started_ms=3000, ended_ms=4000),
+            TranscriptEntry("item_a1", "assistant", "It shipped; tracking JD0146000038.", started_ms=6000),
+        ),
+        tool_calls=(
+            ToolCallEvent(
+                "call_1",
+                "item_f1",
+                "lookup_order",
+                '{"order_number": "4417", "card": "4111 1111 1111 1111"}',
+                output='{"status": "shipped", "tracking": "JD0146000038"}',
+                started_ms=4500,
+                ended_ms=5100,
+            ),
+            ToolCallEvent(
+                "call_2",
+                "item_f2",
+                "end_call",
+                "{}",
+                error="not run: cancelled",
+                outcome="skipped",
+                started_ms=7000,
+                ended_ms=7000,
+                kind="builtin",
+            ),
+        ),
+    )
+
+
+def test_tool_calls_sit_in_the_timeline_between_the_turns_and_reach_the_ticket_summariser() -> None:
+    record = _record_with_tools()
+    lines = transcript_as_text(record).splitlines()
+    assert lines[0].startswith("[00:03-00:04] Caller: Where is my order 4417?")
+    assert lines[1] == (
+        '[00:04-00:05] System (tool lookup_order, ok): lookup_order({"order_number": "4417", '
+        '"card": "4111 1111 1111 1111"}) answered {"status": "shipped", "tracking": "JD0146000038"}'
+    )
+    assert lines[2].startswith("[00:06] Assistant: It shipped")
+    assert lines[3] == "[00:07] System (tool end_call, skipped): end_call({}) failed: not run: cancelled"
+    assert '"tracking": "JD0146000038"' in summary_request_text(record)
+
+
+def test_tool_calls_survive_json_and_pass_the_redaction() -> None:
+    record = _record_with_tools()
+    assert record_from_json(json.loads(json.dumps(record_to_json(record)))) == record
+    old = record_to_json(record)
+    del old["tool_calls"]  # a record stored before issue 15
+    assert record_from_json(old).tool_calls == ()
+    redacted = redact_record(record, [r"JD\d+"])
+    call = redacted.tool_calls[0]
+    assert "4111" not in call.arguments and "JD0146000038" not in (call.output or "")
+    assert call.name == "lookup_order" and call.outcome == "ok"

@@ -136,6 +136,7 @@ async def test_order_status_is_read_back_then_the_caller_is_transferred_with_a_b
         "found": True,
         "status": "shipped",
         "carrier": "DHL",
+        "tracking": "JD0146000038",
         "eta": "Friday",
     }
     assert json.loads(lookup.arguments) == {"order_number": "4417"}

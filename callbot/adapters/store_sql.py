@@ -25,14 +25,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import StaticPool
 
 from callbot.adapters.store_models import tickets
-from callbot.core.record import CallRecord, UsageTotals
+from callbot.core.record import TRANSFERRED_PREFIX, CallRecord, UsageTotals
 from callbot.core.record_json import (
     entry_from_json,
     entry_to_json,
     summary_event_from_json,
     summary_event_to_json,
+    tool_call_from_json,
+    tool_call_to_json,
 )
 from callbot.core.ticket import (
+    FINAL_STATUSES,
     STATUS_RANK,
     StructuredSummary,
     TicketStatus,
@@ -117,7 +120,7 @@ class SqlTicketStore:
         ended, and nothing here touches a complete ticket.
         """
         status = TicketStatus(status)
-        if status is TicketStatus.COMPLETE:
+        if status in FINAL_STATUSES:
             raise ValueError("upsert_call saves the call; use complete() to store the summary")
         values = _record_values(record)
         now = _now()
@@ -144,12 +147,16 @@ class SqlTicketStore:
         return await self._run(work)
 
     async def complete(self, call_sid: str, summary: StructuredSummary | Mapping[str, Any]) -> int:
-        """Store the structured summary and mark the ticket complete; the first summary wins."""
+        """Store the structured summary and mark the ticket complete (or `transferred`, when the
+        agent handed the caller to a person); the first summary wins."""
         if not isinstance(summary, StructuredSummary):
             summary = summary_from_dict(summary)
         now = _now()
         values = {
-            "status": TicketStatus.COMPLETE.value,
+            "status": sa.case(
+                (tickets.c.end_reason.startswith(TRANSFERRED_PREFIX), TicketStatus.TRANSFERRED.value),
+                else_=TicketStatus.COMPLETE.value,
+            ),
             "summary": summary.to_dict(),
             "title": summary.title[:300],
             "category": summary.category[:32] or None,
@@ -179,7 +186,9 @@ class SqlTicketStore:
         async def work(conn: AsyncConnection) -> int:
             stmt = (
                 sa.update(tickets)
-                .where(tickets.c.call_sid == call_sid, tickets.c.status != TicketStatus.COMPLETE.value)
+                .where(
+                    tickets.c.call_sid == call_sid, tickets.c.status.not_in([s.value for s in FINAL_STATUSES])
+                )
                 .values(**values)
                 .returning(tickets.c.id)
             )
@@ -319,6 +328,7 @@ def _record_values(record: CallRecord) -> dict[str, Any]:
         "last_context_tokens": usage.last_context_tokens,
         "transcript": [entry_to_json(e) for e in record.transcript],
         "in_call_summaries": [summary_event_to_json(s) for s in record.summaries],
+        "tool_calls": [tool_call_to_json(t) for t in record.tool_calls],
         "search_text": "\n".join(
             [info.call_sid, info.from_number, info.to_number, transcript_as_text(record)]
         ).lower(),
@@ -371,6 +381,7 @@ def _view(row: Mapping[str, Any]) -> TicketView:
     try:
         transcript = tuple(entry_from_json(e) for e in row["transcript"] or [])
         summaries = tuple(summary_event_from_json(s) for s in row["in_call_summaries"] or [])
+        tool_calls = tuple(tool_call_from_json(t) for t in row["tool_calls"] or [])
     except RecordJsonError as exc:
         raise StoreUnavailable(f"ticket {row['id']} has an unreadable transcript: {exc}") from exc
     return TicketView(
@@ -393,4 +404,5 @@ def _view(row: Mapping[str, Any]) -> TicketView:
         ),
         transcript=transcript,
         summaries=summaries,
+        tool_calls=tool_calls,
     )

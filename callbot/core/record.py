@@ -92,6 +92,10 @@ class CallInfo:
     to_number: str = ""
 
 
+TRANSFERRED_PREFIX = "transferred to a human"
+"""How `CallRecord.end_reason` starts when the agent handed the caller to a person; such a
+ticket ends with the status `transferred` instead of `complete`."""
+
 ToolOutcome = Literal["ok", "error", "timeout", "skipped"]
 ToolKind = Literal["http", "mcp", "builtin"]
 

@@ -10,8 +10,15 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from callbot.core.record import CallInfo, CallRecord, SummaryEvent, TranscriptEntry, UsageTotals
-from callbot.core.record_json import entry_to_json, summary_event_to_json, usage_to_json
+from callbot.core.record import (
+    CallInfo,
+    CallRecord,
+    SummaryEvent,
+    ToolCallEvent,
+    TranscriptEntry,
+    UsageTotals,
+)
+from callbot.core.record_json import entry_to_json, summary_event_to_json, tool_call_to_json, usage_to_json
 from callbot.core.ticket import CATEGORIES, PRIORITIES, TicketStatus
 from callbot.errors import FilterError
 
@@ -75,6 +82,7 @@ class TicketView:
     usage: UsageTotals
     transcript: tuple[TranscriptEntry, ...]
     summaries: tuple[SummaryEvent, ...]
+    tool_calls: tuple[ToolCallEvent, ...] = ()
 
     @property
     def id(self) -> int:
@@ -106,6 +114,7 @@ class TicketView:
             realtime_model=self.realtime_model,
             summary_model=self.summary_model,
             end_reason=self.end_reason,
+            tool_calls=self.tool_calls,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -120,6 +129,7 @@ class TicketView:
             "usage": {**usage_to_json(self.usage), "total_tokens": self.usage.total_tokens},
             "transcript": [entry_to_json(e) for e in self.transcript],
             "in_call_summaries": [summary_event_to_json(s) for s in self.summaries],
+            "tool_calls": [tool_call_to_json(t) for t in self.tool_calls],
         }
 
 

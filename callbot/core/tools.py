@@ -32,7 +32,7 @@ from callbot.core import realtime as rt
 from callbot.core.actions import Action, FunctionCall, RunTool, SendRealtime, UpdateCall
 from callbot.core.call_control import CallUpdate
 from callbot.core.conversation import ConversationState
-from callbot.core.record import CallInfo, ToolCallEvent, ToolOutcome
+from callbot.core.record import TRANSFERRED_PREFIX, CallInfo, ToolCallEvent, ToolOutcome
 from callbot.core.tool_config import END_CALL, TRANSFER, ToolsConfig
 
 REPLY_GRACE_MS = 800
@@ -237,7 +237,7 @@ class ToolCalls:
             self._finish(call_id, "the call was ended", None, "ok", now_ms)
             return UpdateCall(call_id, CallUpdate(status="completed"))
         target = self.config.transfer_to or ""
-        self.stop_reason = f"transferred to a human ({target}): {why}"
+        self.stop_reason = f"{TRANSFERRED_PREFIX} ({target}): {why}"
         self._finish(call_id, f"transferred to {target}", None, "ok", now_ms)
         brief = transfer_brief(self.info, self.conversation, ending.reason)
         return UpdateCall(call_id, CallUpdate(twiml=dial_twiml(target, self.whisper_url)), brief)

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 ORDERS: dict[str, dict[str, str]] = {
-    "4417": {"status": "shipped", "carrier": "DHL", "eta": "Friday"},
+    "4417": {"status": "shipped", "carrier": "DHL", "tracking": "JD0146000038", "eta": "Friday"},
     "5120": {"status": "processing", "eta": "next week"},
 }
 

@@ -25,7 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 
-from callbot.core.record import SummaryEvent
+from callbot.core.record import SummaryEvent, ToolCallEvent
 from callbot.core.ticket import (
     CATEGORIES,
     PRIORITIES,
@@ -279,6 +279,10 @@ def _timeline_rows(view: TicketView) -> list[dict[str, Any]]:
     for event in timeline(view.to_record()):
         if isinstance(event, SummaryEvent):
             rows.append({"kind": "summary", "at_ms": event.at_ms, "event": event})
+        elif isinstance(event, ToolCallEvent):
+            rows.append(
+                {"kind": "tool", "at_ms": event.started_ms, "until_ms": event.ended_ms, "event": event}
+            )
         else:
             rows.append(
                 {
