@@ -232,7 +232,7 @@ class StreamSession:
         if self.result.closed_by is None:
             self.result.closed_by = "twilio" if self.ended_by_twilio else "caller"
         self.result.twilio_ended = self.ended_by_twilio
-        self.cfg.emit("hangup", {"ms": self.stop_ms})
+        self.cfg.emit("hangup", {"ms": self.stop_ms, "by_twilio": self.ended_by_twilio is not None})
         await self.ws.close(1000)
 
     def twilio_ends(self, why: str) -> None:

@@ -1,7 +1,8 @@
-"""A small HTTP tool server for the demo and the tests: an order-status lookup.
+"""A small HTTP tool server for the demo and the tests: an order-status and a line-status lookup.
 
 `POST /orders/status` with `{"order_number": "4417"}` answers the order's status as JSON, as a
-company's own API would behind an HTTP tool (README "Tools"). It records every request (the
+company's own API would behind an HTTP tool (README "Tools"); `POST /lines/status` with
+`{"customer_number": "4471-2290"}` a broadband line's (the demo's story). It records every request (the
 headers included, so a test can check the token reached it) and can be told to misbehave:
 `delay_s` (a slow tool), `fail_status` (an HTTP error) or `bad_json` (an answer that is not JSON).
 """
@@ -23,6 +24,11 @@ ORDERS: dict[str, dict[str, str]] = {
 }
 
 
+LINES: dict[str, dict[str, str]] = {
+    "4471-2290": {"line": "fault detected at the street cabinet", "since": "Monday 07:40"},
+}
+
+
 @dataclass
 class ToolRequest:
     path: str
@@ -33,6 +39,7 @@ class ToolRequest:
 @dataclass
 class FakeToolServer:
     orders: dict[str, dict[str, str]] = field(default_factory=lambda: dict(ORDERS))
+    lines: dict[str, dict[str, str]] = field(default_factory=lambda: dict(LINES))
     delay_s: float = 0.0
     fail_status: int | None = None
     bad_json: bool = False
@@ -41,9 +48,23 @@ class FakeToolServer:
 
     @property
     def app(self) -> Starlette:
-        return Starlette(routes=[Route("/orders/status", self._status, methods=["POST"])])
+        return Starlette(
+            routes=[
+                Route("/orders/status", self._status, methods=["POST"]),
+                Route("/lines/status", self._line, methods=["POST"]),
+            ]
+        )
 
-    async def _status(self, request: Request) -> Response:
+    async def _line(self, request: Request) -> Response:
+        body, misbehaving = await self._received(request)
+        if misbehaving is not None:
+            return misbehaving
+        number = str((body or {}).get("customer_number", "")).strip()
+        line = self.lines.get(number)
+        return JSONResponse({"customer_number": number, **(line or {"line": "no fault found"})})
+
+    async def _received(self, request: Request) -> tuple[Any, Response | None]:
+        """Record the request, then wait and misbehave as told: its body, and None to answer."""
         try:
             body = await request.json()
         except ValueError:
@@ -53,9 +74,15 @@ class FakeToolServer:
             await asyncio.sleep(self.delay_s)
         self.answered += 1
         if self.fail_status is not None:
-            return PlainTextResponse("orders database unavailable", status_code=self.fail_status)
+            return body, PlainTextResponse("orders database unavailable", status_code=self.fail_status)
         if self.bad_json:
-            return PlainTextResponse("<html>oops</html>")
+            return body, PlainTextResponse("<html>oops</html>")
+        return body, None
+
+    async def _status(self, request: Request) -> Response:
+        body, misbehaving = await self._received(request)
+        if misbehaving is not None:
+            return misbehaving
         number = str((body or {}).get("order_number", "")).strip()
         order = self.orders.get(number)
         if order is None:
