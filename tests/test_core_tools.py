@@ -13,12 +13,13 @@ from test_core_call import Call, to_realtime, to_twilio
 
 from callbot.core.actions import Action, EndCall, RunTool, SendRealtime, UpdateCall
 from callbot.core.call_control import CallUpdate
+from callbot.core.conversation import ConversationState
 from callbot.core.realtime import AgentConfig, session_update
-from callbot.core.record import CallInfo, CallRecord, ToolCallEvent, TranscriptEntry
+from callbot.core.record import CallInfo, CallRecord, SummaryEvent, ToolCallEvent, TranscriptEntry
 from callbot.core.record_json import record_from_json, record_to_json
 from callbot.core.redaction import redact_record
 from callbot.core.tool_config import ToolsConfig, realtime_tools, tools_config
-from callbot.core.tools import dial_twiml, whisper_twiml
+from callbot.core.tools import dial_twiml, transfer_brief, whisper_twiml
 from callbot.core.transcript_text import summary_request_text, transcript_as_text
 from callbot.errors import ToolsFileError
 
@@ -455,3 +456,118 @@ def test_tool_calls_survive_json_and_pass_the_redaction() -> None:
     call = redacted.tool_calls[0]
     assert "4111" not in call.arguments and "JD0146000038" not in (call.output or "")
     assert call.name == "lookup_order" and call.outcome == "ok"
+
+
+_MCP = {"server_label": "docs", "server_url": "https://mcp.example.test"}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"tools": {"name": "x"}}, "`tools` in the tools file must be a list"),
+        ({"tools": ["lookup"]}, "tools entry #1: must be an object"),
+        ({"tools": [{**ORDERS, "description": " "}]}, "`description` must be a non-empty string"),
+        (
+            {"tools": [{**ORDERS, "parameters": {"type": "object", "properties": []}}]},
+            "`parameters.properties`",
+        ),
+        ({"tools": [{**ORDERS, "method": "TRACE"}]}, "`method` must be one of GET, POST"),
+        ({"tools": [{**ORDERS, "headers": ["a"]}]}, "`headers` must be an object of strings"),
+        ({"tools": [{**ORDERS, "headers": {"X-Count": 3}}]}, "header 'X-Count' must be a string"),
+        ({"mcp_servers": ["docs"]}, "mcp_servers entry #1: must be an object"),
+        ({"mcp_servers": [{**_MCP, "tools": []}]}, "mcp_servers entry 'docs': unknown fields tools"),
+        ({"mcp_servers": [{**_MCP, "server_label": "a b"}]}, "`server_label` must be 1-64"),
+        (
+            {"mcp_servers": [{**_MCP, "server_url": "http://plain"}]},
+            "must be an https:// URL OpenAI can reach",
+        ),
+        ({"mcp_servers": [{**_MCP, "allowed_tools": "search"}]}, "`allowed_tools` must be a list"),
+        ({"mcp_servers": [{**_MCP, "server_description": 7}]}, "`server_description` must be a string"),
+        ({"mcp_servers": [{**_MCP, "authorization": 7}]}, "`authorization` must be a string"),
+        ({"mcp_servers": [_MCP, _MCP]}, "mcp_servers: a server_label is used twice"),
+    ],
+)
+def test_more_bad_entries_are_refused_with_what_is_wrong(data: Any, message: str) -> None:
+    with pytest.raises(ToolsFileError) as refused:
+        tools_config(data, ENV)
+    assert message in str(refused.value)
+
+
+def test_an_empty_tools_list_and_an_mcp_authorization_from_the_environment() -> None:
+    cfg = tools_config(
+        {"tools": None, "mcp_servers": [{**_MCP, "authorization": "${ORDERS_API_TOKEN}"}]}, ENV
+    )
+    assert cfg.http == () and cfg.mcp[0]["authorization"] == "s3cret"
+
+
+def test_an_mcp_call_is_recorded_and_kept_as_context() -> None:
+    call = tool_call()
+    item = {
+        "id": "item_mcp1",
+        "type": "mcp_call",
+        "server_label": "docs",
+        "name": "search",
+        "arguments": '{"q": "refunds"}',
+        "output": "Refunds take 5 days.",
+    }
+    call.realtime_in(h.item_added(item), 900)
+    call.realtime_in(h.output_item_done("resp_m", item), 950)
+    failed = {
+        **item,
+        "id": "item_mcp2",
+        "output": None,
+        "error": {"type": "http_error", "code": 502, "message": "x"},
+    }
+    call.realtime_in(h.output_item_done("resp_m", failed), 960)
+    ok, bad = call.session.tools.events()
+    assert (ok.kind, ok.name, ok.outcome, ok.output) == ("mcp", "docs.search", "ok", "Refunds take 5 days.")
+    assert bad.outcome == "error" and bad.error is not None and "http_error" in bad.error
+    (turn,) = call.session.conversation.context_turns()
+    assert turn.text == "[The agent called docs.search; it answered: Refunds take 5 days.]"
+    # an MCP server's tool list is no context a summary needs
+    listing = {"id": "item_l1", "type": "mcp_list_tools", "server_label": "docs", "tools": []}
+    call.realtime_in(h.item_added(listing), 970)
+    assert call.session.conversation.get("item_l1") is None
+
+
+def test_late_duplicate_and_unknown_answers_change_nothing() -> None:
+    call = tool_call()
+    respond_with_call(call, "lookup_order", "{}")
+    assert call.session.tool_result("call_1", "{}", None, "ok", 1200) != []
+    assert call.session.tool_result("call_1", '{"again": 1}', None, "ok", 1300) == []  # answered once
+    assert call.session.tool_result("call_nope", "{}", None, "ok", 1300) == []
+    assert call.session.call_update_failed("call_nope", "x", 1400) == []
+    assert call.session.tools.events()[0].output == "{}"
+
+
+def test_a_second_ending_and_bad_built_in_arguments_are_handled() -> None:
+    call = tool_call()
+    goodbye_then(call, "end_call", "not json")
+    item = h.function_call_item("item_fc10", "transfer_to_human", "{}", call_id="call_10")
+    call.realtime_in(h.response_created("resp_again"), 1010)
+    call.realtime_in(h.output_item_done("resp_again", item), 1011)
+    out = call.realtime_in(h.response_done("resp_again"), 1012)
+    told = [e for e in to_realtime(out) if e["type"] == "conversation.item.create"]
+    assert "already being ended" in told[0]["item"]["output"]
+    (update,) = updates(call.run(1600))
+    assert update.update.status == "completed"
+    assert call.session.tools.stop_reason == "agent ended the call: no reason given"
+    # an answer arriving once the call is being ended is only recorded
+    respond_later = call.session.tools
+    assert respond_later.result("call_10", "{}", None, "ok", call.session._moment(1700)) == []
+
+
+def test_an_ending_the_call_never_reached_is_skipped_and_the_brief_uses_the_latest_summary() -> None:
+    call = tool_call()
+    goodbye_then(call, "end_call", '{"reason": "bye"}')
+    call.twilio_in(h.tw_stop(), 1100)  # the caller hung up during the goodbye
+    (event,) = call.session.tools.events(now_ms=1100)
+    assert (event.outcome, event.error) == ("skipped", "not done: the call ended first")
+    conv = ConversationState()
+    conv.summaries.append(
+        SummaryEvent("summary_0001", 100, "Maria Chen, internet down since Monday.", 500, 4, ())
+    )
+    brief = transfer_brief(None, conv, "")
+    assert brief == "Transferred call from an unknown number. So far: Maria Chen, internet down since Monday."
+    conv.summaries.append(SummaryEvent("summary_0002", 200, "x" * 900, 500, 4, ()))
+    assert len(transfer_brief(None, conv, "")) == 600

@@ -260,10 +260,7 @@ def _mcp_server(index: int, entry: Any, env: Mapping[str, str]) -> dict[str, Any
     url = entry.get("server_url")
     if url is not None and (not isinstance(url, str) or not url.startswith("https://")):
         raise ToolsFileError(f"{where}: `server_url` must be an https:// URL OpenAI can reach")
-    approval = entry.get("require_approval", "never")
-    if approval not in ("never", "always") and not isinstance(approval, Mapping):
-        raise ToolsFileError(f"{where}: `require_approval` must be never, always or an object")
-    if approval != "never":
+    if entry.get("require_approval", "never") != "never":
         # Approval requests need someone to approve them mid-call; nobody is there on a phone line.
         raise ToolsFileError(f"{where}: only `require_approval: never` works on a phone call")
     allowed_tools = entry.get("allowed_tools")
