@@ -4,6 +4,7 @@ output goes back, and how end_call and transfer_to_human end the stream (core/to
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +19,7 @@ from callbot.core.realtime import AgentConfig, session_update
 from callbot.core.record import CallInfo, CallRecord, SummaryEvent, ToolCallEvent, TranscriptEntry
 from callbot.core.record_json import record_from_json, record_to_json
 from callbot.core.redaction import redact_record
+from callbot.core.summary import SummaryPolicy, plan_summary
 from callbot.core.tool_config import ToolsConfig, realtime_tools, tools_config
 from callbot.core.tools import dial_twiml, transfer_brief, whisper_twiml
 from callbot.core.transcript_text import summary_request_text, transcript_as_text
@@ -571,3 +573,28 @@ def test_an_ending_the_call_never_reached_is_skipped_and_the_brief_uses_the_late
     assert brief == "Transferred call from an unknown number. So far: Maria Chen, internet down since Monday."
     conv.summaries.append(SummaryEvent("summary_0002", 200, "x" * 900, 500, 4, ()))
     assert len(transfer_brief(None, conv, "")) == 600
+
+
+def test_the_in_call_summary_sees_what_a_tool_answered() -> None:
+    call = tool_call()
+    respond_with_call(call, "lookup_order", '{"order_number": "4417"}')
+    output = {
+        "id": "item_out1",
+        "object": "realtime.item",
+        "type": "function_call_output",
+        "call_id": "call_1",
+        "output": '{"tracking": "JD0146000038"}',
+    }
+    call.realtime_in(h.item_added(output, "item_fc1"), 1600)
+    call.realtime_in(h.item_done(output, "item_fc1"), 1601)
+    for n in range(3):  # later turns, so the tool's items are old enough to fold
+        user = h.user_text_item(f"item_t{n}", f"line {n}")
+        call.realtime_in(h.item_added(user), 1700 + 10 * n)
+        call.realtime_in(h.item_done(user), 1705 + 10 * n)
+    policy = SummaryPolicy(enabled=True, trigger_tokens=100, keep_last_turns=2)
+    conv = call.session.conversation
+    conv.usage = replace(conv.usage, last_context_tokens=500)
+    request = plan_summary(conv, policy, 5000, {}, 1)
+    assert request is not None
+    assert ("system", '[The tool answered: {"tracking": "JD0146000038"}]') in request.lines
+    assert "item_out1" in request.folded_item_ids
