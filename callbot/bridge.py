@@ -286,8 +286,9 @@ class CallBridge:
     async def _twilio_pump(self) -> None:
         while not self._ended.is_set():
             text = await self.twilio.recv()
-            if text is None:
-                await self._perform(self.session.end("Twilio websocket closed"))
+            if text is None:  # after callbot's own hang-up or transfer that is expected, and says so
+                reason = self.session.tools.stop_reason or "Twilio websocket closed"
+                await self._perform(self.session.end(reason))
                 return
             started = time.perf_counter()
             event = tw.parse(text)

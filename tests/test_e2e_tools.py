@@ -113,7 +113,7 @@ async def test_order_status_is_read_back_then_the_caller_is_transferred_with_a_b
                 WaitForAssistant(timeout_s=10),
                 Say(speech(1200, seed=1)),
                 Silence(100),
-                WaitForAssistant(timeout_s=10, quiet_ms=1500),  # "let me look" and the read-back
+                WaitForAssistant(timeout_s=30, quiet_ms=2500),  # "let me look" and the long read-back
                 Say(speech(1000, seed=2)),
                 Silence(100),
                 Silence(15_000),  # Twilio ends the stream long before this runs out
@@ -276,7 +276,7 @@ async def test_a_failing_tool_gives_the_model_an_error_and_the_call_goes_on(
                 WaitForAssistant(timeout_s=10),
                 Say(speech(1000, seed=6)),
                 Silence(100),
-                WaitForAssistant(timeout_s=10, quiet_ms=2000),
+                WaitForAssistant(timeout_s=30, quiet_ms=2000),
                 Say(speech(800, seed=7)),
                 Silence(100),
                 WaitForAssistant(timeout_s=10),
@@ -316,7 +316,7 @@ async def test_a_slow_tool_blocks_nothing_and_its_answer_waits_for_the_caller(
                 WaitForAssistant(timeout_s=10, quiet_ms=100),  # "One moment."
                 Say(speech(3000, seed=9)),
                 Silence(100),
-                WaitForAssistant(timeout_s=10),
+                WaitForAssistant(timeout_s=30),
                 HangUp(),
             ]
         )

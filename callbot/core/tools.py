@@ -135,6 +135,7 @@ class ToolCalls:
     def response_created(self) -> None:
         """A new response sees every output already in the conversation: no extra one is needed."""
         self._reply_wanted = False
+        self._speech_stopped_ms = None  # the server's own response for that speech has come
 
     def speech_stopped(self, now_ms: int) -> None:
         self._speech_stopped_ms = now_ms
