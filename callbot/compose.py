@@ -34,7 +34,7 @@ from callbot.core.call import CallConfig
 from callbot.core.recovery import RecoveryPolicy
 from callbot.core.summary import DEFAULT_PROMPT, SummaryPolicy
 from callbot.core.ticket import load_prompt, load_schema
-from callbot.core.tool_config import ToolsConfig, realtime_tools, tools_config
+from callbot.core.tool_config import ToolsConfig, check_transfer_target, realtime_tools, tools_config
 from callbot.errors import ToolsFileError
 from callbot.ports import RealtimeConnector, Summariser
 from callbot.settings import Settings
@@ -77,6 +77,9 @@ def summary_template(settings: Settings) -> str:
 def load_tools(settings: Settings) -> ToolsConfig:
     """The tools file (YAML or JSON) checked, with `${VAR}` filled from the environment, and the
     built-ins as the settings say. Raises `ToolsFileError` naming the bad entry, at start-up."""
+    transfer_to = settings.transfer_to or None
+    if transfer_to is not None:
+        check_transfer_target(transfer_to)
     data: Any = None
     path = settings.tools_file
     if path is not None:
@@ -89,9 +92,7 @@ def load_tools(settings: Settings) -> ToolsConfig:
         except (ValueError, yaml.YAMLError) as exc:
             raise ToolsFileError(f"CALLBOT_TOOLS_FILE {path}: not valid YAML or JSON: {exc}") from exc
     try:
-        return tools_config(
-            data, os.environ, end_call=settings.end_call_tool, transfer_to=settings.transfer_to or None
-        )
+        return tools_config(data, os.environ, end_call=settings.end_call_tool, transfer_to=transfer_to)
     except ToolsFileError as exc:
         raise ToolsFileError(f"CALLBOT_TOOLS_FILE {path}: {exc}" if path else str(exc)) from exc
 

@@ -17,12 +17,14 @@ from twilio.request_validator import RequestValidator
 from callbot.caller.simulator import HangUp, Say, SayDuringAssistant, Silence, TwilioCaller, WaitForAssistant
 from callbot.core.call_control import CallUpdate
 from callbot.core.record import CallRecord
+from callbot.errors import ToolsFileError
 from callbot.testing.fake_realtime import Script
 from callbot.testing.fake_realtime_state import ScriptedCall
 from callbot.testing.fake_tool_server import FakeToolServer, tools_yaml
 from callbot.testing.fake_twilio_rest import FakeCall, FakeTwilioRest
 from callbot.testing.serving import serve_app
-from tests.e2e_helpers import AUTH_TOKEN, PUBLIC_URL, Rig, running_rig, speech
+from callbot.web.services import open_services
+from tests.e2e_helpers import AUTH_TOKEN, PUBLIC_URL, Rig, make_settings, running_rig, speech
 
 TRANSFER_TO = "+15557654321"
 ORDER_LINE = "Where is my order 4417?"
@@ -404,3 +406,17 @@ async def _twilio_asks_for(base_url: str, public_url: str) -> str:
     assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/xml")
     assert refused.status_code == 403
     return answer.text
+
+
+async def test_without_twilio_credentials_the_call_control_tools_are_not_offered() -> None:
+    settings = make_settings(transfer_to=TRANSFER_TO)  # no TWILIO_ACCOUNT_SID
+    async with open_services(settings, connector=object(), observer=object()) as services:  # type: ignore[arg-type]
+        assert services.call_control is None
+        assert not services.tools.end_call and services.tools.transfer_to is None
+    with_sid = make_settings(transfer_to=TRANSFER_TO, twilio_account_sid="AC" + "1" * 32)
+    async with open_services(with_sid, connector=object(), observer=object()) as services:  # type: ignore[arg-type]
+        assert services.call_control is not None
+        assert services.tools.end_call and services.tools.transfer_to == TRANSFER_TO
+    with pytest.raises(ToolsFileError, match="CALLBOT_TRANSFER_TO must be"):
+        async with open_services(make_settings(transfer_to="desk"), connector=object(), observer=object()):  # type: ignore[arg-type]
+            pass

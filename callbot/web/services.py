@@ -12,7 +12,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from callbot import compose
 from callbot.adapters.fastpaths import FastPaths, probe_fast_paths, summary_line
@@ -93,6 +93,13 @@ async def open_services(
     fast_paths = probe_fast_paths(settings.fast_paths)
     log.info("fast paths: %s", summary_line(fast_paths))
     client = compose.openai_client(settings)
+    own_call_control = call_control is None
+    call_control = call_control or _call_control(settings)
+    if call_control is None and (tools.end_call or tools.transfer_to):
+        log.warning(
+            "end_call and transfer_to_human need TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN: not offered"
+        )
+        tools = replace(tools, end_call=False, transfer_to=None)
     services = Services(
         settings=settings,
         connector=connector or compose.realtime_connector(settings, client, fast_paths),
@@ -102,7 +109,7 @@ async def open_services(
         stream_secret=_stream_secret(settings),
         tools=tools,
         tool_runner=HttpToolRunner() if tools.http else None,
-        call_control=call_control or _call_control(settings),
+        call_control=call_control,
         whispers=Whispers(settings.public_url + "/twilio/whisper") if settings.public_url else None,
     )
     tickets = None
@@ -118,7 +125,7 @@ async def open_services(
             await tickets.close()
         if services.tool_runner is not None:
             await services.tool_runner.aclose()
-        if services.call_control is not None and call_control is None:
+        if services.call_control is not None and own_call_control:
             await services.call_control.aclose()
 
 
