@@ -13,10 +13,12 @@ Failures cross a port only as `callbot.errors` exceptions, each documented on it
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any, Protocol
 
 from callbot.core.call_control import CallCreate, CallUpdate, CreatedCall
-from callbot.core.record import CallRecord
+from callbot.core.memory import EarlierCall, MemorySeed
+from callbot.core.record import CallInfo, CallRecord
 from callbot.core.summary import SummaryRequest
 from callbot.core.ticket import StructuredSummary, TicketStatus
 from callbot.core.ticket_views import TicketFilters, TicketPage, TicketView
@@ -86,6 +88,13 @@ class ToolRunner(Protocol):
     async def aclose(self) -> None: ...
 
 
+class CallerMemory(Protocol):
+    """The returning caller's memory for a call that starts (callbot/ticketing.py); never raises,
+    and answers within its own short timeout: None means the call starts without memory."""
+
+    async def recall(self, info: CallInfo) -> MemorySeed | None: ...
+
+
 # ----- tickets -----
 
 
@@ -100,6 +109,20 @@ class TicketReader(Protocol):
 
     async def get(self, ticket_id: int) -> TicketView | None: ...
     async def list(self, filters: TicketFilters, page: int = 1, page_size: int = 50) -> TicketPage: ...
+    async def calls(self, filters: TicketFilters, limit: int = ...) -> Sequence[TicketView]:
+        """Whole tickets for the dashboard's figures, oldest first."""
+
+    async def forget(self, ticket_id: int) -> bool:
+        """Exclude the ticket from returning callers' memory; False when there is no such ticket."""
+        ...
+
+
+class MemoryStore(Protocol):
+    """The finished tickets a returning caller's memory is built from; failures raise `StoreUnavailable`."""
+
+    async def earlier_calls(self, number: str, since: datetime, limit: int) -> Sequence[EarlierCall]:
+        """The number's complete, not forgotten tickets that started at or after `since`, newest first."""
+        ...
 
 
 class TicketStore(Protocol):

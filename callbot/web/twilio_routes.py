@@ -72,6 +72,7 @@ async def media(ws: WebSocket) -> None:
         tool_runner=services.tool_runner,
         call_control=services.call_control,
         whispers=services.whispers,
+        memory=services.memory,
     )
     services.active_calls.add(bridge)
     services.calls_total += 1

@@ -1,7 +1,7 @@
 """Add the tool calls of a call (issue 15): name, redacted arguments, result or error, outcome.
 
 Revision ID: 0002
-Revises: 0001
+Revises: 0005
 Create Date: 2026-12-07
 """
 
@@ -12,7 +12,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0002"
-down_revision = "0001"
+down_revision = "0005"  # chained in landing order, after issues 17 and 18
 branch_labels = None
 depends_on = None
 
