@@ -14,6 +14,7 @@ from test_core_call import Call, to_realtime, to_twilio
 
 from callbot.core.actions import Action, EndCall, RunTool, SendRealtime, UpdateCall
 from callbot.core.call_control import CallUpdate
+from callbot.core.charts import call_marks
 from callbot.core.conversation import ConversationState
 from callbot.core.realtime import AgentConfig, session_update
 from callbot.core.record import CallInfo, CallRecord, SummaryEvent, ToolCallEvent, TranscriptEntry
@@ -598,3 +599,11 @@ def test_the_in_call_summary_sees_what_a_tool_answered() -> None:
     assert request is not None
     assert ("system", '[The tool answered: {"tracking": "JD0146000038"}]') in request.lines
     assert "item_out1" in request.folded_item_ids
+
+
+def test_each_tool_call_is_a_mark_on_the_context_chart() -> None:
+    marks = [m for m in call_marks(_record_with_tools()) if m.kind == "tool"]
+    assert [(m.at_ms, m.label) for m in marks] == [
+        (4500, "tool lookup_order: ok in 0.6 s"),
+        (7000, "tool end_call: skipped in 0.0 s"),
+    ]

@@ -79,6 +79,7 @@ async def check_the_chart_shows_the_calls_events(db: Path) -> None:
     kinds = [m.kind for m in marks]
     assert kinds.count("summary") == len(record.summaries) >= 2
     assert kinds.count("barge_in") == 1  # the scripted barge-in
+    assert kinds.count("tool") == 2 == len(record.tool_calls)  # the line check and end_call
     svg = context_chart_svg(call_points(record.response_usage), marks, 350)
     assert svg.count('class="point"') == len(record.response_usage)
     assert svg.count('data-kind="summary"') == len(record.summaries)
