@@ -129,7 +129,8 @@ def caller_steps() -> list[Step]:
         steps.append(Silence(150))
         if n + 1 != barge_in_turn:
             # after the lookup: "let me check", then (once the tool answered) the read-back
-            steps.append(WaitForAssistant(timeout_s=15, quiet_ms=3000 if n == LOOKUP_AFTER else 500))
+            lookup = n == LOOKUP_AFTER  # the read-back of its JSON answer is long
+            steps.append(WaitForAssistant(timeout_s=45 if lookup else 15, quiet_ms=3000 if lookup else 500))
     steps.append(Silence(10_000))  # the agent ends the call (end_call) before this runs out
     steps.append(HangUp())
     return steps
