@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -26,17 +27,28 @@ from callbot.core.actions import (
     EndCall,
     ReconnectRealtime,
     RequestSummary,
+    RunTool,
     SendRealtime,
     SendTwilio,
+    UpdateCall,
 )
 from callbot.core.call import CallConfig, CallSession
 from callbot.core.memory import MemorySeed
 from callbot.core.realtime import AgentConfig
 from callbot.core.record import CallRecord
-from callbot.errors import SummaryUnavailable, UpstreamError
+from callbot.errors import CallGone, SummaryUnavailable, ToolFailed, TwilioRestError, UpstreamError
 from callbot.logs import call_sid_var
 from callbot.metrics import LATENCY_SAMPLE_EVERY, Metrics
-from callbot.ports import CallerMemory, CallObserver, RealtimeConnector, RealtimeLink, Summariser, TwilioLink
+from callbot.ports import (
+    CallControl,
+    CallerMemory,
+    CallObserver,
+    RealtimeConnector,
+    RealtimeLink,
+    Summariser,
+    ToolRunner,
+    TwilioLink,
+)
 
 log = logging.getLogger("callbot.bridge")
 
@@ -47,6 +59,34 @@ HOUSEKEEPING_TICKS = 25
 
 StartCheck = Callable[[tw.Start], str | None]
 """Returns a reason to refuse the stream (e.g. a bad per-call token), or None to accept."""
+
+TOOL_DRAIN_S = 30.0
+"""At hang-up, how long the tools still running may take to answer, so their outcome is on the
+ticket (each has its own, shorter, timeout)."""
+
+
+class Whispers:
+    """The briefs of calls being transferred, by an unguessable token, for the whisper route
+    (`/twilio/whisper/{token}`) that Twilio asks when the human answers (docs/call-control.md §3).
+
+    Kept in this process: the route must be served by the replica that made the transfer."""
+
+    def __init__(self, base_url: str, keep_s: float = 600.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._keep_s = keep_s
+        self._briefs: dict[str, tuple[float, str]] = {}
+
+    def url_for(self, token: str) -> str:
+        return f"{self.base_url}/{token}"
+
+    def put(self, token: str, brief: str) -> None:
+        now = time.monotonic()
+        self._briefs = {k: v for k, v in self._briefs.items() if v[0] > now}
+        self._briefs[token] = (now + self._keep_s, brief)
+
+    def get(self, token: str) -> str | None:
+        entry = self._briefs.get(token)
+        return entry[1] if entry is not None and entry[0] > time.monotonic() else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +181,9 @@ class CallBridge:
         summariser: Summariser | None = None,
         summary_model: str = "",
         metrics: Metrics | None = None,
+        tool_runner: ToolRunner | None = None,
+        call_control: CallControl | None = None,
+        whispers: Whispers | None = None,
         memory: CallerMemory | None = None,
     ) -> None:
         self.twilio = twilio
@@ -153,6 +196,13 @@ class CallBridge:
         self.summariser = summariser
         self.summary_model = summary_model
         self.metrics = metrics
+        self.tool_runner = tool_runner
+        self.call_control = call_control
+        self.whispers = whispers
+        self._whisper_token = secrets.token_urlsafe(18)
+        if whispers is not None:
+            self.session.tools.whisper_url = whispers.url_for(self._whisper_token)
+        self._tool_tasks: set[asyncio.Task[None]] = set()  # not cancelled at hang-up: awaited
         self.memory = memory
         self._recall: asyncio.Task[MemorySeed | None] | None = None
         self._inbound_count = 0
@@ -184,6 +234,7 @@ class CallBridge:
             realtime_model=s.config.agent.model,
             summary_model=self.summary_model,
             end_reason=s.end_reason or "",
+            tool_calls=s.tools.events(self.now_ms() if final else None),
             memory_ticket_ids=s.memory_ticket_ids,
             response_usage=tuple(conv.response_usages),
         )
@@ -231,6 +282,7 @@ class CallBridge:
         await self.twilio.close()
         if self.session.phase != "ended":
             self.session.end("connection closed")
+        await self._drain_tools()
         if self._saving is not None:
             with contextlib.suppress(Exception):
                 await self._saving
@@ -261,8 +313,9 @@ class CallBridge:
     async def _twilio_pump(self) -> None:
         while not self._ended.is_set():
             text = await self.twilio.recv()
-            if text is None:
-                await self._perform(self.session.end("Twilio websocket closed"))
+            if text is None:  # after callbot's own hang-up or transfer that is expected, and says so
+                reason = self.session.tools.stop_reason or "Twilio websocket closed"
+                await self._perform(self.session.end(reason))
                 return
             started = time.perf_counter()
             event = tw.parse(text)
@@ -399,11 +452,87 @@ class CallBridge:
                 self._spawn(self._reconnect(action), "realtime-reconnect")
             elif isinstance(action, RequestSummary):
                 self._spawn(self._summarise(action), "summariser")
+            elif isinstance(action, RunTool):
+                self._spawn_tool(self._run_tool(action), f"tool-{action.call.name}")
+            elif isinstance(action, UpdateCall):
+                self._spawn_tool(self._update_call(action), "call-update")
             elif isinstance(action, EndCall):
                 log.info("ending call: %s", action.reason)
                 self._ended.set()
         if twilio_out:
             await self.twilio.send(twilio_out)
+
+    # ----- tools (decisions in core/tools.py) -----
+    def _spawn_tool(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """A task of this call beside the pumps, so a slow tool holds up neither the audio nor other
+        calls. Outside the task group: hanging up does not cancel it, `_drain_tools` awaits it."""
+        task = asyncio.get_running_loop().create_task(self._guard_tool(coro, name), name=name)
+        self._tool_tasks.add(task)
+        task.add_done_callback(self._tool_tasks.discard)
+
+    async def _guard_tool(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s failed", name)
+
+    async def _run_tool(self, action: RunTool) -> None:
+        call, tool = action.call, action.tool
+        started = time.perf_counter()
+        output: str | None = None
+        error: str | None = None
+        outcome: Any = "ok"
+        if self.tool_runner is None:
+            error, outcome = "tools are not available on this server", "error"
+        else:
+            try:
+                output = await self.tool_runner.run(tool, call.arguments)
+            except ToolFailed as exc:
+                error, outcome = str(exc), "timeout" if exc.timed_out else "error"
+        log.info(
+            "tool %s (%s): %s in %.0f ms",
+            tool.name,
+            call.call_id,
+            outcome,
+            (time.perf_counter() - started) * 1000,
+        )
+        await self._perform_live(
+            self.session.tool_result(call.call_id, output, error, outcome, self.now_ms())
+        )
+
+    async def _update_call(self, action: UpdateCall) -> None:
+        """End or redirect the live call through Twilio's REST API (docs/call-control.md §2, §3)."""
+        info = self.session.info
+        if action.brief is not None and self.whispers is not None:
+            self.whispers.put(self._whisper_token, action.brief)
+        try:
+            if self.call_control is None or info is None:
+                raise TwilioRestError("Twilio's REST API is not configured (TWILIO_ACCOUNT_SID)")
+            await self.call_control.update_call(info.call_sid, action.update)
+        except CallGone:
+            log.info("the call was already gone when callbot updated it")
+        except TwilioRestError as exc:
+            log.error("call update failed: %s", exc)
+            if action.update.status == "completed":
+                # the hang-up failed: closing the stream makes Twilio play the TwiML's end message
+                await self._perform(self.session.end(f"agent ended the call; the REST hang-up failed: {exc}"))
+            await self._perform_live(self.session.call_update_failed(action.call_id, str(exc), self.now_ms()))
+
+    async def _perform_live(self, actions: list[Action]) -> None:
+        """Perform what a tool's answer asks, unless the call has ended meanwhile."""
+        if not self._ended.is_set():
+            await self._perform(actions)
+
+    async def _drain_tools(self) -> None:
+        """Let running tools answer (their outcome belongs on the ticket), within bounds."""
+        pending = set(self._tool_tasks)
+        if not pending:
+            return
+        _done, late = await asyncio.wait(pending, timeout=TOOL_DRAIN_S)
+        for task in late:
+            task.cancel()
 
     async def _summarise(self, action: RequestSummary) -> None:
         """Runs beside the pumps: audio keeps flowing and the caller never waits for it."""

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 from pathlib import Path
+from typing import Any
 
 import httpx
+import yaml
 from openai import AsyncOpenAI
 
 from callbot.adapters.fastpaths import FastPaths
@@ -32,6 +36,8 @@ from callbot.core.memory import MemoryPolicy
 from callbot.core.recovery import RecoveryPolicy
 from callbot.core.summary import DEFAULT_PROMPT, SummaryPolicy
 from callbot.core.ticket import load_prompt, load_schema
+from callbot.core.tool_config import ToolsConfig, check_transfer_target, realtime_tools, tools_config
+from callbot.errors import ToolsFileError
 from callbot.ports import CallControl, RealtimeConnector, Summariser
 from callbot.settings import Settings
 from callbot.ticketing import CallerMemoryService, TicketService
@@ -70,8 +76,34 @@ def summary_template(settings: Settings) -> str:
     return settings.summary_prompt_file.read_text(encoding="utf-8")
 
 
-def call_config(settings: Settings) -> CallConfig:
-    """One call's configuration for the core: the agent's session and every policy."""
+def load_tools(settings: Settings) -> ToolsConfig:
+    """The tools file (YAML or JSON) checked, with `${VAR}` filled from the environment, and the
+    built-ins as the settings say. Raises `ToolsFileError` naming the bad entry, at start-up."""
+    transfer_to = settings.transfer_to or None
+    if transfer_to is not None:
+        check_transfer_target(transfer_to)
+    data: Any = None
+    path = settings.tools_file
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ToolsFileError(f"CALLBOT_TOOLS_FILE {path}: cannot be read ({exc.strerror})") from exc
+        try:
+            data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        except (ValueError, yaml.YAMLError) as exc:
+            raise ToolsFileError(f"CALLBOT_TOOLS_FILE {path}: not valid YAML or JSON: {exc}") from exc
+    try:
+        return tools_config(data, os.environ, end_call=settings.end_call_tool, transfer_to=transfer_to)
+    except ToolsFileError as exc:
+        raise ToolsFileError(f"CALLBOT_TOOLS_FILE {path}: {exc}" if path else str(exc)) from exc
+
+
+def call_config(settings: Settings, tools: ToolsConfig | None = None) -> CallConfig:
+    """One call's configuration for the core: the agent's session and every policy.
+
+    `tools` is what `load_tools` made at start-up (the file is not read again per call)."""
+    tools = tools if tools is not None else ToolsConfig(end_call=False)
     agent = rt.AgentConfig(
         model=settings.model,
         voice=settings.voice,
@@ -87,9 +119,11 @@ def call_config(settings: Settings) -> CallConfig:
         vad_eagerness=settings.vad_eagerness,
         noise_reduction=None if settings.noise_reduction == "off" else settings.noise_reduction,
         truncation_retention_ratio=settings.truncation_retention_ratio,
+        session_tools=tuple(realtime_tools(tools)),
     )
     return CallConfig(
         agent=agent,
+        tools=tools,
         playback_lead_ms=settings.playback_lead_ms,
         mark_interval_ms=settings.mark_interval_ms,
         media_message_ms=settings.media_message_ms,

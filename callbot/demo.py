@@ -1,10 +1,12 @@
 """`callbot demo`: a whole phone call, offline, through the real server.
 
-Only the OpenAI side is simulated: a fake Realtime server (scripted transcripts and replies,
-real GA events; its voice and the caller's speak words through eSpeak NG when the `speech` extra
-is installed, synthetic buzzes otherwise) and a fake text model for summaries and the ticket. The
-callbot server, its bridge, summariser, ticket service and SQLite store are the production
-code, and the caller speaks Twilio's Media Streams protocol over a loopback websocket.
+Only the outside is simulated: a fake Realtime server (scripted transcripts, replies and
+function calls, real GA events; its voice and the caller's speak words through eSpeak NG when
+the `speech` extra is installed, synthetic buzzes otherwise), a fake text model for summaries
+and the ticket, a small HTTP tool server (the line-status lookup the agent calls) and a fake of
+Twilio's REST API (which ends the stream when the agent hangs up with `end_call`). The callbot
+server, its bridge, tools, summariser, ticket service and SQLite store are the production code,
+and the caller speaks Twilio's Media Streams protocol over a loopback websocket.
 """
 
 from __future__ import annotations
@@ -33,13 +35,16 @@ from callbot.caller.simulator import (
     TwilioCaller,
     WaitForAssistant,
 )
+from callbot.core.call_control import CallUpdate
 from callbot.core.cost import DEFAULT_PRICE_TABLE, call_cost, price_table
 from callbot.core.transcript_text import context_change_text
 from callbot.settings import Settings
 from callbot.testing.fake_openai import FakeOpenAI
 from callbot.testing.fake_realtime import Script
+from callbot.testing.fake_realtime_state import ScriptedCall
+from callbot.testing.fake_tool_server import FakeToolServer
 from callbot.testing.fake_twilio_dialer import Answer, DialedCall, FakeTwilioDialer
-from callbot.testing.fake_twilio_rest import FakeTwilioRest
+from callbot.testing.fake_twilio_rest import FakeCall, FakeTwilioRest
 from callbot.testing.serving import serve_app
 from callbot.testing.speech import duration_ms_for_text, synth_speech
 from callbot.testing.tts import CALLER_VOICE, available, speak
@@ -59,7 +64,7 @@ CALLER_LINES = [
 ]
 REPLIES = [
     "I'm sorry to hear that, Maria. Can you give me your customer number?",
-    "Thank you. I can see your line. Are the lights on your router blinking red?",
+    "Thank you, let me check your line.",
     "That points to a line fault. Have you tried restarting the router?",
     "Thanks. I'll book a technician visit. When are you available?",
     "Booked: a technician visits tomorrow between 9 and 12.",
@@ -68,12 +73,39 @@ REPLIES = [
 ]
 
 
+LOOKUP_AFTER = 1
+"""The reply to this caller line calls the line-status tool, and the next response reads it out."""
+READ_BACK = "Our line check says: {output}. Are the lights on your router blinking red?"
+TOOLS_YAML = """\
+tools:
+  - name: lookup_line
+    description: Check a customer's broadband line by their customer number.
+    parameters:
+      type: object
+      properties:
+        customer_number: {{type: string, description: "As the caller says it, e.g. 4471-2290"}}
+      required: [customer_number]
+    url: {url}/lines/status
+    timeout_s: 5
+"""
+
+
 def demo_script() -> Script:
+    last = len(CALLER_LINES) - 1
     return Script(
         greeting="Hello, you're through to Acme Broadband support. How can I help you today?",
         user_transcripts=CALLER_LINES,
         replies=REPLIES,
         realtime_factor=3.0,
+        function_calls={
+            LOOKUP_AFTER: ScriptedCall(
+                "lookup_line", {"customer_number": "4471-2290"}, say=REPLIES[LOOKUP_AFTER]
+            ),
+            last: ScriptedCall(
+                "end_call", {"reason": "the caller has everything they need"}, say=REPLIES[last]
+            ),
+        },
+        after_tool=READ_BACK,
         speak_words=True,
     )
 
@@ -88,7 +120,7 @@ def caller_audio(line: str, n: int) -> np.ndarray:
 
 
 def caller_steps() -> list[Step]:
-    barge_in_turn = 2  # the caller talks over the assistant's second reply
+    barge_in_turn = 3  # the caller talks over the assistant's third reply
     steps: list[Step] = [WaitForAssistant(timeout_s=15)]
     for n, line in enumerate(CALLER_LINES):
         audio = caller_audio(line, n)
@@ -98,7 +130,10 @@ def caller_steps() -> list[Step]:
             steps.append(Say(audio, label=line))
         steps.append(Silence(150))
         if n + 1 != barge_in_turn:
-            steps.append(WaitForAssistant(timeout_s=15))
+            # after the lookup: "let me check", then (once the tool answered) the read-back
+            lookup = n == LOOKUP_AFTER  # the read-back of its JSON answer is long
+            steps.append(WaitForAssistant(timeout_s=45 if lookup else 15, quiet_ms=3000 if lookup else 500))
+    steps.append(Silence(10_000))  # the agent ends the call (end_call) before this runs out
     steps.append(HangUp())
     return steps
 
@@ -124,7 +159,9 @@ class _Printer:
             self.line("assistant is speaking ...")
         elif kind == "clear":
             self.line("barge-in: the server cleared the assistant's audio")
-        elif kind == "hangup":
+        elif kind == "twilio_ended":
+            self.line(f"Twilio ends the stream: the call was {data['why']} through the REST API")
+        elif kind == "hangup" and not data.get("by_twilio"):
             self.line("caller hangs up")
 
 
@@ -142,9 +179,19 @@ async def run_demo(workdir: Path, *, speed: float = 1.0, output: Path | None = N
             "Voices: synthetic buzzes (install the speech extra, pip install -e '.[speech]', for words).",
             file=out,
         )
-    async with FakeOpenAI(demo_script()) as fake:  # what `callbot fake-openai` serves
+    tools, twilio = FakeToolServer(delay_s=2.0), FakeTwilioRest(auth_token=DEMO_TOKEN)
+    async with (
+        FakeOpenAI(demo_script()) as fake,  # what `callbot fake-openai` serves
+        serve_app(tools.app) as tools_url,
+        serve_app(twilio.app) as twilio_url,
+    ):
+        tools_file = workdir / "tools.yaml"
+        await asyncio.to_thread(tools_file.write_text, TOOLS_YAML.format(url=tools_url))
         settings = Settings(
             public_url=PUBLIC_URL,
+            tools_file=tools_file,
+            twilio_account_sid=twilio.account_sid,
+            twilio_api_url=twilio_url,
             twilio_auth_token=SecretStr(DEMO_TOKEN),
             openai_api_key=SecretStr("offline-demo"),
             openai_base_url=fake.base_url,
@@ -165,6 +212,12 @@ async def run_demo(workdir: Path, *, speed: float = 1.0, output: Path | None = N
             caller = TwilioCaller(
                 base_url, auth_token=DEMO_TOKEN, public_base_url=PUBLIC_URL, speed=speed, on_event=printer
             )
+            twilio.register_call(caller.call_sid, from_=caller.from_number, to=caller.to_number)
+
+            async def on_update(call: FakeCall, update: CallUpdate) -> None:  # what Twilio does
+                caller.twilio_ends("completed" if update.status == "completed" else "redirected")
+
+            twilio.on_update = on_update
             result = await caller.run(caller_steps())
             services: Services = app.state.services
             await services.active_calls.wait_empty()  # the ticket is written as the bridge finishes
@@ -197,6 +250,18 @@ async def _print_ticket(database_url: str, call_sid: str, out: Any) -> int:
         if entry.started_ms is not None and entry.ended_ms is not None:
             when += f"-{entry.ended_ms / 1000:.1f}s"
         print(f"  {when:<14} {who}: {entry.text or '(no transcript)'}{flag}", file=out)
+    print("\n=== Tool calls", file=out)
+    for call in ticket.tool_calls:
+        took = f"{call.duration_ms / 1000:.1f}s" if call.duration_ms is not None else "unfinished"
+        result = call.output if call.outcome == "ok" else call.error
+        print(
+            f"  {call.started_ms / 1000:6.1f}s {call.name}({call.arguments}) "
+            f"{call.outcome} in {took}: {result}",
+            file=out,
+        )
+    if not ticket.tool_calls:
+        print("  (none)", file=out)
+    print(f"  the call ended because: {ticket.end_reason}", file=out)
     print("\n=== Summaries inserted during the call", file=out)
     for summary in ticket.summaries:
         print(

@@ -5,11 +5,13 @@
     │   ├── UpstreamError          the Realtime session failed, closed or sent garbage
     │   ├── SummaryUnavailable     a summary model (in-call or ticket) failed or answered nothing usable
     │   ├── TicketSummaryInvalid   a ticket summary that does not match the schema
-    │   └── TwilioRestError        Twilio's REST API refused a request or could not be reached
-    │       └── CallGone               the call no longer exists (404, Twilio code 20404)
+    │   ├── TwilioRestError        Twilio's REST API refused a request or could not be reached
+    │   │   └── CallGone               the call no longer exists (404, Twilio code 20404)
+    │   └── ToolFailed             an HTTP tool failed, answered garbage or timed out
     ├── LocalError             this deployment or its operator: settings, configured files, typed input
     │   ├── SettingsError          a setting is missing or wrong
     │   ├── TicketSchemaError      a custom ticket schema or prompt file is unusable
+    │   ├── ToolsFileError         the tools file (CALLBOT_TOOLS_FILE) is unusable
     │   └── FilterError            a ticket filter a person typed is unusable
     └── StorageError           where tickets are kept: the database, the spool, what they hold
         ├── StoreUnavailable       the database cannot be reached or used right now
@@ -68,6 +70,17 @@ class CallGone(TwilioRestError):
     """The call has already ended or never existed (HTTP 404, Twilio code 20404)."""
 
 
+class ToolFailed(RemoteError):
+    """An HTTP tool failed (HTTP error, not JSON, unreachable) or timed out (`timed_out`).
+
+    The message is what the model is told, so it explains the failure to the caller; it never
+    carries the tool's headers."""
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
+
 # ----- this deployment's fault -----
 
 
@@ -81,6 +94,10 @@ class SettingsError(LocalError, ValueError):
 
 class TicketSchemaError(LocalError, ValueError):
     """A custom ticket schema or prompt file cannot be used; the message says why."""
+
+
+class ToolsFileError(LocalError, ValueError):
+    """The tools file cannot be used; the message names the bad entry and field."""
 
 
 class FilterError(LocalError, ValueError):

@@ -23,6 +23,7 @@ from callbot.core.record import CallInfo, CallRecord
 from callbot.core.summary import SummaryRequest
 from callbot.core.ticket import StructuredSummary, TicketStatus
 from callbot.core.ticket_views import TicketFilters, TicketPage, TicketView
+from callbot.core.tool_config import HttpTool
 
 # ----- one call: the two peers -----
 
@@ -88,6 +89,16 @@ class CallLog(Protocol):
     async def apply_status(self, update: StatusUpdate) -> int: ...
     async def apply_amd(self, call_sid: str, answered_by: str, *, voicemail_left: bool = False) -> int: ...
     async def refresh_outcome(self, call_sid: str) -> int | None: ...
+
+
+class ToolRunner(Protocol):
+    """Runs the agent's HTTP tools (adapters/http_tools); failures and timeouts raise `ToolFailed`."""
+
+    async def run(self, tool: HttpTool, arguments: str) -> str:
+        """The tool's JSON answer as text, for the model; `arguments` is the model's JSON text."""
+        ...
+
+    async def aclose(self) -> None: ...
 
 
 class CallerMemory(Protocol):

@@ -193,6 +193,16 @@ class Settings(BaseSettings):
         default=1.0, gt=0, le=10, description="The lookup at call start gives up after this long: no memory."
     )
 
+    # --- Tools (README "Tools") ---
+    tools_file: Path | None = Field(
+        default=None, description="YAML or JSON file of HTTP tools and MCP servers; checked at start-up."
+    )
+    end_call_tool: bool = Field(default=True, description="Offer the built-in end_call tool.")
+    transfer_to: str | None = Field(
+        default=None,
+        description="A +E.164 number or sip: URI: offers transfer_to_human, which dials it with a brief.",
+    )
+
     # --- Process ---
     max_concurrent_calls: int = Field(default=200, ge=1)
     drain_timeout_s: float = Field(default=300.0, ge=0)

@@ -40,6 +40,7 @@ from openai.types.realtime import (
     ResponseAudioTranscriptDoneEvent,
     ResponseCreatedEvent,
     ResponseDoneEvent,
+    ResponseOutputItemDoneEvent,
     SessionCreatedEvent,
     SessionUpdatedEvent,
 )
@@ -235,6 +236,33 @@ def system_item(item_id: str, text: str) -> dict[str, Any]:
         "status": "completed",
         "content": [{"type": "input_text", "text": text}],
     }
+
+
+def function_call_item(
+    item_id: str, name: str, arguments: str, *, call_id: str | None = None, status: str = "completed"
+) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "function_call",
+        "status": status,
+        "call_id": call_id or f"call_{item_id}",
+        "name": name,
+        "arguments": arguments,
+    }
+
+
+def output_item_done(response_id: str, item: dict[str, Any], output_index: int = 1) -> dict[str, Any]:
+    return validated(
+        ResponseOutputItemDoneEvent,
+        {
+            "type": "response.output_item.done",
+            "event_id": _event_id(),
+            "response_id": response_id,
+            "output_index": output_index,
+            "item": item,
+        },
+    )
 
 
 def item_added(item: dict[str, Any], previous_item_id: str | None = None) -> dict[str, Any]:

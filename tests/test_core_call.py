@@ -25,8 +25,10 @@ from callbot.core.actions import (
     ConnectRealtime,
     EndCall,
     ReconnectRealtime,
+    RunTool,
     SendRealtime,
     SendTwilio,
+    UpdateCall,
 )
 from callbot.core.audio import InboundConverter
 from callbot.core.call import CallConfig, CallSession
@@ -75,7 +77,15 @@ class Call:
     def _checked(self, actions: list[Action]) -> list[Action]:
         for action in actions:
             assert isinstance(
-                action, SendTwilio | SendRealtime | ConnectRealtime | EndCall | Checkpoint | ReconnectRealtime
+                action,
+                SendTwilio
+                | SendRealtime
+                | ConnectRealtime
+                | EndCall
+                | Checkpoint
+                | ReconnectRealtime
+                | RunTool
+                | UpdateCall,
             )
             if isinstance(action, SendRealtime):
                 h.assert_client_event(action.event)

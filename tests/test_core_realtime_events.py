@@ -76,10 +76,17 @@ def test_caller_transcription_completed_and_failed() -> None:
 def test_responses_created_and_done_in_band() -> None:
     assert rte.parse(h.response_created("resp_1")) == rte.ResponseCreated("resp_1", out_of_band=False)
     usage = h.usage(1000, 200)
-    assert rte.parse(h.response_done("resp_1", usage_=usage)) == rte.ResponseDone("resp_1", False, usage)
+    done = rte.ResponseDone("resp_1", False, usage, "completed")
+    assert rte.parse(h.response_done("resp_1", usage_=usage)) == done
     assert rte.parse(h.response_done("resp_1", "cancelled", reason="turn_detected")) == rte.ResponseDone(
-        "resp_1", False, None
+        "resp_1", False, None, "cancelled", "turn_detected"
     )
+
+
+def test_output_item_done_carries_a_function_call_item() -> None:
+    item = h.function_call_item("item_f1", "lookup_order", '{"n": 1}')
+    assert rte.parse(h.output_item_done("resp_1", item)) == rte.OutputItemDone("resp_1", item)
+    assert isinstance(rte.parse({"type": "response.output_item.done"}), rte.Invalid)
 
 
 def test_responses_tagged_with_a_purpose_are_out_of_band() -> None:

@@ -30,8 +30,15 @@ async def test_demo_runs_a_whole_call_offline_and_prints_transcript_summaries_an
     transcript = text.split("=== Transcript", 1)[1].split("=== Summaries", 1)[0]
     for line in CALLER_LINES:
         assert f"Caller: {line}" in transcript
-    assert transcript.count("Assistant:") == len(CALLER_LINES) + 1  # greeting + one reply per line
+    # greeting, one reply per line, and the read-back of the line check the agent ran
+    assert transcript.count("Assistant:") == len(CALLER_LINES) + 2
+    assert "Assistant: Our line check says: " in transcript and "street cabinet" in transcript
     assert "[interrupted]" in transcript  # the scripted barge-in
+    tools = text.split("=== Tool calls", 1)[1].split("=== Summaries", 1)[0]
+    assert re.search(r'lookup_line\(\{"customer_number": "4471-2290"\}\) ok in \d+\.\ds: \{', tools)
+    assert re.search(r"end_call\(.*\) ok in \d+\.\ds: the call was ended", tools)
+    assert "the call ended because: agent ended the call: the caller has everything they need" in tools
+    assert "Twilio ends the stream: the call was completed through the REST API" in text
     summaries = text.split("=== Summaries inserted during the call", 1)[1].split("=== Ticket", 1)[0]
     assert re.search(r"folded \d+ turns, context \d+ -> \d+ tokens", summaries)
     assert "None" not in summaries  # a size nobody measured is said to be unknown
@@ -72,6 +79,7 @@ async def check_the_chart_shows_the_calls_events(db: Path) -> None:
     kinds = [m.kind for m in marks]
     assert kinds.count("summary") == len(record.summaries) >= 2
     assert kinds.count("barge_in") == 1  # the scripted barge-in
+    assert kinds.count("tool") == 2 == len(record.tool_calls)  # the line check and end_call
     svg = context_chart_svg(call_points(record.response_usage), marks, 350)
     assert svg.count('class="point"') == len(record.response_usage)
     assert svg.count('data-kind="summary"') == len(record.summaries)
@@ -101,7 +109,7 @@ def check_times_match_the_call(text: str) -> None:
         text.split("=== Transcript", 1)[1].split("=== Summaries", 1)[0],
         re.M,
     )
-    assert len(turns) == len(CALLER_LINES) * 2 + 1, turns
+    assert len(turns) == len(CALLER_LINES) * 2 + 2, turns
     starts = [float(start) for start, _, _, _ in turns]
     assert starts == sorted(starts)
     for start, end, who, line in turns:

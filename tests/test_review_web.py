@@ -16,7 +16,14 @@ from fastapi import FastAPI
 
 from callbot.adapters.store_migrate import upgrade_database
 from callbot.adapters.store_sql import SqlTicketStore
-from callbot.core.record import CallInfo, CallRecord, SummaryEvent, TranscriptEntry, UsageTotals
+from callbot.core.record import (
+    CallInfo,
+    CallRecord,
+    SummaryEvent,
+    ToolCallEvent,
+    TranscriptEntry,
+    UsageTotals,
+)
 from callbot.core.ticket import TicketStatus
 from callbot.web.review import review_router
 
@@ -359,3 +366,56 @@ async def test_turns_show_when_they_were_said_on_the_page_and_in_the_json(
     old = (await client.get("/tickets/1", auth=AUTH)).text
     assert '<span class="when">00:05</span> · Caller' in old
     assert (await client.get("/api/tickets/1", auth=AUTH)).json()["transcript"][1]["started_ms"] is None
+
+
+async def test_tool_calls_show_between_the_turns_with_their_outcome(
+    client: httpx.AsyncClient, store: SqlTicketStore
+) -> None:
+    call = CallRecord(
+        info=CallInfo("CA8", "MZ8", "AC1", "+15550100", "+15550199"),
+        started_at=BASE,
+        transcript=(
+            TranscriptEntry(
+                "u1", "user", "Where is order 4417?", at_ms=3_000, started_ms=2_000, ended_ms=3_000
+            ),
+            TranscriptEntry(
+                "a1", "assistant", "It has shipped.", at_ms=6_000, started_ms=6_500, ended_ms=8_000
+            ),
+        ),
+        tool_calls=(
+            ToolCallEvent(
+                "call_1",
+                "f1",
+                "lookup_order",
+                '{"order_number": "4417"}',
+                output='{"status": "shipped"}',
+                started_ms=4_000,
+                ended_ms=5_200,
+            ),
+            ToolCallEvent(
+                "call_2",
+                "f2",
+                "lookup_order",
+                HOSTILE,
+                error=f"HTTP 503: {HOSTILE}",
+                outcome="error",
+                started_ms=9_000,
+                ended_ms=9_100,
+            ),
+        ),
+        end_reason="caller hung up",
+    )
+    ticket_id = await store.upsert_call(call, TicketStatus.PENDING_SUMMARY)
+    html = (await client.get(f"/tickets/{ticket_id}", auth=AUTH)).text
+    caller, tool, agent = (
+        html.index(s) for s in ("Where is order 4417?", "tool <strong>lookup_order", "It has shipped.")
+    )
+    assert caller < tool < agent  # between the turn that asked and the one that used it
+    assert '<li class="tool-call ok">' in html and '<li class="tool-call error">' in html
+    assert "{&#34;status&#34;: &#34;shipped&#34;}" in html and "1.2 s" in html
+    assert HOSTILE not in html  # arguments and errors are escaped like the transcript
+    data = (await client.get(f"/api/tickets/{ticket_id}", auth=AUTH)).json()
+    assert [(t["name"], t["outcome"]) for t in data["tool_calls"]] == [
+        ("lookup_order", "ok"),
+        ("lookup_order", "error"),
+    ]

@@ -27,6 +27,7 @@ from callbot.core.record import (
     CallRecord,
     ResponseUsage,
     SummaryEvent,
+    ToolCallEvent,
     TranscriptEntry,
     UsageTotals,
 )
@@ -124,8 +125,8 @@ def summary(
 
 async def test_migrations_create_the_schema_the_models_describe(database_url: str) -> None:
     assert await current_revision(database_url) is None
-    assert await upgrade_database(database_url) == head_revision() == "0003"
-    assert await upgrade_database(database_url) == "0003"  # idempotent
+    assert await upgrade_database(database_url) == head_revision() == "0005"
+    assert await upgrade_database(database_url) == "0005"  # idempotent
 
     engine = create_engine(database_url)
 
@@ -410,8 +411,51 @@ async def test_concurrent_upgrades_from_several_processes_agree(database_url: st
     results = await asyncio.gather(
         *(upgrade_database(database_url) for _ in range(3)), return_exceptions=True
     )
-    assert results == ["0003", "0003", "0003"]
-    assert await current_revision(database_url) == "0003"
+    assert results == ["0005", "0005", "0005"]
+    assert await current_revision(database_url) == "0005"
+
+
+async def test_tool_calls_round_trip_and_a_transferred_call_ends_transferred(store: SqlTicketStore) -> None:
+    calls = (
+        ToolCallEvent(
+            call_id="call_1",
+            item_id="item_1",
+            name="lookup_order",
+            arguments='{"order_number": "4417"}',
+            output='{"status": "shipped"}',
+            started_ms=4200,
+            ended_ms=4650,
+        ),
+        ToolCallEvent(
+            call_id="call_2",
+            item_id="item_2",
+            name="transfer_to_human",
+            arguments='{"reason": "wants a person"}',
+            output="transferred to +15557654321",
+            started_ms=9000,
+            ended_ms=9400,
+            kind="builtin",
+        ),
+    )
+    record = replace(
+        make_record("CA9"),
+        tool_calls=calls,
+        end_reason="transferred to a human (+15557654321): wants a person",
+    )
+    ticket_id = await store.upsert_call(record, TicketStatus.PENDING_SUMMARY)
+    view = await store.get(ticket_id)
+    assert view is not None and view.tool_calls == calls and view.to_record().tool_calls == calls
+    assert view.to_json()["tool_calls"][0]["output"] == '{"status": "shipped"}'
+    assert await store.complete("CA9", summary("Transferred about order 4417")) == ticket_id
+    view = await store.get(ticket_id)
+    assert view is not None and view.status == "transferred"
+    assert await store.complete("CA9", summary("Second")) == ticket_id  # final: the first one wins
+    assert (await store.get(ticket_id)).item.title == "Transferred about order 4417"  # type: ignore[union-attr]
+    other = await store.upsert_call(make_record("CA10"), TicketStatus.PENDING_SUMMARY)
+    await store.complete("CA10", summary("Plain"))
+    assert (await store.get(other)).status == "complete"  # type: ignore[union-attr]
+    page = await store.list(TicketFilters(status="transferred"))
+    assert [item.call_sid for item in page.items] == ["CA9"]
 
 
 # ----- per-response usage and the dashboard's rows (issue #18) -----

@@ -76,6 +76,7 @@ tickets = sa.Table(
     sa.Column("follow_up_needed", sa.Boolean, nullable=True),
     sa.Column("transcript", JSONDocument, nullable=False),
     sa.Column("in_call_summaries", JSONDocument, nullable=False),
+    sa.Column("tool_calls", JSONDocument, nullable=False, server_default=sa.text("'[]'")),
     sa.Column("response_usage", JSONDocument, nullable=True),  # migration 0005; null before it
     sa.Column("search_text", sa.Text, nullable=False, server_default=""),
     sa.Column("summary_attempts", sa.Integer, nullable=False, server_default="0"),

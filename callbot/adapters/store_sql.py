@@ -27,7 +27,7 @@ from sqlalchemy.pool import StaticPool
 from callbot.adapters.store_models import tickets
 from callbot.core.call_lifecycle import Lifecycle, PlacedCall, StatusUpdate, call_outcome, merge_status
 from callbot.core.memory import EarlierCall, earlier_call
-from callbot.core.record import CallInfo, CallRecord, UsageTotals
+from callbot.core.record import TRANSFERRED_PREFIX, CallInfo, CallRecord, UsageTotals
 from callbot.core.record_json import (
     entry_from_json,
     entry_to_json,
@@ -35,8 +35,11 @@ from callbot.core.record_json import (
     response_usages_from_json,
     summary_event_from_json,
     summary_event_to_json,
+    tool_call_from_json,
+    tool_call_to_json,
 )
 from callbot.core.ticket import (
+    FINAL_STATUSES,
     STATUS_RANK,
     StructuredSummary,
     TicketStatus,
@@ -127,7 +130,7 @@ class SqlTicketStore:
         ended, and nothing here touches a complete ticket.
         """
         status = TicketStatus(status)
-        if status is TicketStatus.COMPLETE:
+        if status in FINAL_STATUSES:
             raise ValueError("upsert_call saves the call; use complete() to store the summary")
         values = _record_values(record)
         now = _now()
@@ -154,12 +157,16 @@ class SqlTicketStore:
         return await self._run(work)
 
     async def complete(self, call_sid: str, summary: StructuredSummary | Mapping[str, Any]) -> int:
-        """Store the structured summary and mark the ticket complete; the first summary wins."""
+        """Store the structured summary and mark the ticket complete (or `transferred`, when the
+        agent handed the caller to a person); the first summary wins."""
         if not isinstance(summary, StructuredSummary):
             summary = summary_from_dict(summary)
         now = _now()
         values = {
-            "status": TicketStatus.COMPLETE.value,
+            "status": sa.case(
+                (tickets.c.end_reason.startswith(TRANSFERRED_PREFIX), TicketStatus.TRANSFERRED.value),
+                else_=TicketStatus.COMPLETE.value,
+            ),
             "summary": summary.to_dict(),
             "title": summary.title[:300],
             "category": summary.category[:32] or None,
@@ -189,7 +196,9 @@ class SqlTicketStore:
         async def work(conn: AsyncConnection) -> int:
             stmt = (
                 sa.update(tickets)
-                .where(tickets.c.call_sid == call_sid, tickets.c.status != TicketStatus.COMPLETE.value)
+                .where(
+                    tickets.c.call_sid == call_sid, tickets.c.status.not_in([s.value for s in FINAL_STATUSES])
+                )
                 .values(**values)
                 .returning(tickets.c.id)
             )
@@ -556,6 +565,7 @@ def _record_values(record: CallRecord) -> dict[str, Any]:
         "last_context_tokens": usage.last_context_tokens,
         "transcript": [entry_to_json(e) for e in record.transcript],
         "in_call_summaries": [summary_event_to_json(s) for s in record.summaries],
+        "tool_calls": [tool_call_to_json(t) for t in record.tool_calls],
         "memory_ticket_ids": list(record.memory_ticket_ids),
         "response_usage": [response_usage_to_json(u) for u in record.response_usage],
         "search_text": "\n".join(
@@ -612,6 +622,7 @@ def _view(row: Mapping[str, Any]) -> TicketView:
     try:
         transcript = tuple(entry_from_json(e) for e in row["transcript"] or [])
         summaries = tuple(summary_event_from_json(s) for s in row["in_call_summaries"] or [])
+        tool_calls = tuple(tool_call_from_json(t) for t in row["tool_calls"] or [])
         response_usage = response_usages_from_json(row.get("response_usage"))
     except RecordJsonError as exc:
         raise StoreUnavailable(f"ticket {row['id']} has an unreadable transcript: {exc}") from exc
@@ -640,6 +651,7 @@ def _view(row: Mapping[str, Any]) -> TicketView:
         outcome=row.get("outcome"),
         instructions=row.get("instructions"),
         context=row.get("call_context"),
+        tool_calls=tool_calls,
         memory_ticket_ids=tuple(i for i in row["memory_ticket_ids"] or [] if isinstance(i, int)),
         response_usage=response_usage,
     )

@@ -88,7 +88,9 @@ class CallResult:
     script_timeouts: int = 0
     messages_after_stop: int = 0
     violations: list[str] = field(default_factory=list)
-    closed_by: Literal["caller", "server"] | None = None
+    closed_by: Literal["caller", "server", "twilio"] | None = None
+    twilio_ended: str | None = None
+    """Why Twilio ended the stream itself ("completed", "redirected"), if it did."""
     close_code: int | None = None
     duration_s: float = 0.0
     wall_s: float = 0.0

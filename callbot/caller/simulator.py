@@ -142,6 +142,8 @@ class TwilioCaller:
         self.extra_params = dict(extra_params or {})
         self.max_call_s = max_call_s
         self.audio_sink = audio_sink
+        self.stream: StreamSession | None = None
+        """The media stream of the call in progress (for a fake Twilio REST API to end it)."""
 
     def emit(self, kind: str, data: dict[str, Any]) -> None:
         """Tell the observer; its failures are logged, never allowed to break the call."""
@@ -308,7 +310,14 @@ class TwilioCaller:
             sink=self.audio_sink,
         )
         session = self.new_stream_session(config, ws, ScriptCursor(script), result)
+        self.stream = session
         await session.run()
+
+    def twilio_ends(self, why: str) -> None:
+        """What Twilio does to the media stream after a REST update of the call (hang-up or
+        new TwiML): `stop` to the bot. Wire `FakeTwilioRest.on_update` to it."""
+        if self.stream is not None:
+            self.stream.twilio_ends(why)
 
     def new_stream_session(
         self, config: SessionConfig, ws: ClientConnection, cursor: ScriptCursor, result: CallResult

@@ -64,6 +64,8 @@ class StreamSession:
         self.send_lock = asyncio.Lock()
         self.started = False
         self.stopped = False
+        self.ended_by_twilio: str | None = None
+        """Set by `twilio_ends`: Twilio itself ended the stream (a REST hang-up or new TwiML)."""
         self.stop_ms = 0.0
         self.stop_wall = 0.0
         self.closed = False
@@ -135,7 +137,7 @@ class StreamSession:
         """One 20 ms tick: play a frame, echo finished marks, let the script decide, send a frame."""
         period = FRAME_MS / 1000.0 / self.cfg.speed
         max_ticks = int(self.cfg.max_call_s * 1000 / FRAME_MS)
-        while not self.closed:
+        while not self.closed and self.ended_by_twilio is None:
             delay = self.t0 + self.tick * period - self.loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -228,9 +230,16 @@ class StreamSession:
         self.stop_ms = self.now_ms()
         self.stop_wall = self.loop.time()
         if self.result.closed_by is None:
-            self.result.closed_by = "caller"
-        self.cfg.emit("hangup", {"ms": self.stop_ms})
+            self.result.closed_by = "twilio" if self.ended_by_twilio else "caller"
+        self.result.twilio_ended = self.ended_by_twilio
+        self.cfg.emit("hangup", {"ms": self.stop_ms, "by_twilio": self.ended_by_twilio is not None})
         await self.ws.close(1000)
+
+    def twilio_ends(self, why: str) -> None:
+        """Twilio ends the stream as it does after a REST update (`completed`, or new TwiML such as
+        a `<Dial>`): the script stops at the next tick and the bot gets `stop`."""
+        self.ended_by_twilio = why
+        self.cfg.emit("twilio_ended", {"why": why, "ms": self.now_ms()})
 
     async def receive(self) -> None:
         """Read everything the bot sends until the socket closes; who closed it is recorded."""

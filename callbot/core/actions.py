@@ -8,7 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from callbot.core.call_control import CallUpdate
 from callbot.core.summary import SummaryRequest
+from callbot.core.tool_config import HttpTool
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,44 @@ class RequestSummary:
     request: SummaryRequest
 
 
+@dataclass(frozen=True, slots=True)
+class FunctionCall:
+    """A completed function call item: what the model asked for."""
+
+    call_id: str
+    item_id: str
+    name: str
+    arguments: str
+    response_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunTool:
+    """Action: run this HTTP tool with the call's arguments, then `CallSession.tool_result`."""
+
+    call: FunctionCall
+    tool: HttpTool
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateCall:
+    """Action: send this REST update for the live call; on failure `CallSession.call_update_failed`.
+
+    `brief` is the text the whisper route speaks to the person who answers a transfer."""
+
+    call_id: str
+    update: CallUpdate
+    brief: str | None = None
+
+
 Action = (
-    SendTwilio | SendRealtime | ConnectRealtime | ReconnectRealtime | EndCall | Checkpoint | RequestSummary
+    SendTwilio
+    | SendRealtime
+    | ConnectRealtime
+    | ReconnectRealtime
+    | EndCall
+    | Checkpoint
+    | RequestSummary
+    | RunTool
+    | UpdateCall
 )

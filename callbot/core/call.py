@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import binascii
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Literal
 
 from callbot.core import realtime as rt
@@ -32,57 +32,23 @@ from callbot.core.actions import (
     SendRealtime,
     SendTwilio,
 )
+from callbot.core.call_config import CallConfig, CallStats
 from callbot.core.conversation import ConversationState
 from callbot.core.inbound import CallerAudio
 from callbot.core.memory import GREETING_HINT, MEMORY_ITEM_ID, MemorySeed
 from callbot.core.outbound import OutboundAudio
 from callbot.core.playback import PlaybackTracker
-from callbot.core.record import CallInfo
-from callbot.core.recovery import Reconnects, RecoveryPolicy, restore_events
+from callbot.core.record import CallInfo, ToolOutcome
+from callbot.core.recovery import Reconnects, restore_events
 from callbot.core.responses import Responses
-from callbot.core.summary import SummaryPolicy
 from callbot.core.summary_coordinator import SummaryCoordinator
+from callbot.core.tools import Moment, ToolCalls
+
+__all__ = ["CallConfig", "CallSession", "CallStats"]  # CallConfig/CallStats live in core/call_config.py
 
 log = logging.getLogger("callbot.call")
 
 Phase = Literal["awaiting_start", "connecting", "configuring", "active", "reconnecting", "ended"]
-
-
-@dataclass(frozen=True, slots=True)
-class CallConfig:
-    """How one call is shaped. The defaults here are the finest shape (one 20 ms frame per Twilio
-    message and per append, a mark every 60 ms, 100 ms ahead), which the frame-level core tests
-    spell out; `callbot serve` takes its values from settings.py (larger messages, deeper lead)."""
-
-    agent: rt.AgentConfig = field(default_factory=rt.AgentConfig)
-    playback_lead_ms: int = 100
-    mark_interval_ms: int = 60
-    media_message_ms: int = 20
-    """Audio per Twilio media message (whole 20 ms frames); with `mark_interval_ms` equal to it,
-    each message is followed by one mark."""
-    session_ready_timeout_ms: int = 10_000
-    inbound_batch_frames: int = 1
-    """Caller frames per input_audio_buffer.append: 1 for the lowest latency; 2-5 halve to fifth
-    the per-message cost (and the resampler calls) at 20-80 ms of added inbound delay."""
-    summary: SummaryPolicy = field(default_factory=SummaryPolicy)
-    recovery: RecoveryPolicy = field(default_factory=RecoveryPolicy)
-
-
-@dataclass(slots=True)
-class CallStats:
-    twilio_messages: int = 0
-    inbound_frames: int = 0
-    inbound_dropped_not_ready: int = 0
-    invalid_twilio: int = 0
-    realtime_events: int = 0
-    unknown_realtime: int = 0
-    invalid_realtime: int = 0
-    realtime_errors: int = 0
-    late_deltas_dropped: int = 0
-    barge_ins: int = 0
-    reconnects: int = 0
-    rollovers: int = 0
-    dtmf_digits: str = ""
 
 
 class CallSession:
@@ -110,6 +76,7 @@ class CallSession:
         self.summaries = SummaryCoordinator(config.summary)  # one in flight, applied once confirmed
         self.upstream = Reconnects(config.recovery)
         self.responses = Responses()
+        self.tools = ToolCalls(config.tools, self.conversation)  # core/tools.py: what the agent does
         self._caller_speaking = False
         self._ready_deadline_ms: int | None = None
         self._last_twilio_ms = 0
@@ -174,10 +141,11 @@ class CallSession:
                 return self._on_media(event, now_ms)
             case tw.Mark():
                 self.playback.mark_echoed(event.name, at_ms=now_ms)
+                return self.tools.poll(self._moment(now_ms)) if self.tools.ending else []
             case tw.Start():
                 return self._on_start(event)
-            case tw.Stop():
-                return self._flush_inbound() + self.end("caller hung up")
+            case tw.Stop():  # after callbot's own hang-up or transfer, the expected end of the stream
+                return self._flush_inbound() + self.end(self.tools.stop_reason or "caller hung up")
             case tw.Dtmf():
                 return self._on_dtmf(event, now_ms)
             case tw.Invalid():
@@ -199,6 +167,7 @@ class CallSession:
             to_number=params.get("to", ""),
             direction=self.direction,
         )
+        self.tools.info = self.info
         if event.encoding != "audio/x-mulaw" or event.sample_rate != 8000:
             return self.end(f"unsupported Twilio media format {event.encoding} {event.sample_rate} Hz")
         self.phase = "connecting"
@@ -305,6 +274,7 @@ class CallSession:
                 return self._on_speech_started(event, now_ms)
             case ev.SpeechStopped(item_id, audio_end_ms):
                 self._caller_speaking = False
+                self.tools.speech_stopped(now_ms)
                 # Taken as the end of the speech, as the fake's VAD reports it; the API reference
                 # says it "includes" the silence that ended the turn, without saying how much.
                 stopped = self.caller_audio.call_ms(audio_end_ms)
@@ -328,8 +298,11 @@ class CallSession:
             case ev.ResponseCreated(response_id, out_of_band=False):
                 self.responses.created(response_id)
                 self.summaries.response_created(response_id)
-            case ev.ResponseDone(response_id, out_of_band=False, usage=usage):
-                return self._on_response_done(response_id, usage, now_ms)
+                self.tools.response_created()
+            case ev.ResponseDone(out_of_band=False):
+                return self._on_response_done(event, now_ms)
+            case ev.OutputItemDone(response_id, item):
+                self.tools.output_item_done(item, response_id, now_ms)
             case ev.SessionUpdated():
                 return self._on_session_updated(event, now_ms)
             case ev.ServerError():
@@ -383,6 +356,7 @@ class CallSession:
         self.stats.barge_ins += 1
         cut = self.outbound.interrupt(now_ms)
         out: list[Action] = [SendTwilio(tw.encode_clear(self.stream_sid))] if cut.twilio_had_audio else []
+        out.extend(self.tools.barge_in(now_ms))  # a goodbye cut short calls the hang-up off
         cancel = self.responses.cancel_active()
         if cancel is not None:
             out.append(SendRealtime(rt.response_cancel(cancel)))
@@ -406,14 +380,14 @@ class CallSession:
         self.outbound.push(item_id, audio)
         return self.outbound.send_due(now_ms, self.stream_sid, [])
 
-    def _on_response_done(
-        self, response_id: str | None, usage: ev.JsonObject | None, now_ms: int
-    ) -> list[Action]:
+    def _on_response_done(self, event: ev.ResponseDone, now_ms: int) -> list[Action]:
+        response_id, usage = event.response_id, event.usage
         self.responses.done(response_id)
         if usage is not None:
             self.conversation.response_usage(usage, now_ms)
             self.summaries.response_usage(self.conversation, response_id)
-        return [Checkpoint(), *self._maybe_summarise(now_ms)]
+        tools = self.tools.response_done(response_id, event.status, event.reason, self._moment(now_ms))
+        return [*tools, Checkpoint(), *self._maybe_summarise(now_ms)]
 
     def _on_item_added(self, event: ev.ItemAdded | ev.ItemDone, now_ms: int) -> list[Action]:
         item_id = event.item_id
@@ -429,6 +403,8 @@ class CallSession:
 
     def _on_error(self, error: ev.ServerError, now_ms: int) -> list[Action]:
         code = error.code
+        if self.tools.reply_refused(error.client_event_id):
+            return self.tools.poll(self._moment(now_ms))
         if error.harmless_race:
             log.info("Realtime reported %s (a harmless race)", code)
             return []
@@ -493,7 +469,26 @@ class CallSession:
             out.extend(self._flush_inbound())  # Twilio's frames stopped mid-batch: do not hold them
         if self.summaries.check_due(now_ms):
             out.extend(self._maybe_summarise(now_ms))
+        if self.phase == "active":
+            out.extend(self.tools.poll(self._moment(now_ms)))
         return out
+
+    # ----- tools (decisions in core/tools.py; the bridge runs them) -----
+    def _moment(self, now_ms: int) -> Moment:
+        active = self.responses.active is not None
+        return Moment(now_ms, self._caller_speaking, active, self.outbound.drained())
+
+    def tool_result(
+        self, call_id: str, output: str | None, error: str | None, outcome: ToolOutcome, now_ms: int
+    ) -> list[Action]:
+        """An HTTP tool answered, failed or timed out; after hang-up it is only recorded."""
+        out = self.tools.result(call_id, output, error, outcome, self._moment(now_ms))
+        return out if self.phase == "active" else []
+
+    def call_update_failed(self, call_id: str, error: str, now_ms: int) -> list[Action]:
+        """Twilio refused the hang-up or transfer: the call goes on and the model is told."""
+        out = self.tools.update_failed(call_id, error, self._moment(now_ms))
+        return out if self.phase != "ended" else []
 
     def _rollover_due(self, now_ms: int) -> bool:
         busy = self._caller_speaking or self.responses.active is not None or self.playback.is_playing(now_ms)

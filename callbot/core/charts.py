@@ -44,7 +44,7 @@ def _seconds(ms: int) -> str:
 
 
 def call_marks(record: CallRecord) -> list[Mark]:
-    """The chart's marks for a call: each in-call summary and each barge-in, in time order."""
+    """The chart's marks for a call: each in-call summary, barge-in and tool call, in time order."""
     marks: list[Mark] = []
     for s in record.summaries:
         after = "?" if s.tokens_after is None else f"{s.tokens_after:,}"
@@ -67,6 +67,9 @@ def call_marks(record: CallRecord) -> list[Mark]:
             at_ms = e.ended_ms if e.ended_ms is not None else e.at_ms
         heard = "" if e.heard_ms is None else f" after {e.heard_ms / 1000:.1f} s"
         marks.append(Mark("barge_in", at_ms, f"barge-in: the caller cut the assistant off{heard}"))
+    for t in record.tool_calls:
+        took = "" if t.duration_ms is None else f" in {t.duration_ms / 1000:.1f} s"
+        marks.append(Mark("tool", t.started_ms, f"tool {t.name}: {t.outcome}{took}"))
     marks.sort(key=lambda m: (m.at_ms, m.kind))
     return marks
 

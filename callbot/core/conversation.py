@@ -95,6 +95,18 @@ def _content_text(item: dict[str, Any]) -> str | None:
     return " ".join(texts) if texts else None
 
 
+def _tool_text(item: dict[str, Any]) -> str | None:
+    kind = item.get("type")
+    if kind == "function_call":
+        return f"[The agent called the tool {item.get('name')} with {item.get('arguments') or '{}'}]"
+    if kind == "function_call_output":
+        return f"[The tool answered: {item.get('output') or ''}]"
+    if kind == "mcp_call":
+        answer = item.get("output") if item.get("output") is not None else item.get("error")
+        return f"[The agent called {item.get('server_label')}.{item.get('name')}; it answered: {answer}]"
+    return None
+
+
 def _count(value: Any) -> int:
     """A token count from the server's JSON: a non-negative int, anything else counts as 0."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
@@ -164,6 +176,9 @@ class ConversationState:
         existing = self._turns.get(item_id)
         if existing is not None:
             return existing
+        kind = item.get("type", "message")
+        if kind != "message":
+            return self._tool_item_added(item_id, item, previous_item_id, at_ms)
         raw_role = item.get("role") if item.get("type") == "message" else "assistant"
         role: Role = raw_role if raw_role in ("user", "assistant", "system") else "system"  # type: ignore[assignment]
         turn = Turn(item_id=item_id, role=role, at_ms=at_ms, kind=str(item.get("type", "message")))
@@ -186,6 +201,19 @@ class ConversationState:
             self._insert(self._log, item_id, previous_item_id)
         return turn
 
+    def _tool_item_added(
+        self, item_id: str, item: dict[str, Any], previous_item_id: str | None, at_ms: int
+    ) -> Turn | None:
+        """A function call, its output or an MCP call: context the model (and the in-call summary)
+        keeps, as a system line; the ticket lists tool calls on their own, not as turns."""
+        text = _tool_text(item)
+        if text is None:
+            return None  # e.g. an MCP server's tool list: nothing a summary needs
+        turn = Turn(item_id=item_id, role="system", at_ms=at_ms, kind=str(item.get("type")), text=text)
+        self._turns[item_id] = turn
+        self._insert(self.context, item_id, previous_item_id)
+        return turn
+
     @staticmethod
     def _insert(order: list[str], item_id: str, previous_item_id: str | None) -> None:
         if previous_item_id == "root":
@@ -201,6 +229,9 @@ class ConversationState:
         if turn is None:
             return None
         turn.done = True
+        if turn.kind != "message":
+            turn.text = _tool_text(item) or turn.text
+            return turn
         text = _content_text(item)
         if text is not None and turn.role != "user" and not turn.interrupted:
             turn.text = text

@@ -102,6 +102,11 @@ class OutboundAudio:
         """When `send_due` next has something to send, or None with nothing queued."""
         return self.playback.next_send_ms()
 
+    def drained(self) -> bool:
+        """Everything generated so far has played: nothing queued or being framed, every mark
+        echoed since the last clear (docs/call-control.md §2)."""
+        return self._item is None and self._framer.pending == 0 and self.playback.all_played()
+
     def is_audible(self, now_ms: int) -> bool:
         """The caller hears, or is about to hear, assistant audio."""
         return self.playback.is_playing(now_ms) or self._framer.pending > 0

@@ -233,6 +233,10 @@ class PlaybackTracker:
         span = self._spans.get(item_id)
         return (span[0], span[1]) if span is not None else None
 
+    def all_played(self) -> bool:
+        """Nothing queued and no mark waiting for its echo: Twilio has played all it was sent."""
+        return not self._queue and not self._marks
+
     def is_playing(self, now_ms: int) -> bool:
         """True while the caller may still be hearing (or about to hear) assistant audio."""
         return bool(self._queue) or bool(self._marks) or self._buffer_until_ms > now_ms

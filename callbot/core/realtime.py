@@ -37,6 +37,8 @@ class AgentConfig:
     vad_eagerness: str = "auto"
     noise_reduction: str | None = "near_field"
     truncation_retention_ratio: float | None = None
+    session_tools: tuple[dict[str, Any], ...] = ()
+    """`session.tools`: function tools and `mcp` servers (core/tool_config.py `realtime_tools`)."""
 
 
 def _turn_detection(cfg: AgentConfig) -> dict[str, Any]:
@@ -76,6 +78,9 @@ def session_update(cfg: AgentConfig) -> dict[str, Any]:
         "instructions": cfg.instructions,
         "audio": {"input": audio_in, "output": {"format": FORMATS[cfg.audio_mode], "voice": cfg.voice}},
     }
+    if cfg.session_tools:
+        session["tools"] = [dict(tool) for tool in cfg.session_tools]
+        session["tool_choice"] = "auto"
     if cfg.truncation_retention_ratio is not None:
         session["truncation"] = {"type": "retention_ratio", "retention_ratio": cfg.truncation_retention_ratio}
     return {"type": "session.update", "event_id": "evt_session_update", "session": session}
@@ -155,3 +160,12 @@ def assistant_text(item_id: str, text: str, previous_item_id: str | None = None)
 
 def delete(item_id: str) -> dict[str, Any]:
     return {"type": "conversation.item.delete", "event_id": f"evt_delete_{item_id}", "item_id": item_id}
+
+
+def function_call_output(call_id: str, output: str) -> dict[str, Any]:
+    """A tool's result for the model (docs/call-control.md §6): appended, then a `response.create`."""
+    return {
+        "type": "conversation.item.create",
+        "event_id": f"evt_output_{call_id}",
+        "item": {"type": "function_call_output", "call_id": call_id, "output": output},
+    }

@@ -96,6 +96,18 @@ class ResponseDone:
     response_id: str | None
     out_of_band: bool
     usage: JsonObject | None
+    status: str | None = None
+    """`completed`, `cancelled`, `incomplete` or `failed`; a cancelled response's tools never run."""
+    reason: str | None = None
+    """`status_details.reason`, e.g. `turn_detected` for a barge-in."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutputItemDone:
+    """`response.output_item.done`: where a function call is final (docs/call-control.md §6)."""
+
+    response_id: str | None
+    item: JsonObject
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +190,7 @@ RealtimeEvent = (
     | TranscriptionFailed
     | ResponseCreated
     | ResponseDone
+    | OutputItemDone
     | AudioDelta
     | AudioDone
     | TranscriptDelta
@@ -200,7 +213,6 @@ IGNORED_TYPES = frozenset(
         "conversation.item.truncated",
         "conversation.item.retrieved",
         "response.output_item.added",
-        "response.output_item.done",
         "response.content_part.added",
         "response.content_part.done",
         "response.output_text.delta",
@@ -328,7 +340,20 @@ def _response(kind: str, event: JsonObject) -> RealtimeEvent:
     if kind == "response.created":
         return ResponseCreated(response_id, out_of_band)
     usage = response.get("usage")
-    return ResponseDone(response_id, out_of_band, usage if isinstance(usage, dict) else None)
+    return ResponseDone(
+        response_id,
+        out_of_band,
+        usage if isinstance(usage, dict) else None,
+        _opt_str(response.get("status")),
+        _opt_str(_object(response.get("status_details")).get("reason")),
+    )
+
+
+def _output_item_done(kind: str, event: JsonObject) -> RealtimeEvent:
+    item = event.get("item")
+    if not isinstance(item, dict):
+        return Invalid(kind, "no item object")
+    return OutputItemDone(_opt_str(event.get("response_id")), item)
 
 
 def _error(kind: str, event: JsonObject) -> RealtimeEvent:
@@ -356,6 +381,7 @@ _PARSERS: dict[str, _Parser] = {
     "conversation.item.input_audio_transcription.failed": _transcription_failed,
     "response.created": _response,
     "response.done": _response,
+    "response.output_item.done": _output_item_done,
     "response.output_audio.done": _audio_done,
     "response.output_audio_transcript.delta": _item_id_and_text(TranscriptDelta, "delta"),
     "response.output_audio_transcript.done": _item_id_and_text(TranscriptDone, "transcript"),

@@ -118,6 +118,40 @@ class CallInfo:
     direction: str = "inbound"  # "inbound" | "outbound" (a call callbot placed)
 
 
+TRANSFERRED_PREFIX = "transferred to a human"
+"""How `CallRecord.end_reason` starts when the agent handed the caller to a person; such a
+ticket ends with the status `transferred` instead of `complete`."""
+
+ToolOutcome = Literal["ok", "error", "timeout", "skipped"]
+ToolKind = Literal["http", "mcp", "builtin"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallEvent:
+    """One function or MCP call the agent made during the call.
+
+    `arguments` is the model's JSON text after redaction; `output` what went back to the model
+    (or what the MCP server answered), `error` why it failed. `outcome` "skipped" is a call that
+    was never run because its response was cut short (a barge-in). Headers are never kept.
+    `started_ms`/`ended_ms` are call milliseconds; `ended_ms` is None if the call ended first.
+    """
+
+    call_id: str
+    item_id: str
+    name: str
+    arguments: str
+    output: str | None = None
+    error: str | None = None
+    outcome: ToolOutcome = "ok"
+    started_ms: int = 0
+    ended_ms: int | None = None
+    kind: ToolKind = "http"
+
+    @property
+    def duration_ms(self) -> int | None:
+        return None if self.ended_ms is None else self.ended_ms - self.started_ms
+
+
 @dataclass(frozen=True, slots=True)
 class CallRecord:
     """Everything known about a call at one moment; the final one is built at hang-up."""
@@ -131,6 +165,7 @@ class CallRecord:
     realtime_model: str = ""
     summary_model: str = ""
     end_reason: str = ""
+    tool_calls: tuple[ToolCallEvent, ...] = ()
     memory_ticket_ids: tuple[int, ...] = ()
     """The earlier tickets whose summaries seeded this call (core/memory.py)."""
     response_usage: tuple[ResponseUsage, ...] = ()

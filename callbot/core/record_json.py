@@ -17,6 +17,9 @@ from callbot.core.record import (
     ResponseUsage,
     Role,
     SummaryEvent,
+    ToolCallEvent,
+    ToolKind,
+    ToolOutcome,
     TranscriptEntry,
     UsageTotals,
 )
@@ -93,6 +96,47 @@ def summary_event_from_json(obj: Any) -> SummaryEvent:
     )
 
 
+_OUTCOMES: dict[str, ToolOutcome] = {"ok": "ok", "error": "error", "timeout": "timeout", "skipped": "skipped"}
+_KINDS: dict[str, ToolKind] = {"http": "http", "mcp": "mcp", "builtin": "builtin"}
+
+
+def tool_call_to_json(event: ToolCallEvent) -> dict[str, Any]:
+    return {
+        "call_id": event.call_id,
+        "item_id": event.item_id,
+        "name": event.name,
+        "arguments": event.arguments,
+        "output": event.output,
+        "error": event.error,
+        "outcome": event.outcome,
+        "started_ms": event.started_ms,
+        "ended_ms": event.ended_ms,
+        "kind": event.kind,
+    }
+
+
+def tool_call_from_json(obj: Any) -> ToolCallEvent:
+    data = _mapping(obj, "tool call")
+    outcome = _OUTCOMES.get(_str(data, "outcome", "ok"))
+    kind = _KINDS.get(_str(data, "kind", "http"))
+    if outcome is None or kind is None:
+        raise RecordJsonError(
+            f"tool call: unknown outcome or kind {data.get('outcome')!r}/{data.get('kind')!r}"
+        )
+    return ToolCallEvent(
+        call_id=_str(data, "call_id"),
+        item_id=_str(data, "item_id", ""),
+        name=_str(data, "name"),
+        arguments=_str(data, "arguments", ""),
+        output=_opt_str(data, "output"),
+        error=_opt_str(data, "error"),
+        outcome=outcome,
+        started_ms=_int(data, "started_ms", 0),
+        ended_ms=_opt_int(data, "ended_ms"),
+        kind=kind,
+    )
+
+
 USAGE_FIELDS = (
     "responses", "input_tokens", "output_tokens", "input_text_tokens", "input_audio_tokens",
     "cached_tokens", "output_text_tokens", "output_audio_tokens", "last_context_tokens",
@@ -151,6 +195,7 @@ def record_to_json(record: CallRecord) -> dict[str, Any]:
         "realtime_model": record.realtime_model,
         "summary_model": record.summary_model,
         "end_reason": record.end_reason,
+        "tool_calls": [tool_call_to_json(t) for t in record.tool_calls],
         "memory_ticket_ids": list(record.memory_ticket_ids),
         "response_usage": [response_usage_to_json(u) for u in record.response_usage],
     }
@@ -178,6 +223,7 @@ def record_from_json(obj: Any) -> CallRecord:
         realtime_model=_str(data, "realtime_model", ""),
         summary_model=_str(data, "summary_model", ""),
         end_reason=_str(data, "end_reason", ""),
+        tool_calls=tuple(tool_call_from_json(t) for t in _list(data, "tool_calls")),  # absent before issue 15
         memory_ticket_ids=_ids(data.get("memory_ticket_ids", [])),
         response_usage=response_usages_from_json(data.get("response_usage")),
     )

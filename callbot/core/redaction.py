@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from callbot.core.record import CallRecord
+from callbot.core.record import CallRecord, ToolCallEvent
 
 _CARD_CANDIDATE = re.compile(r"(?<![\d])\d(?:[ -]?\d)*")
 """A run of digits with single spaces or dashes between them; its length is checked after."""
@@ -62,6 +62,17 @@ def redact_record(record: CallRecord, patterns: Sequence[str | re.Pattern[str]] 
             replace(e, text=redact(e.text, patterns)) if e.text is not None else e for e in record.transcript
         ),
         summaries=tuple(replace(s, text=redact(s.text, patterns)) for s in record.summaries),
+        tool_calls=tuple(_redact_tool_call(t, patterns) for t in record.tool_calls),
+    )
+
+
+def _redact_tool_call(event: ToolCallEvent, patterns: Sequence[str | re.Pattern[str]]) -> ToolCallEvent:
+    """A tool call's arguments, result and error pass the same redaction as the transcript."""
+    return replace(
+        event,
+        arguments=redact(event.arguments, patterns),
+        output=redact(event.output, patterns) if event.output is not None else None,
+        error=redact(event.error, patterns) if event.error is not None else None,
     )
 
 

@@ -96,9 +96,16 @@ class TicketStatus(StrEnum):
     IN_PROGRESS = "in_progress"  # the call is running; the transcript so far is saved
     PENDING_SUMMARY = "pending_summary"  # the call ended; the structured summary is not there yet
     COMPLETE = "complete"
+    TRANSFERRED = "transferred"  # complete, and the agent handed the caller to a person
 
 
-STATUS_RANK = {TicketStatus.IN_PROGRESS: 0, TicketStatus.PENDING_SUMMARY: 1, TicketStatus.COMPLETE: 2}
+STATUS_RANK = {
+    TicketStatus.IN_PROGRESS: 0,
+    TicketStatus.PENDING_SUMMARY: 1,
+    TicketStatus.COMPLETE: 2,
+    TicketStatus.TRANSFERRED: 2,
+}
+FINAL_STATUSES = frozenset({TicketStatus.COMPLETE, TicketStatus.TRANSFERRED})
 """A late or duplicate write must never move a ticket back (e.g. a progress save after hang-up)."""
 
 

@@ -17,6 +17,7 @@ from callbot.core.record import (
     CallRecord,
     ResponseUsage,
     SummaryEvent,
+    ToolCallEvent,
     TranscriptEntry,
     UsageTotals,
 )
@@ -24,6 +25,7 @@ from callbot.core.record_json import (
     entry_to_json,
     response_usage_to_json,
     summary_event_to_json,
+    tool_call_to_json,
     usage_to_json,
 )
 from callbot.core.ticket import CATEGORIES, PRIORITIES, TicketStatus
@@ -97,6 +99,7 @@ class TicketView:
     outcome: str | None = None
     instructions: str | None = None
     context: dict[str, Any] | None = None
+    tool_calls: tuple[ToolCallEvent, ...] = ()
     memory_ticket_ids: tuple[int, ...] = ()
     """The earlier tickets that seeded this call (core/memory.py)."""
     response_usage: tuple[ResponseUsage, ...] = ()
@@ -132,6 +135,7 @@ class TicketView:
             realtime_model=self.realtime_model,
             summary_model=self.summary_model,
             end_reason=self.end_reason,
+            tool_calls=self.tool_calls,
             memory_ticket_ids=self.memory_ticket_ids,
             response_usage=self.response_usage,
         )
@@ -156,6 +160,7 @@ class TicketView:
             "outcome": self.outcome,
             "instructions": self.instructions,
             "context": self.context,
+            "tool_calls": [tool_call_to_json(t) for t in self.tool_calls],
             "memory_ticket_ids": list(self.memory_ticket_ids),
             "response_usage": [response_usage_to_json(u) for u in self.response_usage],
         }

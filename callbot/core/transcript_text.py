@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from callbot.core.record import CallRecord, SummaryEvent, TranscriptEntry
+from callbot.core.record import CallRecord, SummaryEvent, ToolCallEvent, TranscriptEntry
 
 ROLE_LABELS = {"user": "Caller", "assistant": "Assistant", "system": "System"}
 
@@ -14,20 +14,42 @@ def format_offset(ms: int) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60:02d}:{rest % 60:02d}"
 
 
-def timeline(record: CallRecord) -> list[TranscriptEntry | SummaryEvent]:
-    """Turns (by when they were said) and in-call summaries in call order.
+TimelineEvent = TranscriptEntry | SummaryEvent | ToolCallEvent
 
-    A summary sorts after turns of the same time; turns of the same time keep the
+
+def timeline(record: CallRecord) -> list[TimelineEvent]:
+    """Turns (by when they were said), in-call summaries and tool calls (by when they ran) in
+    call order, so a tool call sits between the turn that asked for it and the one that used it.
+
+    A summary or tool call sorts after turns of the same time; turns of the same time keep the
     conversation's order.
     """
-    events: list[TranscriptEntry | SummaryEvent] = [*record.transcript, *record.summaries]
+    events: list[TimelineEvent] = [*record.transcript, *record.summaries, *record.tool_calls]
     return sorted(events, key=_timeline_key)
 
 
-def _timeline_key(event: TranscriptEntry | SummaryEvent) -> tuple[int, bool]:
+def _timeline_key(event: TimelineEvent) -> tuple[int, bool]:
     if isinstance(event, SummaryEvent):
         return event.at_ms, True
+    if isinstance(event, ToolCallEvent):
+        return event.started_ms, True
     return event.spoken_at_ms, False
+
+
+def tool_call_line(event: ToolCallEvent) -> str:
+    """`[mm:ss-mm:ss] System (tool lookup_order, ok): lookup_order({...}) answered {...}`.
+
+    Written as a System line, so whoever reads the transcript (a person, the ticket summariser)
+    sees what the agent did and the facts the tool gave it, in the order they happened."""
+    when = format_offset(event.started_ms)
+    if event.ended_ms is not None and event.ended_ms > event.started_ms:
+        when += f"-{format_offset(event.ended_ms)}"
+    if event.outcome == "ok":
+        result = f"answered {event.output.strip()}" if event.output else "done"
+    else:
+        result = f"failed: {(event.error or event.outcome).strip()}"
+    notes = f"(tool {event.name}, {event.outcome})"
+    return f"[{when}] System {notes}: {event.name}({event.arguments}) {result}"
 
 
 def entry_time(entry: TranscriptEntry) -> str:
@@ -61,6 +83,8 @@ def transcript_as_text(record: CallRecord) -> str:
                 f"[{format_offset(event.at_ms)}] --- in-call summary {event.summary_id} "
                 f"(covers {event.turns_folded} earlier turns): {event.text.strip()}"
             )
+        elif isinstance(event, ToolCallEvent):
+            lines.append(tool_call_line(event))
         else:
             lines.append(entry_line(event))
     return "\n".join(lines)

@@ -13,8 +13,10 @@ session.created / session.update; input audio (audio/pcm 24 kHz and audio/pcmu) 
 server-VAD, commit/clear, scripted input transcription; responses with paced audio +
 transcript deltas (or text), barge-in and `response.cancel`, out-of-band responses; item
 create/delete/truncate/retrieve with the real error cases; token usage that follows the items
-kept server-side. It does not do tools/function calls, images, `audio/pcma`, `idle_timeout_ms`,
-noise reduction or truncation of an overflowing context.
+kept server-side; scripted function calls (`Script.function_calls`: speech, then a
+`function_call` item) and the read-back of a `function_call_output` (`Script.after_tool`). It
+does not run MCP servers, images, `audio/pcma`, `idle_timeout_ms`, noise reduction or truncation
+of an overflowing context.
 
 Fault injection for resilience tests: `drop_after_events(n)`, `drop_now()`,
 `refuse_connections`, `expire_session()`.

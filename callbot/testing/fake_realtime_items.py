@@ -62,6 +62,17 @@ class ItemEvents:
                 event_id=eid,
             )
             return
+        if raw.get("type") == "function_call_output" and not any(
+            i.data.get("type") == "function_call" and i.data.get("call_id") == raw.get("call_id")
+            for i in self.core.conversation.items
+        ):
+            self.core.error(
+                f"No function call with call_id '{raw.get('call_id')}' in this conversation.",
+                code="invalid_value",
+                param="item.call_id",
+                event_id=eid,
+            )
+            return
         if raw.get("role") == "assistant" and any(
             p.get("type") == "output_audio" for p in raw.get("content") or []
         ):

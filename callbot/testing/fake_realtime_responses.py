@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import math
 import re
 import zlib
@@ -19,6 +20,7 @@ from callbot.testing.fake_realtime_audio import AudioFormat, audio_format
 from callbot.testing.fake_realtime_items import ItemEvents
 from callbot.testing.fake_realtime_state import (
     ConvItem,
+    ScriptedCall,
     SessionCore,
     context_tokens,
     split_words,
@@ -49,6 +51,8 @@ class ActiveResponse:
     audio_ms: float = 0.0
     finished: bool = False
     task: asyncio.Task[None] | None = None
+    call: ScriptedCall | None = None
+    """The function call this response makes after its speech, if the script says so."""
     pending_transcriptions: list[tuple[ConvItem, int]] = field(default_factory=list)
 
     @property
@@ -110,27 +114,42 @@ class Responder:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _reply_text(self, inband: bool, params: dict[str, Any], context: list[ConvItem]) -> str:
-        """Pick what the fake model says (see `Script`)."""
+    def _reply_text(
+        self, inband: bool, params: dict[str, Any], context: list[ConvItem]
+    ) -> tuple[str, ScriptedCall | None]:
+        """Pick what the fake model says (see `Script`), and the function call it makes, if any."""
         if not inband:
             if self.core.script.out_of_band_reply is not None:
-                return self.core.script.out_of_band_reply
+                return self.core.script.out_of_band_reply, None
             said = " | ".join(item.heard_text for item in context if item.heard_text)
-            return f"Summary: {said[:300] or 'nothing yet.'}"
+            return f"Summary: {said[:300] or 'nothing yet.'}", None
         has_user = any(item.data.get("role") == "user" for item in self.core.conversation.items)
         progress, script = self.core.progress, self.core.script
         if not progress.greeted and (params.get("instructions") is not None or not has_user):
             progress.greeted = True
             earlier = self._earlier_call_title()
             if earlier is not None:
-                return f"{script.greeting} Are you calling about {earlier}?"
-            return script.greeting
+                return f"{script.greeting} Are you calling about {earlier}?", None
+            return script.greeting, None
+        outputs = [i for i in context if i.data.get("type") == "function_call_output"]
+        unread = [i for i in outputs if i.id not in progress.outputs_read]
+        if unread:  # the model reads back a tool's answer it has not spoken about yet
+            progress.outputs_read.add(unread[-1].id)
+            return script.after_tool.replace("{output}", str(unread[-1].data.get("output") or "")), None
         n = progress.replies
         progress.replies += 1
+        call = script.function_calls.get(n)
+        if call is not None and self._declared(call.name):
+            return call.say, call
         if n < len(script.replies):
-            return script.replies[n]
+            return script.replies[n], None
         last_user = next((i for i in reversed(context) if i.data.get("role") == "user"), None)
-        return f"You said: {last_user.heard_text if last_user else 'nothing'}"
+        return f"You said: {last_user.heard_text if last_user else 'nothing'}", None
+
+    def _declared(self, name: str) -> bool:
+        """Only a function tool the session declared can be called (a real model cannot do more)."""
+        tools = self.core.config.get("tools") or []
+        return any(t.get("type") == "function" and t.get("name") == name for t in tools)
 
     def _earlier_call_title(self) -> str | None:
         """The 'model' reads a returning caller's memory: the newest earlier call's title, taken
@@ -186,7 +205,7 @@ class Responder:
             if resolved is None:
                 return None
             context = resolved
-        text = self._reply_text(inband, params, context)
+        text, call = self._reply_text(inband, params, context)
         audio = "audio" in modalities
         voice = out.get("voice") or session["audio"]["output"].get("voice")
         max_tokens = params.get("max_output_tokens", session.get("max_output_tokens"))
@@ -242,6 +261,7 @@ class Responder:
             chunks,
             pieces,
             chunk_ms,
+            call=call,
         )
         rid, iid = resp.id, item.id
         self.core.emit({"type": "response.created", "response": copy.deepcopy(body)})
@@ -345,10 +365,13 @@ class Responder:
             self.core.emit(
                 {"type": "conversation.item.done", "previous_item_id": prev, "item": copy.deepcopy(item.data)}
             )
+        output = [copy.deepcopy(item.data)]
+        if resp.call is not None:
+            output.append(self._function_call(resp, status))
         body = resp.body
         body["status"] = status
         body["status_details"] = None if status == "completed" else {"type": status, "reason": reason}
-        body["output"] = [copy.deepcopy(item.data)]
+        body["output"] = output
         body["usage"] = usage(resp.context, text_tokens(text), resp.audio_ms)
         self.core.emit({"type": "response.done", "response": copy.deepcopy(body)})
         self.active.pop(resp.id, None)
@@ -356,6 +379,60 @@ class Responder:
             self.active_inband = None
         for pending in resp.pending_transcriptions:
             self.items.transcribe(*pending)
+
+    def _function_call(self, resp: ActiveResponse, status: str) -> dict[str, Any]:
+        """The response's second output item: a function call, with the events a real one has.
+
+        A cut-short response's call item ends `incomplete` (unless the script makes it say
+        `completed` anyway); either way only `response.done`'s status says whether it counts."""
+        assert resp.call is not None
+        arguments = json.dumps(resp.call.arguments)
+        complete = status == "completed" or self.core.script.cancelled_calls_complete
+        data: dict[str, Any] = {
+            "id": self.core.new_id("item"),
+            "object": "realtime.item",
+            "type": "function_call",
+            "status": "in_progress",
+            "call_id": self.core.new_id("call"),
+            "name": resp.call.name,
+            "arguments": "",
+        }
+        ids = {"response_id": resp.id, "output_index": 1, "item_id": data["id"], "call_id": data["call_id"]}
+        self.core.emit(
+            {
+                "type": "response.output_item.added",
+                "response_id": resp.id,
+                "output_index": 1,
+                "item": dict(data),
+            }
+        )
+        fc = ConvItem(data=data)
+        prev = self.core.conversation.insert(fc) if resp.inband else None
+        if resp.inband:
+            self.core.emit({"type": "conversation.item.added", "previous_item_id": prev, "item": dict(data)})
+        self.core.emit({"type": "response.function_call_arguments.delta", **ids, "delta": arguments})
+        self.core.emit(
+            {
+                "type": "response.function_call_arguments.done",
+                **ids,
+                "name": resp.call.name,
+                "arguments": arguments,
+            }
+        )
+        data["arguments"] = arguments
+        data["status"] = "completed" if complete else "incomplete"
+        fc.heard_text = f"{resp.call.name}({arguments})"
+        self.core.emit(
+            {
+                "type": "response.output_item.done",
+                "response_id": resp.id,
+                "output_index": 1,
+                "item": dict(data),
+            }
+        )
+        if resp.inband:
+            self.core.emit({"type": "conversation.item.done", "previous_item_id": prev, "item": dict(data)})
+        return copy.deepcopy(data)
 
     def cancel_all(self) -> None:
         """Stop streaming tasks without emitting anything (the connection is gone)."""

@@ -30,6 +30,16 @@ DEFAULT_INSTRUCTIONS = (
 )
 
 
+@dataclass(frozen=True)
+class ScriptedCall:
+    """A function call the fake 'model' makes at the end of a reply (after speaking `say`)."""
+
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    say: str = ""
+    """Speech in the same response, before the call ("Let me look that up.")."""
+
+
 @dataclass
 class Script:
     """What the fake 'model' says and hears.
@@ -48,6 +58,13 @@ class Script:
     * `realtime_factor`: how much faster than real time audio deltas are paced; 0 = no pacing.
     * `delta_ms`: audio per `response.output_audio.delta`.
     * `first_delta_delay_ms`: wall-clock delay before the first delta (model latency), unscaled.
+    * `function_calls[n]`: reply n says `say` and then calls a function (a second output item of
+      type `function_call`); only a tool declared in the session can be called.
+    * `after_tool`: what the response after a `function_call_output` says, with `{output}`
+      replaced by that output, so a test can hear that the agent read the answer back; it does
+      not use up a reply.
+    * `cancelled_calls_complete`: a cancelled response's function call item still says
+      `completed` (only `response.done`'s status tells it was cut short), the harder case.
     * `speak_words`: the assistant speaks words (TTS) rather than the synthetic buzz.
     """
 
@@ -66,6 +83,9 @@ class Script:
     delta_ms: int = 100
     first_delta_delay_ms: float = 0.0
     out_of_band_reply: str | None = None
+    function_calls: dict[int, ScriptedCall] = field(default_factory=dict)
+    after_tool: str = "Here is what I found: {output}"
+    cancelled_calls_complete: bool = False
     speak_words: bool = False
     """Say the greeting and replies in words through eSpeak NG where it is installed
     (callbot/testing/tts.py), instead of the synthetic buzz; the length then follows the speech."""
@@ -368,6 +388,8 @@ class ScriptProgress:
     replies: int = 0
     """Non-greeting in-conversation replies so far: the next one says `Script.replies[replies]`."""
     greeted: bool = False
+    outputs_read: set[str] = field(default_factory=set)
+    """`function_call_output` items a response has read back (`Script.after_tool`)."""
 
 
 class SessionCore:

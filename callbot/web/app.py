@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from callbot.adapters.fastpaths import probe_fast_paths
 from callbot.adapters.ws_channel import ChannelWebSocketProtocol
 from callbot.errors import StoreUnavailable
-from callbot.ports import CallObserver, RealtimeConnector, Summariser, TicketReader
+from callbot.ports import CallControl, CallObserver, RealtimeConnector, Summariser, TicketReader
 from callbot.settings import Settings
 from callbot.web import ops, twilio_routes
 from callbot.web.calls import calls_router
@@ -35,6 +35,7 @@ def create_app(
     connector: RealtimeConnector | None = None,
     observer: CallObserver | None = None,
     summariser: Summariser | None = None,
+    call_control: CallControl | None = None,
     extra_setup: Callable[[FastAPI], Any] | None = None,
     freeze_gc_after_startup: bool = False,
 ) -> FastAPI:
@@ -45,7 +46,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_services(
-            settings, connector=connector, observer=observer, summariser=summariser
+            settings, connector=connector, observer=observer, summariser=summariser, call_control=call_control
         ) as services:
             app.state.services = services
             if freeze_gc_after_startup:

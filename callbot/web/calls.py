@@ -254,7 +254,7 @@ async def outbound_setup(services: Services, start: tw.Start) -> CallSetup:
         await asyncio.sleep(0.05)
     if placed is None or not secrets.compare_digest(placed.placement_id, placement):
         return CallSetup(refusal="the stream's placement does not match its call")
-    base = call_config(services.settings).agent
+    base = call_config(services.settings, services.tools).agent
     return CallSetup(agent=outbound_agent(base, placed.instructions, placed.context), direction="outbound")
 
 

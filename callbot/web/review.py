@@ -27,7 +27,7 @@ from fastapi.routing import APIRoute
 
 from callbot.core.charts import bar_chart_svg, call_marks, call_points, context_chart_svg
 from callbot.core.cost import DEFAULT_PRICE_TABLE, CallCost, Prices, call_cost, price_table
-from callbot.core.record import SummaryEvent
+from callbot.core.record import SummaryEvent, ToolCallEvent
 from callbot.core.stats import CallStats, compute_stats
 from callbot.core.ticket import (
     CATEGORIES,
@@ -407,6 +407,10 @@ def _timeline_rows(view: TicketView) -> list[dict[str, Any]]:
     for event in timeline(view.to_record()):
         if isinstance(event, SummaryEvent):
             rows.append({"kind": "summary", "at_ms": event.at_ms, "event": event})
+        elif isinstance(event, ToolCallEvent):
+            rows.append(
+                {"kind": "tool", "at_ms": event.started_ms, "until_ms": event.ended_ms, "event": event}
+            )
         else:
             rows.append(
                 {

@@ -12,11 +12,13 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from callbot import compose
 from callbot.adapters.fastpaths import FastPaths, probe_fast_paths, summary_line
-from callbot.bridge import CallBridge, Pacer
+from callbot.adapters.http_tools import HttpToolRunner
+from callbot.bridge import CallBridge, Pacer, Whispers
+from callbot.core.tool_config import ToolsConfig
 from callbot.metrics import Metrics
 from callbot.ports import (
     CallControl,
@@ -26,6 +28,7 @@ from callbot.ports import (
     RealtimeConnector,
     Summariser,
     TicketReader,
+    ToolRunner,
 )
 from callbot.settings import Settings
 
@@ -81,13 +84,16 @@ class Services:
     store: TicketReader | None = None
     memory: CallerMemory | None = None
     stream_secret: bytes = b""
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
+    tool_runner: ToolRunner | None = None
     call_control: CallControl | None = None
+    whispers: Whispers | None = None
     calls: CallLog | None = None
     outbound_pending: dict[str, float] = field(default_factory=dict)
-    placements: dict[str, tuple[asyncio.Future[tuple[int, object]], float]] = field(default_factory=dict)
-    """`POST /api/calls` by `request_id`: the answer (or its future) and when to forget it."""
     """Calls placed and neither streaming nor final yet: call sid -> when to stop counting it
     (loop time; a call whose callbacks never come must not hold a line for ever)."""
+    placements: dict[str, tuple[asyncio.Future[tuple[int, object]], float]] = field(default_factory=dict)
+    """`POST /api/calls` by `request_id`: the answer (or its future) and when to forget it."""
     active_calls: ActiveCalls = field(default_factory=ActiveCalls)
     calls_total: int = 0
     ready: bool = True
@@ -119,6 +125,7 @@ async def open_services(
     connector: RealtimeConnector | None = None,
     observer: CallObserver | None = None,
     summariser: Summariser | None = None,
+    call_control: CallControl | None = None,
 ) -> AsyncIterator[Services]:
     """The app's services for as long as it runs; what is not injected is built from `settings`.
 
@@ -126,9 +133,17 @@ async def open_services(
     drained and closed on the way out."""
     if connector is None:
         settings.check_serving()
+    tools = compose.load_tools(settings)  # a bad tools file stops the start, naming the entry
     fast_paths = probe_fast_paths(settings.fast_paths)
     log.info("fast paths: %s", summary_line(fast_paths))
     client = compose.openai_client(settings)
+    own_call_control = call_control is None
+    call_control = call_control or compose.call_control(settings)
+    if call_control is None and (tools.end_call or tools.transfer_to):
+        log.warning(
+            "end_call and transfer_to_human need TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN: not offered"
+        )
+        tools = replace(tools, end_call=False, transfer_to=None)
     services = Services(
         settings=settings,
         connector=connector or compose.realtime_connector(settings, client, fast_paths),
@@ -136,6 +151,10 @@ async def open_services(
         observer=observer,
         summariser=summariser if summariser is not None else compose.summariser(settings, client),
         stream_secret=_stream_secret(settings),
+        tools=tools,
+        tool_runner=HttpToolRunner() if tools.http else None,
+        call_control=call_control,
+        whispers=Whispers(settings.public_url + "/twilio/whisper") if settings.public_url else None,
     )
     tickets = None
     if observer is None:
@@ -143,16 +162,17 @@ async def open_services(
         services.observer, services.store = tickets.service, tickets.store
         services.memory = compose.caller_memory(settings, tickets.store)
         services.calls = tickets.store
-    services.call_control = compose.call_control(settings)
     try:
         yield services
     finally:
         services.ready = False
         await services.pacer.stop()
-        if services.call_control is not None:
-            await services.call_control.aclose()
         if tickets is not None:
             await tickets.close()
+        if services.tool_runner is not None:
+            await services.tool_runner.aclose()
+        if services.call_control is not None and own_call_control:
+            await services.call_control.aclose()
 
 
 def _stream_secret(settings: Settings) -> bytes:

@@ -21,6 +21,7 @@ from callbot.compose import call_config
 from callbot.core import stream_token
 from callbot.core import twilio as tw
 from callbot.core.call_lifecycle import placement_subject
+from callbot.core.tools import whisper_twiml
 from callbot.settings import Settings
 from callbot.web.calls import outbound_setup, stream_ended, stream_twiml
 from callbot.web.services import Services
@@ -63,7 +64,7 @@ async def media(ws: WebSocket) -> None:
     bridge = CallBridge(
         twilio,
         services.connector,
-        call_config(settings),
+        call_config(settings, services.tools),
         services.pacer,
         observer=services.observer,
         start_check=lambda start: _check_start(services, start),
@@ -71,6 +72,9 @@ async def media(ws: WebSocket) -> None:
         summariser=services.summariser,
         summary_model=settings.summary_model if settings.summary_enabled else "",
         metrics=services.metrics,
+        tool_runner=services.tool_runner,
+        call_control=services.call_control,
+        whispers=services.whispers,
         memory=services.memory,
     )
     services.active_calls.add(bridge)
@@ -86,7 +90,28 @@ async def media(ws: WebSocket) -> None:
             release_free_memory()  # idle: freed heap pages go back to the OS (adapters/heap.py)
 
 
-def _signature_ok(settings: Settings, request: Request, params: dict[str, str]) -> bool:
+@router.post("/twilio/whisper/{token}")
+async def whisper(request: Request, token: str) -> Response:
+    """What the person who answers a transfer hears first: the call's brief (docs/call-control.md §3)."""
+    services: Services = request.app.state.services
+    try:
+        form = await request.form()
+    except (MultiPartException, ValueError):
+        return Response("malformed form body", status_code=400, media_type="text/plain")
+    params = {key: str(value) for key, value in form.items()}
+    url = services.settings.require_public_url() + f"/twilio/whisper/{token}"
+    if not _signature_ok(services.settings, request, params, url):
+        log.warning("rejecting a whisper request with a bad or missing X-Twilio-Signature")
+        return Response("invalid signature", status_code=403, media_type="text/plain")
+    brief = services.whispers.get(token) if services.whispers is not None else None
+    return Response(
+        whisper_twiml(brief or "A caller transferred from the voice assistant."), media_type="text/xml"
+    )
+
+
+def _signature_ok(
+    settings: Settings, request: Request, params: dict[str, str], url: str | None = None
+) -> bool:
     """Validate against the public URL Twilio called, not the one we see behind a proxy
     (docs/protocols.md §3.2)."""
     if not settings.validate_twilio_signatures:
@@ -94,7 +119,7 @@ def _signature_ok(settings: Settings, request: Request, params: dict[str, str]) 
     signature = request.headers.get("x-twilio-signature")
     if not signature or settings.twilio_auth_token is None:
         return False
-    url = settings.voice_webhook_url
+    url = url or settings.voice_webhook_url
     if request.url.query:
         url += "?" + request.url.query
     validator = RequestValidator(settings.twilio_auth_token.get_secret_value())
