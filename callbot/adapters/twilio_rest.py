@@ -9,6 +9,7 @@ URL option; its documented way in is a custom HTTP client whose `request()` may 
 
 from __future__ import annotations
 
+import base64
 import logging
 from typing import Any
 
@@ -34,10 +35,24 @@ class _RebasedHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]  # twilio
         super().__init__(pool_connections=True, timeout=timeout_s)
         self._api_url = api_url.rstrip("/")
 
-    async def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Response:
+    async def request(
+        self,
+        method: str,
+        url: str,
+        params: dict[str, object] | None = None,
+        data: dict[str, object] | None = None,
+        headers: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        **options: Any,
+    ) -> Response:
         if url.startswith(TWILIO_API_URL):
             url = self._api_url + url[len(TWILIO_API_URL) :]
-        return await super().request(method, url, *args, **kwargs)
+        if auth is not None:
+            # As an Authorization header: aiohttp deprecates its `auth=` argument (gone in aiohttp 4),
+            # which the library's client would otherwise pass on.
+            credentials = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode("ascii")
+            headers = {**(headers or {}), "Authorization": f"Basic {credentials}"}
+        return await super().request(method, url, params, data, headers, None, **options)
 
 
 class TwilioRestCalls:
