@@ -13,6 +13,7 @@ Failures cross a port only as `callbot.errors` exceptions, each documented on it
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any, Protocol
 
 from callbot.core.record import CallRecord
@@ -92,6 +93,18 @@ class TicketStore(Protocol):
     async def mark_summary_failed(self, call_sid: str, error: str) -> int: ...
     async def get(self, ticket_id: int) -> TicketView | None: ...
     async def pending_summaries(self, limit: int = 50) -> Sequence[TicketView]: ...
+
+
+class ReplicaLeases(Protocol):
+    """Each replica's lease in the shared database (callbot/core/leases.py has the policy);
+    failures raise `StoreUnavailable`. Implemented by the SQL ticket store."""
+
+    async def renew_lease(self, replica_id: str, now: datetime) -> None: ...
+    async def release_lease(self, replica_id: str) -> None: ...
+    async def claim_lost_tickets(
+        self, replica_id: str, expired_before: datetime, now: datetime, limit: int = 50
+    ) -> Sequence[TicketView]: ...
+    async def forget_dead_replicas(self, expired_before: datetime) -> int: ...
 
 
 class SpooledTicket(Protocol):

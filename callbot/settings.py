@@ -149,6 +149,19 @@ class Settings(BaseSettings):
     admin_user: str = "admin"
     admin_password: SecretStr | None = None
     redact_patterns: list[str] = Field(default_factory=list)
+    replica_lease_s: float = Field(
+        default=30.0,
+        ge=1.0,
+        description="A replica that has not renewed its lease in the database for this long is taken "
+        "for dead, and a live replica finishes its calls' tickets as 'replica lost' (renewed every "
+        "third of it).",
+    )
+    replica_id: str | None = Field(
+        default=None,
+        max_length=64,
+        description="This process's name in the replica leases; default: host name, process id and "
+        "a random suffix (unique per start).",
+    )
 
     # --- Process ---
     max_concurrent_calls: int = Field(default=200, ge=1)

@@ -14,10 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections import OrderedDict
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
+from callbot.core.leases import LeasePolicy, LeaseState
 from callbot.core.record import CallRecord
 from callbot.core.ticket import (
     StructuredSummary,
@@ -34,7 +37,7 @@ from callbot.errors import (
     TicketNotFound,
     TicketSummaryInvalid,
 )
-from callbot.ports import TicketNotifier, TicketSpool, TicketStore, TicketSummariser
+from callbot.ports import ReplicaLeases, TicketNotifier, TicketSpool, TicketStore, TicketSummariser
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +271,82 @@ class TicketService:
                 log.exception("ticket maintenance pass failed; trying again in %g s", interval_s)
             await asyncio.sleep(interval_s)
 
+    # ----- replica leases: a dead replica's calls are finished here -----
+
+    async def run_leases(
+        self,
+        leases: ReplicaLeases,
+        replica_id: str,
+        policy: LeasePolicy,
+        *,
+        clock_ms: Callable[[], int] | None = None,
+        claim_batch: int = 50,
+    ) -> None:
+        """Renew this replica's lease every heartbeat and finish the tickets of dead replicas.
+
+        Runs until cancelled. Whether a claim may happen is `LeaseState.may_claim` (the core);
+        the claim itself is one atomic UPDATE in the store, so racing replicas never both take
+        a ticket. Claimed tickets are summarised at once from their last checkpoint.
+        """
+        now_ms = clock_ms or _wall_ms
+        state = LeaseState(policy)
+        while True:
+            try:
+                await self.lease_pass(leases, replica_id, state, now_ms(), claim_batch=claim_batch)
+            except Exception:
+                # The loop must outlive any one failure: a replica without it would look dead.
+                log.exception("replica lease pass failed; trying again in %d ms", policy.heartbeat_ms)
+            await asyncio.sleep(state.next_beat_in_ms(now_ms()) / 1000 or policy.heartbeat_ms / 1000)
+
+    async def lease_pass(
+        self,
+        leases: ReplicaLeases,
+        replica_id: str,
+        state: LeaseState,
+        now_ms: int,
+        *,
+        claim_batch: int = 50,
+    ) -> int:
+        """One heartbeat: renew the lease, then (when the policy allows) claim and finish the
+        tickets of replicas whose lease expired; the number of tickets claimed."""
+        try:
+            await leases.renew_lease(replica_id, _as_datetime(now_ms))
+        except StoreUnavailable as exc:
+            state.renewal_failed(now_ms)
+            log.warning("replica %s: lease not renewed, database unavailable: %s", replica_id, exc)
+            return 0
+        state.renewed(now_ms)
+        if not state.may_claim(now_ms):
+            return 0
+        expired_before = _as_datetime(state.policy.expired_before_ms(now_ms))
+        try:
+            views = await leases.claim_lost_tickets(
+                replica_id, expired_before, _as_datetime(now_ms), claim_batch
+            )
+            if not views:
+                await leases.forget_dead_replicas(expired_before)
+        except StoreUnavailable as exc:
+            log.warning("replica %s: lost tickets not claimed, database unavailable: %s", replica_id, exc)
+            return 0
+        for view in views:
+            log.warning(
+                "call %s: its replica stopped renewing its lease; finishing ticket %s from the "
+                "transcript saved so far (%d turns)",
+                view.call_sid,
+                view.id,
+                len(view.transcript),
+            )
+        if views:
+            # Summarised in the background: the next heartbeat must not wait for the model.
+            self._spawn(self._finish_claimed(views))
+        return len(views)
+
+    async def _finish_claimed(self, views: Sequence[TicketView]) -> None:
+        async with self._retry_lock:
+            for view in views:
+                if not self._is_ending(view.call_sid):
+                    await self.retry_ticket(view)
+
     async def drain(self) -> None:
         """Wait for every save, summary and webhook in flight (graceful shutdown)."""
         while self._tasks:
@@ -298,3 +377,12 @@ class TicketService:
             if not oldest.done():
                 break
             del self._endings[oldest_sid]
+
+
+def _wall_ms() -> int:
+    # Leases are compared across processes (and hosts), so they are wall-clock times.
+    return int(time.time() * 1000)
+
+
+def _as_datetime(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)

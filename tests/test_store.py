@@ -113,8 +113,8 @@ def summary(
 
 async def test_migrations_create_the_schema_the_models_describe(database_url: str) -> None:
     assert await current_revision(database_url) is None
-    assert await upgrade_database(database_url) == head_revision() == "0001"
-    assert await upgrade_database(database_url) == "0001"  # idempotent
+    assert await upgrade_database(database_url) == head_revision() == "0006"
+    assert await upgrade_database(database_url) == "0006"  # idempotent
 
     engine = create_engine(database_url)
 
@@ -399,5 +399,5 @@ async def test_concurrent_upgrades_from_several_processes_agree(database_url: st
     results = await asyncio.gather(
         *(upgrade_database(database_url) for _ in range(3)), return_exceptions=True
     )
-    assert results == ["0001", "0001", "0001"]
-    assert await current_revision(database_url) == "0001"
+    assert results == ["0006", "0006", "0006"]
+    assert await current_revision(database_url) == "0006"

@@ -81,9 +81,22 @@ tickets = sa.Table(
     sa.Column("last_error", sa.Text, nullable=True),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("owner_replica", sa.String(64), nullable=True),
     sa.UniqueConstraint("call_sid", name="uq_tickets_call_sid"),
     sa.Index("ix_tickets_status", "status"),
     sa.Index("ix_tickets_started_at", "started_at"),
     sa.Index("ix_tickets_category", "category"),
     sa.Index("ix_tickets_priority", "priority"),
+    sa.Index("ix_tickets_owner_replica", "owner_replica"),
+)
+
+# Issue 19 (migration 0006): one row per `callbot serve` process, its lease renewed every
+# heartbeat; tickets.owner_replica names the replica carrying the call (callbot/core/leases.py).
+replicas = sa.Table(
+    "replicas",
+    metadata,
+    sa.Column("replica_id", sa.String(64), primary_key=True),
+    sa.Column("started_at", UTCDateTime(), nullable=False),
+    sa.Column("heartbeat_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_replicas_heartbeat_at", "heartbeat_at"),
 )

@@ -1,0 +1,210 @@
+"""Crash recovery across replicas: leases in the database, dead replicas' tickets taken over once.
+
+Runs on SQLite and on PostgreSQL (the `database_url` fixture of tests/test_store.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import openai
+import pytest
+
+from callbot.adapters.spool import Spool
+from callbot.adapters.store_migrate import upgrade_database
+from callbot.adapters.store_sql import SqlTicketStore
+from callbot.adapters.ticket_summariser_openai import OpenAITicketSummariser
+from callbot.core.leases import REPLICA_LOST, LeasePolicy, LeaseState
+from callbot.core.ticket import DEFAULT_TICKET_PROMPT, TICKET_SCHEMA, TicketStatus
+from callbot.core.ticket_views import TicketFilters
+from callbot.testing.fake_openai_http import FakeOpenAIControl, serve_fake_openai
+from callbot.ticketing import TicketService
+from tests.test_store import database_url, make_record, summary
+
+__all__ = ["database_url"]  # the fixture, re-used
+
+LEASE = timedelta(seconds=30)
+
+
+async def _stores(url: str, *names: str) -> list[SqlTicketStore]:
+    return [await SqlTicketStore.open(url, replica_id=name) for name in names]
+
+
+@pytest.fixture
+async def migrated(database_url: str) -> str:
+    await upgrade_database(database_url)
+    return database_url
+
+
+async def test_only_in_progress_tickets_of_expired_replicas_are_claimed(migrated: str) -> None:
+    dead, live, claimer = await _stores(migrated, "dead", "live", "claimer")
+    now = datetime.now(UTC)
+    try:
+        await dead.renew_lease("dead", now - 2 * LEASE)
+        await live.renew_lease("live", now)
+        await claimer.renew_lease("claimer", now)
+        await dead.upsert_call(
+            make_record("CAdead1", ended=False, lines=("My order is 771", "Let me look")),
+            TicketStatus.IN_PROGRESS,
+        )
+        await dead.upsert_call(make_record("CAdead2"), TicketStatus.PENDING_SUMMARY)
+        await dead.upsert_call(make_record("CAdead3"), TicketStatus.PENDING_SUMMARY)
+        await dead.complete("CAdead3", summary("done"))
+        await live.upsert_call(make_record("CAlive", ended=False), TicketStatus.IN_PROGRESS)
+        await claimer.upsert_call(make_record("CAmine", ended=False), TicketStatus.IN_PROGRESS)
+
+        claimed = await claimer.claim_lost_tickets("claimer", now - LEASE, now)
+        assert [v.call_sid for v in claimed] == ["CAdead1"]
+        [view] = claimed
+        assert view.status == TicketStatus.PENDING_SUMMARY.value
+        assert view.end_reason == REPLICA_LOST
+        assert [e.text for e in view.transcript] == ["My order is 771", "Let me look"]
+        assert view.item.ended_at is not None  # the last checkpoint's time
+        assert await claimer.claim_lost_tickets("claimer", now - LEASE, now) == []  # once only
+        others = {
+            sid: await claimer.get_by_call_sid(sid) for sid in ("CAdead2", "CAdead3", "CAlive", "CAmine")
+        }
+        assert {sid: v.status for sid, v in others.items() if v is not None} == {
+            "CAdead2": "pending_summary",
+            "CAdead3": "complete",
+            "CAlive": "in_progress",
+            "CAmine": "in_progress",
+        }
+        # The dead replica's lease row goes once it owns nothing unfinished; live ones stay.
+        assert await claimer.forget_dead_replicas(now - LEASE) == 1
+        assert await claimer.claim_lost_tickets("claimer", now - LEASE, now) == []
+    finally:
+        for s in (dead, live, claimer):
+            await s.close()
+
+
+async def test_owner_without_a_lease_row_is_lost_once_its_last_save_is_older_than_the_lease(
+    migrated: str,
+) -> None:
+    gone, claimer = await _stores(migrated, "gone", "claimer")
+    try:
+        await gone.upsert_call(make_record("CAgone", ended=False), TicketStatus.IN_PROGRESS)
+        now = datetime.now(UTC)
+        assert await claimer.claim_lost_tickets("claimer", now - LEASE, now) == []  # saved just now
+        later = now + 2 * LEASE
+        [view] = await claimer.claim_lost_tickets("claimer", later - LEASE, later)
+        assert view.call_sid == "CAgone" and view.end_reason == REPLICA_LOST
+    finally:
+        await gone.close()
+        await claimer.close()
+
+
+async def test_two_replicas_racing_for_a_dead_replicas_tickets_take_each_exactly_once(
+    migrated: str,
+) -> None:
+    dead, b, c = await _stores(migrated, "dead", "b", "c")
+    now = datetime.now(UTC)
+    sids = [f"CArace{i:03d}" for i in range(60)]
+    try:
+        await dead.renew_lease("dead", now - 2 * LEASE)
+        for sid in sids:
+            await dead.upsert_call(make_record(sid, ended=False), TicketStatus.IN_PROGRESS)
+
+        async def claim_all(store: SqlTicketStore, name: str) -> list[str]:
+            got: list[str] = []
+            while True:
+                views = await store.claim_lost_tickets(name, now - LEASE, now, limit=7)
+                if not views:
+                    return got
+                got += [v.call_sid for v in views]
+                await asyncio.sleep(0)
+
+        got_b, got_c = await asyncio.gather(claim_all(b, "b"), claim_all(c, "c"))
+        assert sorted(got_b + got_c) == sids  # every ticket taken, none twice
+        assert not set(got_b) & set(got_c)
+        page = await b.list(TicketFilters(), 1, 500)
+        assert page.total == len(sids)
+        assert {t.status for t in page.items} == {"pending_summary"}
+    finally:
+        for s in (dead, b, c):
+            await s.close()
+
+
+async def test_the_calls_final_record_arriving_late_replaces_the_replica_lost_ticket_once(
+    migrated: str,
+) -> None:
+    owner, claimer = await _stores(migrated, "owner", "claimer")
+    now = datetime.now(UTC)
+    try:
+        await owner.renew_lease("owner", now - 2 * LEASE)
+        await owner.upsert_call(make_record("CAlate", ended=False, lines=("one",)), TicketStatus.IN_PROGRESS)
+        [view] = await claimer.claim_lost_tickets("claimer", now - LEASE, now)
+        await claimer.complete("CAlate", summary("from the checkpoint"))
+        # A progress save from the cut-off owner does not reopen it ...
+        await owner.upsert_call(
+            make_record("CAlate", ended=False, lines=("one", "two")), TicketStatus.IN_PROGRESS
+        )
+        ticket = await claimer.get_by_call_sid("CAlate")
+        assert ticket is not None and ticket.status == "complete" and len(ticket.transcript) == 1
+        # ... its final record (at hang-up, or flushed from its spool after a restart) does, once.
+        final = make_record("CAlate", lines=("one", "two", "three"))
+        assert await owner.upsert_call(final, TicketStatus.PENDING_SUMMARY) == view.id
+        ticket = await claimer.get_by_call_sid("CAlate")
+        assert ticket is not None and ticket.status == "pending_summary"
+        assert ticket.end_reason == "caller hung up" and len(ticket.transcript) == 3
+        await owner.complete("CAlate", summary("the whole call"))
+        assert await owner.upsert_call(final, TicketStatus.PENDING_SUMMARY) == view.id
+        ticket = await claimer.get_by_call_sid("CAlate")
+        assert ticket is not None and ticket.status == "complete" and ticket.item.title == "the whole call"
+        assert (await claimer.list(TicketFilters(), 1, 10)).total == 1
+    finally:
+        await owner.close()
+        await claimer.close()
+
+
+# ----- the service: heartbeats, claims and summaries -----
+
+
+async def test_a_live_replica_finishes_a_dead_replicas_call_and_the_returning_spool_adds_no_duplicate(
+    migrated: str, tmp_path: Path
+) -> None:
+    control = FakeOpenAIControl()
+    policy = LeasePolicy(lease_ms=30_000, heartbeat_ms=10_000)
+    async with serve_fake_openai(control) as base_url:
+        client = openai.AsyncOpenAI(api_key="k", base_url=base_url, max_retries=0)
+        summariser = OpenAITicketSummariser(client, "m", TICKET_SCHEMA, DEFAULT_TICKET_PROMPT, 5.0)
+        a_store, b_store = await _stores(migrated, "a", "b")
+        spool = Spool(tmp_path / "spool-a")
+        a = TicketService(a_store, summariser, spool, timeout_s=5.0)
+        b = TicketService(b_store, summariser, Spool(tmp_path / "spool-b"), timeout_s=5.0)
+        try:
+            t0 = int(datetime.now(UTC).timestamp() * 1000)
+            a_state, b_state = LeaseState(policy), LeaseState(policy)
+            assert await a.lease_pass(a_store, "a", a_state, t0) == 0
+            assert await b.lease_pass(b_store, "b", b_state, t0) == 0
+            record = make_record("CAkill", ended=False, lines=("My order is 771", "Checking"))
+            await a.call_started(record)
+            await a.drain()
+            # A is SIGKILLed here: it renews no more. B keeps renewing; within the lease nothing moves.
+            for t in (t0 + 10_000, t0 + 20_000, t0 + 30_000):
+                assert await b.lease_pass(b_store, "b", b_state, t) == 0
+            assert await b.lease_pass(b_store, "b", b_state, t0 + 40_000) == 1
+            await b.drain()
+            ticket = await b_store.get_by_call_sid("CAkill")
+            assert ticket is not None and ticket.status == "complete"
+            assert ticket.end_reason == REPLICA_LOST
+            assert [e.text for e in ticket.transcript] == ["My order is 771", "Checking"]
+            assert await b.lease_pass(b_store, "b", b_state, t0 + 50_000) == 0  # exactly once
+
+            # A had spooled the call's end before it died; restarted, it flushes: one ticket, whole.
+            spool.put(make_record("CAkill", lines=("My order is 771", "Checking", "Done, bye")))
+            a2 = TicketService(await SqlTicketStore.open(migrated, replica_id="a2"), summariser, spool)
+            assert await a2.flush_spool() == 1
+            assert await a2.retry_pending() == 1
+            page = await b_store.list(TicketFilters(), 1, 10)
+            assert page.total == 1
+            ticket = await b_store.get_by_call_sid("CAkill")
+            assert ticket is not None and ticket.status == "complete" and len(ticket.transcript) == 3
+            assert ticket.end_reason == "caller hung up"
+            await a2.aclose()
+        finally:
+            await a_store.close()
+            await b_store.close()
+            await client.close()
