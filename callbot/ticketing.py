@@ -17,10 +17,11 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from callbot.core.leases import LeasePolicy, LeaseState
+from callbot.core.leases import REPLICA_LOST, LeasePolicy, LeaseState
 from callbot.core.record import CallRecord
 from callbot.core.ticket import (
     StructuredSummary,
@@ -72,11 +73,14 @@ class TicketService:
         self._endings: OrderedDict[str, asyncio.Task[int | None]] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._retry_lock = asyncio.Lock()
+        self._live: set[str] = set()  # calls started here and not yet ended
+        self._spooled_progress: set[str] = set()  # calls whose checkpoint sits in the spool
 
     # ----- during the call -----
 
     async def call_started(self, record: CallRecord) -> None:
         """Create the call's `in_progress` ticket, waiting at most `start_wait_s` for the database."""
+        self._live.add(record.info.call_sid)
         saver = self._queue_progress(record)
         if saver is not None:
             await asyncio.wait({saver}, timeout=self._start_wait_s)
@@ -100,14 +104,39 @@ class TicketService:
         # One writer per call, always writing the newest record: saves can't land out of order.
         try:
             while (record := self._latest.pop(call_sid, None)) is not None:
+                redacted = redact_record(record, self._patterns)
                 try:
-                    await self._store.upsert_call(
-                        redact_record(record, self._patterns), TicketStatus.IN_PROGRESS
-                    )
+                    await self._store.upsert_call(redacted, TicketStatus.IN_PROGRESS)
                 except StoreUnavailable as exc:
-                    log.warning("call %s: transcript not saved yet, database unavailable: %s", call_sid, exc)
+                    log.warning(
+                        "call %s: transcript not saved yet, database unavailable (checkpoint spooled): %s",
+                        call_sid,
+                        exc,
+                    )
+                    await self._spool_checkpoint(redacted)
+                else:
+                    await self._drop_spooled_checkpoint(call_sid)
         finally:
             self._savers.pop(call_sid, None)
+
+    async def _spool_checkpoint(self, record: CallRecord) -> None:
+        """Keep the transcript so far on disk while the database is down: a replica killed
+        during an outage then still leaves its calls behind, in the spool it is restarted on."""
+        call_sid = record.info.call_sid
+        if call_sid in self._endings:
+            return  # the final save owns the spool file now
+        if await self._put_spool(record, None):
+            self._spooled_progress.add(call_sid)
+
+    async def _drop_spooled_checkpoint(self, call_sid: str) -> None:
+        """The database has a newer checkpoint (or the final record): the spooled one must go,
+        or a flush would write the older transcript over it."""
+        if call_sid in self._spooled_progress:
+            self._spooled_progress.discard(call_sid)
+            try:
+                await asyncio.to_thread(self._spool.remove, call_sid)
+            except OSError as exc:
+                log.warning("call %s: stale spooled checkpoint not removed: %s", call_sid, exc)
 
     # ----- at hang-up -----
 
@@ -139,13 +168,17 @@ class TicketService:
                 log.warning(
                     "call %s: database unavailable at hang-up, spooling the ticket: %s", call_sid, exc
                 )
+                self._spooled_progress.discard(call_sid)  # the final record replaces it on disk
                 await self._finish_offline(record)
                 return None
+            await self._drop_spooled_checkpoint(call_sid)
             outcome = await self._summarise(record)
             return await self._store_outcome(call_sid, outcome, record)
         except Exception:
             log.exception("call %s: ticket could not be finished", call_sid)
             return None
+        finally:
+            self._live.discard(call_sid)
 
     async def _finish_offline(self, record: CallRecord) -> None:
         """Spool the record first (durability), then once more with its summary if one comes."""
@@ -162,8 +195,9 @@ class TicketService:
         """Write a summary (or its failure) for a ticket already in the database."""
         try:
             if isinstance(outcome, StructuredSummary):
-                ticket_id = await self._store.complete(call_sid, outcome)
-                self._notify(ticket_id)
+                ticket_id, first = await self._store.complete_first(call_sid, outcome)
+                if first:
+                    self._notify(ticket_id)
                 return ticket_id
             log.warning("call %s: ticket summary failed, will retry: %s", call_sid, outcome)
             return await self._store.mark_summary_failed(call_sid, outcome)
@@ -240,17 +274,29 @@ class TicketService:
         return isinstance(outcome, StructuredSummary) and ticket_id is not None
 
     async def flush_spool(self) -> int:
-        """Write spooled tickets to the database; stops at the first sign it is still down."""
+        """Write spooled tickets to the database; stops at the first sign it is still down.
+
+        A spooled checkpoint (a call's transcript so far, `ended_at` unset) of a call still live
+        here waits for that call's own next save; one of a call this process does not carry
+        belonged to a process that died mid-call (this one, before a restart): it is written
+        as ended, with the reason "replica lost", and summarised like any pending ticket.
+        """
         written = 0
         for item in await asyncio.to_thread(self._spool.items):
             if self._is_ending(item.call_sid):
                 continue  # its call_ended is still writing it
+            record = item.record
+            if record.ended_at is None:
+                if item.call_sid in self._live:
+                    continue
+                record = replace(record, end_reason=record.end_reason or REPLICA_LOST)
             try:
-                ticket_id = await self._store.upsert_call(item.record, TicketStatus.PENDING_SUMMARY)
+                ticket_id = await self._store.upsert_call(record, TicketStatus.PENDING_SUMMARY)
                 if item.summary is not None:
                     try:
-                        ticket_id = await self._store.complete(item.call_sid, item.summary)
-                        self._notify(ticket_id)
+                        ticket_id, first = await self._store.complete_first(item.call_sid, item.summary)
+                        if first:
+                            self._notify(ticket_id)
                     except (TicketSummaryInvalid, TicketNotFound) as exc:
                         log.warning("call %s: spooled summary unusable, left pending: %s", item.call_sid, exc)
             except StoreUnavailable as exc:

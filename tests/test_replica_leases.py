@@ -6,19 +6,23 @@ Runs on SQLite and on PostgreSQL (the `database_url` fixture of tests/test_store
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
 
 from callbot.adapters.spool import Spool
 from callbot.adapters.store_migrate import upgrade_database
-from callbot.adapters.store_sql import SqlTicketStore
+from callbot.adapters.store_sql import SqlTicketStore, create_engine
 from callbot.adapters.ticket_summariser_openai import OpenAITicketSummariser
 from callbot.core.leases import REPLICA_LOST, LeasePolicy, LeaseState
+from callbot.core.record import CallRecord
 from callbot.core.ticket import DEFAULT_TICKET_PROMPT, TICKET_SCHEMA, TicketStatus
 from callbot.core.ticket_views import TicketFilters
+from callbot.errors import StoreUnavailable
 from callbot.testing.fake_openai_http import FakeOpenAIControl, serve_fake_openai
 from callbot.ticketing import TicketService
 from tests.test_store import database_url, make_record, summary
@@ -208,3 +212,124 @@ async def test_a_live_replica_finishes_a_dead_replicas_call_and_the_returning_sp
             await a_store.close()
             await b_store.close()
             await client.close()
+
+
+# ----- findings of the fault soak (bench/fault_soak.py), each fixed -----
+
+
+class FlakyStore(SqlTicketStore):
+    """A real store whose writes can be switched off, as when the database link is cut."""
+
+    down = False
+
+    async def upsert_call(self, record: CallRecord, status: TicketStatus | str) -> int:
+        if self.down:
+            raise StoreUnavailable("link cut (test)")
+        return await super().upsert_call(record, status)
+
+
+class CountingNotifier:
+    def __init__(self) -> None:
+        self.delivered: list[str] = []
+
+    async def deliver(self, ticket: dict[str, Any]) -> bool:
+        self.delivered.append(str(ticket["call_sid"]))
+        return True
+
+    async def aclose(self) -> None:
+        return None
+
+
+@pytest.fixture
+async def summariser() -> AsyncIterator[OpenAITicketSummariser]:
+    async with serve_fake_openai(FakeOpenAIControl()) as base_url:
+        client = openai.AsyncOpenAI(api_key="k", base_url=base_url, max_retries=0)
+        yield OpenAITicketSummariser(client, "m", TICKET_SCHEMA, DEFAULT_TICKET_PROMPT, 5.0)
+        await client.close()
+
+
+async def test_a_replica_killed_during_a_database_outage_leaves_its_calls_in_the_spool(
+    tmp_path: Path, summariser: OpenAITicketSummariser
+) -> None:
+    # Found by the soak: a call that started while the database was cut, on a replica then
+    # SIGKILLed, had no ticket anywhere. Its checkpoints now go to the spool meanwhile.
+    url = f"sqlite+aiosqlite:///{tmp_path / 't.db'}"
+    await upgrade_database(url)
+    spool = Spool(tmp_path / "spool")
+    store = FlakyStore(create_engine(url), replica_id="a")
+    store.down = True
+    dead = TicketService(store, summariser, spool, timeout_s=5.0, start_wait_s=1.0)
+    await dead.call_started(make_record("CAout", ended=False, lines=("My order is 771",)))
+    await dead.call_progress(make_record("CAout", ended=False, lines=("My order is 771", "Checking")))
+    await dead.drain()
+    [item] = spool.items()
+    assert item.record.ended_at is None and len(item.record.transcript) == 2
+    # The process is gone (SIGKILL: nothing else runs). Its restart flushes the spool.
+    restarted_store = await SqlTicketStore.open(url, replica_id="a2")
+    restarted = TicketService(restarted_store, summariser, spool, timeout_s=5.0)
+    try:
+        assert await restarted.flush_spool() == 1
+        assert await restarted.retry_pending() == 1
+        ticket = await restarted_store.get_by_call_sid("CAout")
+        assert ticket is not None and ticket.status == "complete"
+        assert ticket.end_reason == REPLICA_LOST
+        assert [e.text for e in ticket.transcript] == ["My order is 771", "Checking"]
+        assert spool.items() == []
+    finally:
+        await restarted.aclose()
+        await restarted_store.close()
+        await store.close()
+
+
+async def test_a_live_calls_spooled_checkpoint_never_overwrites_a_newer_save(
+    tmp_path: Path, summariser: OpenAITicketSummariser
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 't.db'}"
+    await upgrade_database(url)
+    spool = Spool(tmp_path / "spool")
+    store = FlakyStore(create_engine(url), replica_id="a")
+    service = TicketService(store, summariser, spool, timeout_s=5.0, start_wait_s=1.0)
+    try:
+        store.down = True
+        await service.call_started(make_record("CAlive", ended=False, lines=("one",)))
+        await service.drain()
+        assert len(spool.items()) == 1
+        store.down = False
+        assert await service.flush_spool() == 0  # the call is live here: its own saves decide
+        await service.call_progress(make_record("CAlive", ended=False, lines=("one", "two")))
+        await service.drain()
+        assert spool.items() == []  # the database has a newer checkpoint: the spooled one goes
+        assert await service.call_ended(make_record("CAlive", lines=("one", "two", "three"))) is not None
+        ticket = await store.get_by_call_sid("CAlive")
+        assert ticket is not None and ticket.status == "complete" and len(ticket.transcript) == 3
+        assert ticket.end_reason == "caller hung up"
+    finally:
+        await service.aclose()
+        await store.close()
+
+
+async def test_replicas_retrying_the_same_pending_ticket_announce_it_once(
+    migrated: str, tmp_path: Path, summariser: OpenAITicketSummariser
+) -> None:
+    # Found by the soak: every replica retries every pending ticket; both summaries "won"
+    # in the service's eyes and the webhook heard of the ticket twice.
+    notifier = CountingNotifier()
+    stores = await _stores(migrated, "a", "b")
+    services = [
+        TicketService(s, summariser, Spool(tmp_path / s.replica_id), notifier, timeout_s=5.0)  # type: ignore[arg-type]
+        for s in stores
+    ]
+    try:
+        for i in range(10):
+            await stores[0].upsert_call(make_record(f"CAp{i}"), TicketStatus.PENDING_SUMMARY)
+        await asyncio.gather(*(s.retry_pending() for s in services))
+        for s in services:
+            await s.drain()
+        assert sorted(notifier.delivered) == [f"CAp{i}" for i in range(10)]
+        page = await stores[1].list(TicketFilters(status="complete"), 1, 50)
+        assert page.total == 10
+    finally:
+        for svc in services:
+            await svc.drain()
+        for st in stores:
+            await st.close()

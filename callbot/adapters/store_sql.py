@@ -169,22 +169,19 @@ class SqlTicketStore:
         """Store the structured summary and mark the ticket complete; the first summary wins."""
         if not isinstance(summary, StructuredSummary):
             summary = summary_from_dict(summary)
-        now = _now()
-        values = {
-            "status": TicketStatus.COMPLETE.value,
-            "summary": summary.to_dict(),
-            "title": summary.title[:300],
-            "category": summary.category[:32] or None,
-            "priority": summary.priority[:16] or None,
-            "sentiment": summary.sentiment[:16] or None,
-            "follow_up_needed": summary.follow_up_needed,
-            "summary_attempts": tickets.c.summary_attempts + 1,
-            "last_error": None,
-            "search_text": tickets.c.search_text + ("\n" + _summary_search_text(summary)),
-            "updated_at": now,
-        }
+        values = _complete_values(summary)
+        return (await self._update_unfinished(call_sid, values))[0]
 
-        return await self._update_unfinished(call_sid, values)
+    async def complete_first(
+        self, call_sid: str, summary: StructuredSummary | Mapping[str, Any]
+    ) -> tuple[int, bool]:
+        """`complete`, and whether this call completed it (False: another summary was first).
+
+        Several replicas retry the same pending tickets; only the one whose summary landed
+        should announce the ticket (the webhook), or the receiver hears of it twice."""
+        if not isinstance(summary, StructuredSummary):
+            summary = summary_from_dict(summary)
+        return await self._update_unfinished(call_sid, _complete_values(summary))
 
     async def mark_summary_failed(self, call_sid: str, error: str) -> int:
         """Count a failed summary attempt and keep its reason for the review page; the ticket id."""
@@ -193,12 +190,13 @@ class SqlTicketStore:
             "last_error": error[:MAX_ERROR_CHARS],
             "updated_at": _now(),
         }
-        return await self._update_unfinished(call_sid, values)
+        return (await self._update_unfinished(call_sid, values))[0]
 
-    async def _update_unfinished(self, call_sid: str, values: dict[str, Any]) -> int:
-        """Update the call's ticket unless it is already complete (the first summary wins); its id."""
+    async def _update_unfinished(self, call_sid: str, values: dict[str, Any]) -> tuple[int, bool]:
+        """Update the call's ticket unless it is already complete (the first summary wins); its
+        id, and whether it was updated."""
 
-        async def work(conn: AsyncConnection) -> int:
+        async def work(conn: AsyncConnection) -> tuple[int, bool]:
             stmt = (
                 sa.update(tickets)
                 .where(tickets.c.call_sid == call_sid, tickets.c.status != TicketStatus.COMPLETE.value)
@@ -207,11 +205,11 @@ class SqlTicketStore:
             )
             row = (await conn.execute(stmt)).first()
             if row is not None:
-                return int(row[0])
+                return int(row[0]), True
             found = await conn.scalar(sa.select(tickets.c.id).where(tickets.c.call_sid == call_sid))
             if found is None:
                 raise TicketNotFound(f"no ticket for call {call_sid}")
-            return int(found)
+            return int(found), False
 
         return await self._run(work)
 
@@ -430,6 +428,22 @@ def _record_values(record: CallRecord) -> dict[str, Any]:
         "search_text": "\n".join(
             [info.call_sid, info.from_number, info.to_number, transcript_as_text(record)]
         ).lower(),
+    }
+
+
+def _complete_values(summary: StructuredSummary) -> dict[str, Any]:
+    return {
+        "status": TicketStatus.COMPLETE.value,
+        "summary": summary.to_dict(),
+        "title": summary.title[:300],
+        "category": summary.category[:32] or None,
+        "priority": summary.priority[:16] or None,
+        "sentiment": summary.sentiment[:16] or None,
+        "follow_up_needed": summary.follow_up_needed,
+        "summary_attempts": tickets.c.summary_attempts + 1,
+        "last_error": None,
+        "search_text": tickets.c.search_text + ("\n" + _summary_search_text(summary)),
+        "updated_at": _now(),
     }
 
 
