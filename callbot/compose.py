@@ -144,6 +144,7 @@ def build_ticket_service(
         webhook,
         redact_patterns=settings.redact_patterns,
         timeout_s=settings.ticket_timeout_s,
+        webhook_redeliver_s=settings.ticket_webhook_redeliver_s,
     )
 
 

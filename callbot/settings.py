@@ -146,6 +146,12 @@ class Settings(BaseSettings):
     ticket_retry_interval_s: float = Field(default=300.0, gt=0)
     spool_dir: Path = Path("./var/spool")
     ticket_webhook_url: str | None = None
+    ticket_webhook_redeliver_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A finished ticket the webhook has not taken after this long (a crash, a "
+        "database cut, a receiver down for longer than the retries) is sent again, by any replica.",
+    )
     admin_user: str = "admin"
     admin_password: SecretStr | None = None
     redact_patterns: list[str] = Field(default_factory=list)

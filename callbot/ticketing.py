@@ -58,6 +58,7 @@ class TicketService:
         start_wait_s: float = 2.0,
         retry_batch: int = 20,
         remember_calls: int = 10_000,
+        webhook_redeliver_s: float = 60.0,
     ) -> None:
         self._store = store
         self._summariser = summariser
@@ -68,6 +69,7 @@ class TicketService:
         self._start_wait_s = start_wait_s
         self._retry_batch = retry_batch
         self._remember_calls = remember_calls
+        self._webhook_redeliver_s = webhook_redeliver_s
         self._latest: dict[str, CallRecord] = {}  # newest unsaved progress per call
         self._savers: dict[str, asyncio.Task[None]] = {}  # the one progress writer per call
         self._endings: OrderedDict[str, asyncio.Task[int | None]] = OrderedDict()
@@ -195,7 +197,9 @@ class TicketService:
         """Write a summary (or its failure) for a ticket already in the database."""
         try:
             if isinstance(outcome, StructuredSummary):
-                ticket_id, first = await self._store.complete_first(call_sid, outcome)
+                ticket_id, first = await self._store.complete_first(
+                    call_sid, outcome, notify_after=self._notify_after()
+                )
                 if first:
                     self._notify(ticket_id)
                 return ticket_id
@@ -238,18 +242,53 @@ class TicketService:
             )
             return False
 
+    def _notify_after(self) -> datetime | None:
+        """When a ticket completed now is owed to the webhook, if there is one: after the
+        in-memory delivery (with its own retries) has had its chance."""
+        if self._webhook is None:
+            return None
+        return _as_datetime(_wall_ms() + int(self._webhook_redeliver_s * 1000))
+
     def _notify(self, ticket_id: int) -> None:
         if self._webhook is not None:
             self._spawn(self._deliver_webhook(self._webhook, ticket_id))
 
-    async def _deliver_webhook(self, webhook: TicketNotifier, ticket_id: int) -> None:
+    async def _deliver_webhook(self, webhook: TicketNotifier, ticket_id: int) -> bool:
         try:
             view = await self._store.get(ticket_id)
         except StoreUnavailable:
-            log.warning("ticket %s: webhook skipped, database unavailable", ticket_id, exc_info=True)
-            return
-        if view is not None:
-            await webhook.deliver(view.to_json())
+            log.warning("ticket %s: webhook postponed, database unavailable", ticket_id, exc_info=True)
+            return False
+        if view is None:
+            return False
+        if not await webhook.deliver(view.to_json()):
+            return False
+        try:
+            await self._store.webhook_sent(ticket_id)
+        except StoreUnavailable:
+            # It will be sent once more later: the receiver sees the ticket id twice, not never.
+            log.warning("ticket %s: webhook sent but not recorded, database unavailable", ticket_id)
+        return True
+
+    async def redeliver_webhooks(self) -> int:
+        """Send the webhooks still owed (a delivery cut short by a crash, a database cut or a
+        receiver down for longer than the retries); the number delivered."""
+        webhook = self._webhook
+        if webhook is None:
+            return 0
+        now = _wall_ms()
+        try:
+            due = await self._store.webhooks_due(
+                _as_datetime(now), _as_datetime(now + int(self._webhook_redeliver_s * 1000))
+            )
+        except StoreUnavailable as exc:
+            log.warning("owed ticket webhooks not sent, database unavailable: %s", exc)
+            return 0
+        sent = 0
+        for ticket_id in due:
+            if await self._deliver_webhook(webhook, ticket_id):
+                sent += 1
+        return sent
 
     # ----- recovery -----
 
@@ -294,7 +333,9 @@ class TicketService:
                 ticket_id = await self._store.upsert_call(record, TicketStatus.PENDING_SUMMARY)
                 if item.summary is not None:
                     try:
-                        ticket_id, first = await self._store.complete_first(item.call_sid, item.summary)
+                        ticket_id, first = await self._store.complete_first(
+                            item.call_sid, item.summary, notify_after=self._notify_after()
+                        )
                         if first:
                             self._notify(ticket_id)
                     except (TicketSummaryInvalid, TicketNotFound) as exc:
@@ -313,6 +354,7 @@ class TicketService:
             try:
                 await self.flush_spool()
                 await self.retry_pending()
+                await self.redeliver_webhooks()
             except Exception:
                 log.exception("ticket maintenance pass failed; trying again in %g s", interval_s)
             await asyncio.sleep(interval_s)

@@ -333,3 +333,64 @@ async def test_replicas_retrying_the_same_pending_ticket_announce_it_once(
             await svc.drain()
         for st in stores:
             await st.close()
+
+
+class FlakyNotifier(CountingNotifier):
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing = True
+
+    async def deliver(self, ticket: dict[str, Any]) -> bool:
+        if self.failing:
+            return False
+        return await super().deliver(ticket)
+
+
+async def test_a_webhook_cut_short_is_sent_again_by_one_replica_until_it_is_taken(
+    migrated: str, tmp_path: Path, summariser: OpenAITicketSummariser
+) -> None:
+    # Found by the soak: 4 of 996 complete tickets never reached the webhook (its delivery was
+    # in memory only: skipped during a database cut, or killed with its replica).
+    notifier = FlakyNotifier()
+    stores = await _stores(migrated, "a", "b")
+    services = [
+        TicketService(
+            s,
+            summariser,
+            Spool(tmp_path / str(s.replica_id)),
+            notifier,
+            timeout_s=5.0,
+            webhook_redeliver_s=0.2,
+        )
+        for s in stores
+    ]
+    try:
+        ticket_id = await services[0].call_ended(make_record("CAhook"))
+        await services[0].drain()
+        assert ticket_id is not None and notifier.delivered == []  # the receiver was down
+        assert await services[1].redeliver_webhooks() == 0  # not due yet
+        notifier.failing = False
+        await asyncio.sleep(0.3)
+        sent = await asyncio.gather(*(s.redeliver_webhooks() for s in services))
+        assert sorted(sent) == [0, 1]  # one replica took it
+        assert notifier.delivered == ["CAhook"]
+        await asyncio.sleep(0.3)
+        assert [await s.redeliver_webhooks() for s in services] == [0, 0]  # taken: owed no more
+        assert notifier.delivered == ["CAhook"]
+    finally:
+        for svc in services:
+            await svc.drain()
+        for st in stores:
+            await st.close()
+
+
+async def test_without_a_webhook_no_ticket_is_owed_to_one(migrated: str, tmp_path: Path) -> None:
+    [store] = await _stores(migrated, "a")
+    try:
+        await store.upsert_call(make_record("CAnone"), TicketStatus.PENDING_SUMMARY)
+        _, first = await store.complete_first("CAnone", summary("x"))
+        assert first
+        far = datetime.now(UTC) + timedelta(days=1)
+        assert await store.webhooks_due(far, far) == []
+    finally:
+        await store.close()

@@ -82,12 +82,14 @@ tickets = sa.Table(
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.Column("owner_replica", sa.String(64), nullable=True),
+    sa.Column("webhook_due_at", UTCDateTime(), nullable=True),
     sa.UniqueConstraint("call_sid", name="uq_tickets_call_sid"),
     sa.Index("ix_tickets_status", "status"),
     sa.Index("ix_tickets_started_at", "started_at"),
     sa.Index("ix_tickets_category", "category"),
     sa.Index("ix_tickets_priority", "priority"),
     sa.Index("ix_tickets_owner_replica", "owner_replica"),
+    sa.Index("ix_tickets_webhook_due_at", "webhook_due_at"),
 )
 
 # Issue 19 (migration 0006): one row per `callbot serve` process, its lease renewed every

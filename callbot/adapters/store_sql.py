@@ -173,15 +173,58 @@ class SqlTicketStore:
         return (await self._update_unfinished(call_sid, values))[0]
 
     async def complete_first(
-        self, call_sid: str, summary: StructuredSummary | Mapping[str, Any]
+        self,
+        call_sid: str,
+        summary: StructuredSummary | Mapping[str, Any],
+        *,
+        notify_after: datetime | None = None,
     ) -> tuple[int, bool]:
         """`complete`, and whether this call completed it (False: another summary was first).
 
         Several replicas retry the same pending tickets; only the one whose summary landed
-        should announce the ticket (the webhook), or the receiver hears of it twice."""
+        should announce the ticket (the webhook), or the receiver hears of it twice.
+        `notify_after` records, in the same UPDATE, that the webhook is owed from then on
+        (`webhooks_due` hands it out again until `webhook_sent` clears it)."""
         if not isinstance(summary, StructuredSummary):
             summary = summary_from_dict(summary)
-        return await self._update_unfinished(call_sid, _complete_values(summary))
+        values = _complete_values(summary)
+        if notify_after is not None:
+            values["webhook_due_at"] = notify_after
+        return await self._update_unfinished(call_sid, values)
+
+    async def webhook_sent(self, ticket_id: int) -> None:
+        """The ticket webhook took this ticket: it is owed no more."""
+
+        async def work(conn: AsyncConnection) -> None:
+            await conn.execute(
+                sa.update(tickets).where(tickets.c.id == ticket_id).values(webhook_due_at=None)
+            )
+
+        await self._run(work)
+
+    async def webhooks_due(self, now: datetime, retry_at: datetime, limit: int = 50) -> builtins.list[int]:
+        """Ids of complete tickets whose webhook is overdue (a delivery cut short by a crash or a
+        database cut); each is pushed back to `retry_at` in the same UPDATE, so of several replicas
+        asking at once only one gets it (FOR UPDATE SKIP LOCKED on PostgreSQL)."""
+        due = sa.and_(
+            tickets.c.webhook_due_at.is_not(None),
+            tickets.c.webhook_due_at <= now,
+            tickets.c.status == TicketStatus.COMPLETE.value,
+        )
+
+        async def work(conn: AsyncConnection) -> builtins.list[int]:
+            candidates = sa.select(tickets.c.id).where(due).order_by(tickets.c.webhook_due_at).limit(limit)
+            if conn.dialect.name == "postgresql":
+                candidates = candidates.with_for_update(skip_locked=True)
+            stmt = (
+                sa.update(tickets)
+                .where(tickets.c.id.in_(candidates.scalar_subquery()), due)
+                .values(webhook_due_at=retry_at)
+                .returning(tickets.c.id)
+            )
+            return sorted(int(r[0]) for r in (await conn.execute(stmt)).all())
+
+        return await self._run(work)
 
     async def mark_summary_failed(self, call_sid: str, error: str) -> int:
         """Count a failed summary attempt and keep its reason for the review page; the ticket id."""
