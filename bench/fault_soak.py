@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import json
 import os
 import random
@@ -38,7 +39,9 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
+import types
 import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -56,8 +59,11 @@ from callbot.testing.fake_openai_http import FakeOpenAIControl, create_fake_open
 from callbot.testing.fake_realtime import FakeRealtimeServer, Script
 from callbot.testing.speech import synth_speech
 
-AUTH_TOKEN = "soak-auth-token"
-PUBLIC_URL = "https://soak.callbot.example"
+ROOT = Path(__file__).resolve().parents[1]
+# The fuzz cases come from the test suite's strategies (tests/test_fuzz_server.py), which sign
+# with the e2e helpers' token and public URL: the replicas use the same two.
+AUTH_TOKEN = "test-auth-token-0123456789abcdef"
+PUBLIC_URL = "https://bot.example.test"
 PG_ADMIN = os.environ.get("CALLBOT_SOAK_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
@@ -140,6 +146,7 @@ class TcpProxy:
 class WebhookSink:
     failing: bool = False
     delivered: Counter[str] = field(default_factory=Counter)
+    seen: dict[str, list[str]] = field(default_factory=dict)
     refused: int = 0
 
     def app(self) -> FastAPI:
@@ -151,7 +158,12 @@ class WebhookSink:
             if self.failing:
                 self.refused += 1
                 return JSONResponse({"error": "injected"}, status_code=503)
-            self.delivered[str(body.get("call_sid"))] += 1
+            sid = str(body.get("call_sid"))
+            self.delivered[sid] += 1
+            turns = len(body.get("transcript") or [])
+            self.seen.setdefault(sid, []).append(
+                f"id={body.get('id')} reason={body.get('end_reason')!r} turns={turns}"
+            )
             return JSONResponse({"ok": True})
 
         return app
@@ -225,6 +237,104 @@ class SplitCaller(TwilioCaller):
         return self.stream_base_url.replace("http", "ws", 1) + "/" + path, headers
 
 
+# ----- fuzzing the replicas alongside the calls -----
+
+
+class Fuzzer:
+    """Hypothesis-generated webhook requests and media websocket sessions against the replicas.
+
+    The strategies and the per-case checks are the test suite's (tests/test_fuzz_server.py):
+    no 5xx, a signed webhook always gets well-formed TwiML, a bad upgrade signature is refused.
+    Runs on threads (sync clients) while the soak's calls go on; each failed check is recorded
+    (not raised), so the soak reports them all. Fuzzed streams that began as real calls must end
+    with a final ticket like any other call (the soak's verdict includes them).
+    """
+
+    def __init__(self, replicas: list[Replica], webhook_cases: int, media_cases: int) -> None:
+        sys.path.insert(0, str(ROOT))
+        self.mod: Any = importlib.import_module("tests.test_fuzz_server")
+        self.replicas = replicas
+        self.webhook_target = webhook_cases
+        self.media_target = media_cases
+        self.counts: Counter[str] = Counter()
+        self.failures: list[str] = []
+        self.answered: list[str] = []
+        self.stop = threading.Event()
+
+    def _base(self, n: int) -> str:
+        live = [r for r in self.replicas if r.alive] or self.replicas
+        return live[n % len(live)].base_url
+
+    def run_webhooks(self) -> None:
+        from hypothesis import HealthCheck, given, settings
+
+        mod = self.mod
+        n = iter(range(10**9))
+
+        @settings(max_examples=self.webhook_target, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))  # fmt: skip
+        @given(case=mod.webhook_cases)
+        def fuzz(case: Any) -> None:
+            if self.stop.is_set():
+                return
+            with httpx.Client(base_url=self._base(next(n)), timeout=30, trust_env=False) as http:
+                try:
+                    response = mod.send_webhook(http, case)
+                    mod.check_webhook_answer(case, response)
+                except httpx.TransportError:
+                    self.counts["webhook transport errors (replica restarting)"] += 1
+                except AssertionError as exc:
+                    self.failures.append(f"webhook {case.label()[:300]}: {str(exc)[:300]}")
+            self.counts["webhook"] += 1
+
+        fuzz()
+
+    def run_media(self) -> None:
+        from hypothesis import HealthCheck, given, settings
+
+        mod = self.mod
+        counter = iter(range(1, 10**9))
+        soak = self
+
+        class Target:
+            """What `run_media_case` reads from its server: the public URLs and where to connect."""
+
+            def __init__(self, base_url: str) -> None:
+                self.settings = types.SimpleNamespace(
+                    voice_webhook_url=PUBLIC_URL + "/twilio/voice",
+                    media_ws_url=PUBLIC_URL.replace("https://", "wss://") + "/twilio/media",
+                )
+                self.ws_url = base_url.replace("http://", "ws://") + "/twilio/media"
+
+        @settings(max_examples=self.media_target, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))  # fmt: skip
+        @given(case=mod.media_cases)
+        def fuzz(case: Any) -> None:
+            if soak.stop.is_set():
+                return
+            k = next(counter)
+            base = soak._base(k)
+            with httpx.Client(base_url=base, timeout=30, trust_env=False) as http:
+                try:
+                    sid = mod.run_media_case(Target(base), http, case, 500_000 + k)
+                    if sid is not None:
+                        soak.answered.append(sid)
+                except (httpx.TransportError, OSError):
+                    soak.counts["media transport errors (replica restarting)"] += 1
+                except (AssertionError, pytest_failed()) as exc:
+                    soak.failures.append(f"media {case.label()[:300]}: {str(exc)[:300]}")
+            soak.counts["media"] += 1
+
+        fuzz()
+
+
+def pytest_failed() -> type[BaseException]:
+    """`pytest.fail` raises this (the fuzz helpers use it for a check that failed)."""
+    import _pytest.outcomes
+
+    return _pytest.outcomes.Failed
+
+
 # ----- the soak -----
 
 
@@ -242,6 +352,8 @@ class Options:
     restart_after_s: float = 3.0
     final_timeout_s: float = 240.0
     seed: int = 19
+    fuzz_webhook: int = 8000
+    fuzz_media: int = 2000
 
 
 @dataclass
@@ -261,7 +373,15 @@ class Figures:
     webhook_deliveries: int = 0
     webhook_duplicates: int = 0
     webhook_refused: int = 0
+    webhook_duplicate_samples: list[str] = field(default_factory=list)
     seconds_to_final_after_last_fault: float | None = None
+    fuzz_cases: int = 0
+    fuzz_failures: int = 0
+    fuzz_answered_calls: int = 0
+    fuzz_answered_unfinished: int = 0
+    fuzz_notes: dict[str, int] = field(default_factory=dict)
+    fuzz_failure_samples: list[str] = field(default_factory=list)
+    replicas_healthy_at_end: bool = False
     wall_s: float = 0.0
     faults: list[str] = field(default_factory=list)
     lost_sids: list[str] = field(default_factory=list)
@@ -321,10 +441,12 @@ class Soak:
                     "CALLBOT_TICKET_RETRY_INTERVAL_S": "3",
                     "CALLBOT_TICKET_TIMEOUT_S": "10",
                     "CALLBOT_TICKET_WEBHOOK_URL": sink_url + "/hook",
+                    "CALLBOT_TICKET_WEBHOOK_REDELIVER_S": "15",
                     "CALLBOT_SUMMARY_ENABLED": "false",
                     "CALLBOT_LOG_JSON": "false",
                     "CALLBOT_LOG_LEVEL": "WARNING",
                     "CALLBOT_MAX_CONCURRENT_CALLS": "500",
+                    "CALLBOT_MAX_MESSAGE_BYTES": "16384",  # the fuzz strategies' oversize frames
                 }
                 replicas = [Replica(n, env, self.workdir / f"spool-{n}", self.workdir) for n in ("a", "b")]
                 await asyncio.gather(*(r.start() for r in replicas))
@@ -378,9 +500,13 @@ class Soak:
                     caller = TwilioCaller(first.base_url, **kwargs)
                 result = await caller.run(self._script())
                 self.results[sid] = result
-                if result.stream_sid or result.http_status is not None:
+                webhook_down = result.http_status is None
+                stream_down = (
+                    result.http_status == 200 and not result.stream_sid and result.outcome == "error"
+                )
+                if not (webhook_down or stream_down):
                     break
-                # The replica did not answer the webhook (killed): the load balancer tries the other.
+                # A replica did not answer (killed): the load balancer sends the request to the other.
                 self.figures.webhook_failovers += 1
                 first, second = second, first
                 await asyncio.sleep(0.2 * (attempt + 1))
@@ -404,6 +530,11 @@ class Soak:
         fault_tasks: list[asyncio.Task[None]] = []
         tasks: list[asyncio.Task[None]] = []
         last_report = time.monotonic()
+        self.fuzzer = Fuzzer(replicas, opts.fuzz_webhook, opts.fuzz_media)
+        fuzzing = [
+            asyncio.create_task(asyncio.to_thread(self.fuzzer.run_webhooks)),
+            asyncio.create_task(asyncio.to_thread(self.fuzzer.run_media)),
+        ]
 
         async def guarded(n: int) -> None:
             try:
@@ -423,11 +554,23 @@ class Soak:
                 done = len(self.results)
                 log(
                     f"calls placed {n + 1}/{opts.calls}, finished {done}, in flight {len(self.in_flight)}, "
-                    f"replicas alive {sum(r.alive for r in replicas)}"
+                    f"replicas alive {sum(r.alive for r in replicas)}, fuzz cases {self._fuzz_progress()}"
                 )
         await asyncio.gather(*fault_tasks)
         await asyncio.gather(*tasks)
-        log(f"all {opts.calls} calls finished")
+        log(f"all {opts.calls} calls finished; fuzz cases {self._fuzz_progress()}")
+        while not all(f.done() for f in fuzzing):
+            await asyncio.sleep(5)
+            log(f"fuzzing goes on: {self._fuzz_progress()}")
+        await asyncio.gather(*fuzzing)
+        log(f"fuzzing done: {self._fuzz_progress()}, {len(self.fuzzer.failures)} failed checks")
+        async with httpx.AsyncClient(trust_env=False) as http:
+            answers = [await http.get(r.base_url + "/healthz") for r in replicas]
+        self.figures.replicas_healthy_at_end = all(a.status_code == 200 for a in answers)
+
+    def _fuzz_progress(self) -> str:
+        c = self.fuzzer.counts
+        return f"{c['webhook']}/{self.opts.fuzz_webhook} webhook, {c['media']}/{self.opts.fuzz_media} media"
 
     # ----- faults -----
 
@@ -501,24 +644,38 @@ class Soak:
             for sid in self.realtime_fault_sids
             if (r := results.get(sid)) is not None and r.closed_by == "caller" and r.outcome == "completed"
         )
+        fuzz = self.fuzzer
+        fig.fuzz_cases = fuzz.counts["webhook"] + fuzz.counts["media"]
+        fig.fuzz_failures = len(fuzz.failures)
+        fig.fuzz_failure_samples = fuzz.failures[:10]
+        fig.fuzz_notes = dict(fuzz.counts)
+        fuzz_sids = set(fuzz.answered)
+        fig.fuzz_answered_calls = len(fuzz_sids)
         direct = await asyncpg.connect(PG_ADMIN.rsplit("/", 1)[0] + "/" + db_name, timeout=5)
         try:
             deadline = time.monotonic() + opts.final_timeout_s
             last_log = 0.0
             while True:
-                rows = await direct.fetch("SELECT call_sid, status, end_reason FROM tickets")
+                every = await direct.fetch("SELECT call_sid, status, end_reason FROM tickets")
+                fuzz_rows = {r["call_sid"]: r["status"] for r in every if r["call_sid"] in fuzz_sids}
+                fuzz_open = {sid for sid in fuzz_sids if fuzz_rows.get(sid) in (None, "in_progress")}
+                rows = [r for r in every if r["call_sid"] in results]
                 by_sid = Counter(r["call_sid"] for r in rows)
                 complete = {r["call_sid"] for r in rows if r["status"] == "complete"}
                 missing = with_stream - set(by_sid)
                 unfinished = (with_stream & set(by_sid)) - complete
-                if not missing and not unfinished:
+                fig.fuzz_answered_unfinished = len(fuzz_open)
+                if not missing and not unfinished and not fuzz_open:
                     fig.seconds_to_final_after_last_fault = round(time.monotonic() - self.last_fault_end, 1)
                     break
                 if time.monotonic() > deadline:
                     break
                 if time.monotonic() - last_log > 5:
                     last_log = time.monotonic()
-                    log(f"waiting for tickets: {len(missing)} missing, {len(unfinished)} not final yet")
+                    log(
+                        f"waiting for tickets: {len(missing)} missing, {len(unfinished)} not final yet, "
+                        f"{len(fuzz_open)} fuzzed calls without a final ticket"
+                    )
                 await asyncio.sleep(0.5)
             fig.tickets_written = len(by_sid)
             fig.tickets_complete = len(complete)
@@ -529,6 +686,9 @@ class Soak:
             fig.webhook_deliveries = sum(self.sink.delivered.values())
             fig.webhook_duplicates = sum(c - 1 for c in self.sink.delivered.values() if c > 1)
             fig.webhook_refused = self.sink.refused
+            fig.webhook_duplicate_samples = [
+                f"{sid}: {' | '.join(seen)}" for sid, seen in self.sink.seen.items() if len(seen) > 1
+            ][:10]
         finally:
             await direct.close()
 
@@ -537,9 +697,9 @@ def table(fig: Figures) -> str:
     rows = [
         ("calls placed", fig.calls_placed),
         ("calls whose media stream started", fig.calls_with_stream),
-        ("calls refused at the webhook (replica down)", fig.calls_refused),
+        ("calls without a media stream (no replica answered)", fig.calls_refused),
         ("calls with webhook and stream on different replicas", fig.split_calls),
-        ("webhooks retried on the other replica (first one down)", fig.webhook_failovers),
+        ("requests retried on the other replica (first one down)", fig.webhook_failovers),
         ("tickets written", fig.tickets_written),
         ("tickets complete", fig.tickets_complete),
         ("duplicates", fig.duplicates),
@@ -551,6 +711,12 @@ def table(fig: Figures) -> str:
         ),
         ("webhook deliveries (duplicates)", f"{fig.webhook_deliveries} ({fig.webhook_duplicates})"),
         ("time until every ticket final, after the last fault", f"{fig.seconds_to_final_after_last_fault} s"),
+        ("fuzz cases (webhook + media websocket) / failed checks", f"{fig.fuzz_cases} / {fig.fuzz_failures}"),
+        (
+            "fuzzed streams that began as real calls / without a final ticket",
+            f"{fig.fuzz_answered_calls} / {fig.fuzz_answered_unfinished}",
+        ),
+        ("both replicas healthy at the end", "yes" if fig.replicas_healthy_at_end else "NO"),
         ("wall time", f"{fig.wall_s} s"),
     ]
     lines = ["| figure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
@@ -572,6 +738,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
     p.add_argument("--restart-after-s", type=float, default=d.restart_after_s)
     p.add_argument("--final-timeout-s", type=float, default=d.final_timeout_s)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--fuzz-webhook", type=int, default=d.fuzz_webhook, help="webhook fuzz cases")
+    p.add_argument("--fuzz-media", type=int, default=d.fuzz_media, help="media websocket fuzz cases")
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--keep-logs", type=Path, help="keep the replicas' logs in this directory")
     args = p.parse_args(argv)
@@ -587,9 +755,17 @@ async def main_async(opts: Options, args: argparse.Namespace) -> int:
     print(table(fig))
     if fig.lost_sids:
         print("lost:", " ".join(fig.lost_sids[:20]))
+    for failure in fig.fuzz_failure_samples:
+        print("fuzz check failed:", failure)
     if args.json:
         args.json.write_text(json.dumps(asdict(fig), indent=1))
-    ok = fig.tickets_lost == 0 and fig.duplicates == 0 and fig.seconds_to_final_after_last_fault is not None
+    ok = (
+        fig.tickets_lost == 0
+        and fig.duplicates == 0
+        and fig.seconds_to_final_after_last_fault is not None
+        and fig.fuzz_failures == 0
+        and fig.replicas_healthy_at_end
+    )
     return 0 if ok else 1
 
 

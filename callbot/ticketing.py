@@ -77,6 +77,7 @@ class TicketService:
         self._retry_lock = asyncio.Lock()
         self._live: set[str] = set()  # calls started here and not yet ended
         self._spooled_progress: set[str] = set()  # calls whose checkpoint sits in the spool
+        self._sent_unrecorded: set[int] = set()  # webhooks taken while the database was down
 
     # ----- during the call -----
 
@@ -266,8 +267,10 @@ class TicketService:
         try:
             await self._store.webhook_sent(ticket_id)
         except StoreUnavailable:
-            # It will be sent once more later: the receiver sees the ticket id twice, not never.
-            log.warning("ticket %s: webhook sent but not recorded, database unavailable", ticket_id)
+            # Remembered here and recorded by the maintenance loop; only a crash before then
+            # makes the receiver see the ticket twice (at least once, never lost).
+            log.warning("ticket %s: webhook sent, not recorded yet: database unavailable", ticket_id)
+            self._sent_unrecorded.add(ticket_id)
         return True
 
     async def redeliver_webhooks(self) -> int:
@@ -276,6 +279,13 @@ class TicketService:
         webhook = self._webhook
         if webhook is None:
             return 0
+        for ticket_id in sorted(self._sent_unrecorded):
+            try:
+                await self._store.webhook_sent(ticket_id)
+            except StoreUnavailable as exc:
+                log.warning("sent ticket webhooks not recorded yet, database unavailable: %s", exc)
+                return 0
+            self._sent_unrecorded.discard(ticket_id)
         now = _wall_ms()
         try:
             due = await self._store.webhooks_due(

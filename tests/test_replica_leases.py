@@ -394,3 +394,36 @@ async def test_without_a_webhook_no_ticket_is_owed_to_one(migrated: str, tmp_pat
         assert await store.webhooks_due(far, far) == []
     finally:
         await store.close()
+
+
+class FlakyAfterSendStore(SqlTicketStore):
+    down_after_send = True
+
+    async def webhook_sent(self, ticket_id: int) -> None:
+        if self.down_after_send:
+            raise StoreUnavailable("link cut (test)")
+        await super().webhook_sent(ticket_id)
+
+
+async def test_a_webhook_taken_while_the_database_is_down_is_recorded_later_not_resent(
+    migrated: str, tmp_path: Path, summariser: OpenAITicketSummariser
+) -> None:
+    notifier = CountingNotifier()
+    store = FlakyAfterSendStore(create_engine(migrated), replica_id="a")
+    service = TicketService(
+        store, summariser, Spool(tmp_path / "s"), notifier, timeout_s=5.0, webhook_redeliver_s=0.2
+    )
+    try:
+        assert await service.call_ended(make_record("CAonce")) is not None
+        await service.drain()
+        assert notifier.delivered == ["CAonce"]
+        await asyncio.sleep(0.3)
+        assert await service.redeliver_webhooks() == 0  # still down: nothing recorded, nothing resent
+        store.down_after_send = False
+        assert await service.redeliver_webhooks() == 0  # recorded first, so it is not due
+        await asyncio.sleep(0.3)
+        assert await service.redeliver_webhooks() == 0
+        assert notifier.delivered == ["CAonce"]
+    finally:
+        await service.drain()
+        await store.close()
