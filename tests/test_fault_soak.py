@@ -45,7 +45,7 @@ def test_the_short_fault_soak_loses_and_duplicates_nothing(tmp_path: Path) -> No
     code = fault_soak.main(argv)
     fig = json.loads(out.read_text())
     assert code == 0, fig
-    assert fig["calls_placed"] == 40
+    assert fig["calls_placed"] >= 40
     assert fig["calls_with_stream"] == fig["tickets_written"] == fig["tickets_complete"] >= 38
     assert fig["duplicates"] == 0 and fig["tickets_lost"] == 0 and fig["lost_sids"] == []
     assert fig["webhook_duplicates"] == 0
@@ -55,4 +55,4 @@ def test_the_short_fault_soak_loses_and_duplicates_nothing(tmp_path: Path) -> No
     assert len(fig["faults"]) == 7
     assert fig["fuzz_cases"] == 200 and fig["fuzz_failures"] == 0
     assert fig["fuzz_answered_unfinished"] == 0 and fig["replicas_healthy_at_end"]
-    assert fig["seconds_to_final_after_last_fault"] < 60
+    assert fig["all_final"] and fig["seconds_to_final_after_last_fault"] < 60
