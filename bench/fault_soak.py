@@ -315,10 +315,16 @@ class Fuzzer:
                 return
             k = next(counter)
             base = soak._base(k)
+            replica = next(r for r in soak.replicas if r.base_url == base)
+            generation = replica.generation
             with httpx.Client(base_url=base, timeout=30, trust_env=False) as http:
                 try:
                     sid = mod.run_media_case(Target(base), http, case, 500_000 + k)
-                    if sid is not None:
+                    if sid is not None and (replica.generation != generation or not replica.alive):
+                        # SIGKILLed during the case: its `start` may never have been read, so
+                        # no process ever had the call (Twilio would see the stream fail).
+                        soak.counts["media cases cut by the SIGKILL"] += 1
+                    elif sid is not None:
                         soak.answered.append(sid)
                 except (httpx.TransportError, OSError):
                     soak.counts["media transport errors (replica restarting)"] += 1
@@ -382,6 +388,7 @@ class Figures:
     fuzz_failures: int = 0
     fuzz_answered_calls: int = 0
     fuzz_answered_unfinished: int = 0
+    fuzz_unfinished_sids: list[str] = field(default_factory=list)
     fuzz_notes: dict[str, int] = field(default_factory=dict)
     fuzz_failure_samples: list[str] = field(default_factory=list)
     replicas_healthy_at_end: bool = False
@@ -701,6 +708,7 @@ class Soak:
                 missing = with_stream - set(by_sid)
                 unfinished = (with_stream & set(by_sid)) - complete
                 fig.fuzz_answered_unfinished = len(fuzz_open)
+                fig.fuzz_unfinished_sids = sorted(fuzz_open)[:20]
                 measured = self._measuring is None or self._measuring.done()
                 if not missing and not unfinished and not fuzz_open and measured:
                     fig.all_final = True
