@@ -29,11 +29,12 @@ from callbot.core.actions import (
     SendTwilio,
 )
 from callbot.core.call import CallConfig, CallSession
+from callbot.core.memory import MemorySeed
 from callbot.core.record import CallRecord
 from callbot.errors import SummaryUnavailable, UpstreamError
 from callbot.logs import call_sid_var
 from callbot.metrics import LATENCY_SAMPLE_EVERY, Metrics
-from callbot.ports import CallObserver, RealtimeConnector, RealtimeLink, Summariser, TwilioLink
+from callbot.ports import CallerMemory, CallObserver, RealtimeConnector, RealtimeLink, Summariser, TwilioLink
 
 log = logging.getLogger("callbot.bridge")
 
@@ -123,6 +124,7 @@ class CallBridge:
         summariser: Summariser | None = None,
         summary_model: str = "",
         metrics: Metrics | None = None,
+        memory: CallerMemory | None = None,
     ) -> None:
         self.twilio = twilio
         self.connector = connector
@@ -133,6 +135,8 @@ class CallBridge:
         self.summariser = summariser
         self.summary_model = summary_model
         self.metrics = metrics
+        self.memory = memory
+        self._recall: asyncio.Task[MemorySeed | None] | None = None
         self._inbound_count = 0
         self._outbound_count = 0
         self.realtime: RealtimeLink | None = None
@@ -162,6 +166,8 @@ class CallBridge:
             realtime_model=s.config.agent.model,
             summary_model=self.summary_model,
             end_reason=s.end_reason or "",
+            memory_ticket_ids=s.memory_ticket_ids,
+            response_usage=tuple(conv.response_usages),
         )
 
     # ----- lifecycle -----
@@ -200,6 +206,8 @@ class CallBridge:
 
     async def _shutdown(self) -> None:
         self.pacer.discard(self)
+        if self._recall is not None and not self._recall.done():
+            self._recall.cancel()
         if self.realtime is not None:
             await self.realtime.close()
         await self.twilio.close()
@@ -276,7 +284,29 @@ class CallBridge:
             if sampled and self.metrics is not None:
                 self.metrics.outbound_latency.observe(time.perf_counter() - started)
 
+    def _start_recall(self) -> asyncio.Task[MemorySeed | None] | None:
+        """Look the caller's memory up once, beside the first Realtime connect (core/memory.py)."""
+        if self._recall is None and self.memory is not None and self.session.info is not None:
+            self._recall = asyncio.get_running_loop().create_task(
+                self.memory.recall(self.session.info), name="memory-recall"
+            )
+        return self._recall
+
+    async def _take_memory(self) -> None:
+        """Hand the looked-up memory to the core before the session is configured. The lookup has
+        its own short timeout and never raises (ticketing.CallerMemoryService)."""
+        recall = self._recall
+        if recall is None or self.session.memory is not None:
+            return
+        try:
+            seed = await recall
+        except Exception:
+            log.exception("memory lookup failed; the call goes on without it")
+            return
+        self.session.set_memory(seed)
+
     async def _connect_realtime(self, delay_ms: int = 0) -> None:
+        self._start_recall()
         if delay_ms:
             await asyncio.sleep(delay_ms / 1000)
         try:
@@ -291,6 +321,7 @@ class CallBridge:
         self.realtime = link
         self._spawn(self._realtime_pump(link), "realtime-in")
         first = self.pacer.add(self)
+        await self._take_memory()  # before the first save, so the ticket names its memory
         if first and self.observer is not None and self.session.info is not None:
             try:
                 await self.observer.call_started(self.record())

@@ -22,6 +22,9 @@ from sqlalchemy.engine import make_url
 from callbot import compose
 from callbot.adapters.store_migrate import upgrade_database
 from callbot.adapters.store_sql import SqlTicketStore
+from callbot.core.cost import CallCost, call_cost
+from callbot.core.memory import rememberable_number
+from callbot.core.stats import CallStats, compute_stats
 from callbot.core.ticket import CATEGORIES, PRIORITIES, TicketStatus, transcript_as_text
 from callbot.core.ticket_views import TicketFilters, TicketListItem, TicketView, parse_time_bound
 from callbot.errors import FilterError, StoreUnavailable, TicketSchemaError
@@ -54,9 +57,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--output", "-o", metavar="FILE", help="write here instead of standard output")
     export.set_defaults(func=cmd_export)
 
+    stats = commands.add_parser(
+        "stats", help="the dashboard's figures: calls per day, durations, mixes, cost, summaries"
+    )
+    stats.add_argument("--since", type=_date_arg, help="calls started on or after (YYYY-MM-DD or ISO time)")
+    stats.add_argument("--until", type=_date_arg, help="calls started before (a bare date includes that day)")
+    stats.add_argument("--json", action="store_true", help="print the figures as JSON")
+    stats.set_defaults(func=cmd_stats)
+
     retry = commands.add_parser("retry", help="write spooled tickets and re-run pending summaries now")
     retry.add_argument("--limit", type=_positive, default=500, help="at most this many tickets")
     retry.set_defaults(func=cmd_retry)
+
+    forget = commands.add_parser(
+        "forget", help="exclude a ticket from returning callers' memory (it stays in the list)"
+    )
+    forget.add_argument("id", type=_positive, help="ticket id")
+    forget.add_argument("--json", action="store_true", help="print the result as JSON")
+    forget.set_defaults(func=cmd_forget)
+
+    purge = commands.add_parser("purge", help="delete every ticket of a caller's number (their history)")
+    purge.add_argument("--number", required=True, help="the caller's number, e.g. +15551230000")
+    purge.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    purge.add_argument("--json", action="store_true", help="print the result as JSON (needs --yes)")
+    purge.set_defaults(func=cmd_purge)
 
     db = subparsers.add_parser("db", help="ticket database schema")
     db_commands = db.add_subparsers(dest="db_command", metavar="COMMAND", required=True)
@@ -75,6 +99,7 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--until", type=_date_arg, help="calls started before the end of (YYYY-MM-DD) or before"
     )
+    parser.add_argument("--number", help="calls from or to this phone number")
 
 
 def _positive(text: str) -> int:
@@ -100,7 +125,7 @@ def _date_arg(text: str) -> str:
 def _filters(args: argparse.Namespace) -> TicketFilters:
     return TicketFilters.from_strings(
         search=args.search, status=args.status, category=args.category, priority=args.priority,
-        since=args.since, until=args.until,
+        since=args.since, until=args.until, number=args.number,
     )  # fmt: skip
 
 
@@ -159,13 +184,69 @@ def cmd_show(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if view is None:
             print(f"error: ticket {args.id} not found", file=sys.stderr)
             return 1
+        cost = call_cost(view.to_record(), settings.price_table)
         if args.json:
-            print(json.dumps(view.to_json(), indent=2, ensure_ascii=False), file=out)
+            data = {**view.to_json(), "cost": cost.to_json()}
+            print(json.dumps(data, indent=2, ensure_ascii=False), file=out)
         else:
-            print(_describe(view), file=out)
+            print(_describe(view, cost), file=out)
         return 0
 
     return _run(work)
+
+
+def cmd_stats(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+
+    async def work(settings: Settings) -> int:
+        try:
+            filters = TicketFilters.from_strings(since=args.since, until=args.until)
+        except FilterError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        views = await _with_store(settings, lambda s: s.calls(filters))
+        stats = compute_stats(views, settings.price_table, since=filters.since, until=filters.until)
+        if args.json:
+            print(json.dumps(stats.to_json(), indent=2, ensure_ascii=False), file=out)
+        else:
+            print(_describe_stats(stats), file=out)
+        return 0
+
+    return _run(work)
+
+
+def _describe_stats(stats: CallStats) -> str:
+    def mix(counts: dict[str, int]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in counts.items()) or "-"
+
+    def secs(value: float | None) -> str:
+        return "-" if value is None else f"{value:.0f} s"
+
+    bounds = [
+        f"from {stats.since.isoformat()}" if stats.since else "",
+        f"before {stats.until.isoformat()}" if stats.until else "",
+    ]
+    span = " ".join(b for b in bounds if b) or "all time"
+    average_cost = "-" if stats.average_cost_usd is None else f"${stats.average_cost_usd:.4f}"
+    lines = [
+        f"Calls: {stats.calls} ({span})",
+        f"Duration: {secs(stats.total_duration_s)} total, {secs(stats.average_duration_s)} average, "
+        f"{secs(stats.longest_duration_s)} longest",
+        f"Status: {mix(stats.status_mix)}",
+        f"Category: {mix(stats.category_mix)}",
+        f"Ended: {mix(stats.end_reason_mix)}",
+        f"Open follow-ups: {stats.open_follow_ups}",
+        f"Cost: ${stats.total_cost_usd:.4f} total, {average_cost} average "
+        f"({stats.priced_calls} priced calls)",
+        f"Without summaries: ${stats.cost_without_summaries_usd:.4f} (saved ${stats.saved_usd:.4f})",
+        f"Tokens: {stats.tokens_total} total, {stats.tokens_saved} saved by "
+        f"{stats.in_call_summaries} in-call summaries",
+        f"Summary failures: {stats.summary_failures} failed attempts, "
+        f"{stats.tickets_with_failed_summary} tickets without a summary after one",
+        "Calls per day:",
+    ]
+    lines += [f"  {day}  {n:4d} {'#' * min(n, 60)}" for day, n in stats.calls_per_day] or ["  (none)"]
+    return "\n".join(lines)
 
 
 def cmd_export(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -242,6 +323,61 @@ def cmd_retry(args: argparse.Namespace, out: TextIO | None = None) -> int:
     return _run(work)
 
 
+def cmd_forget(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+
+    async def work(settings: Settings) -> int:
+        found = await _with_store(settings, lambda s: s.forget(args.id))
+        if not found:
+            print(f"error: ticket {args.id} not found", file=sys.stderr)
+            return 1
+        if args.json:
+            print(json.dumps({"id": args.id, "memory_excluded": True}), file=out)
+        else:
+            print(f"ticket {args.id} will not seed returning callers' memory any more", file=out)
+        return 0
+
+    return _run(work)
+
+
+def cmd_purge(
+    args: argparse.Namespace, out: TextIO | None = None, confirm: Callable[[str], str] | None = None
+) -> int:
+    """Exit 0 when deleted (or nothing to delete), 1 on a failure or a declined prompt."""
+    out = out or sys.stdout
+    number = rememberable_number(args.number) or args.number.strip()
+    if not number:
+        print("error: --number is empty", file=sys.stderr)
+        return 2
+    if args.json and not args.yes:
+        print("error: --json needs --yes (there is no prompt to answer)", file=sys.stderr)
+        return 2
+
+    async def work(settings: Settings) -> int:
+        async def purge(store: SqlTicketStore) -> int | None:
+            count = await store.count_number(number)
+            if count and not args.yes:
+                ask = confirm or input
+                answer = await asyncio.to_thread(
+                    ask, f"delete {count} ticket(s) of calls from {number}? This cannot be undone. [y/N] "
+                )
+                if answer.strip().lower() not in ("y", "yes"):
+                    return None
+            return await store.purge_number(number) if count else 0
+
+        deleted = await _with_store(settings, purge)
+        if deleted is None:
+            print("nothing deleted", file=out)
+            return 1
+        if args.json:
+            print(json.dumps({"number": number, "deleted": deleted}), file=out)
+        else:
+            print(f"deleted {deleted} ticket(s) of calls from {number}", file=out)
+        return 0
+
+    return _run(work)
+
+
 def cmd_db_upgrade(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
 
@@ -277,7 +413,7 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def _describe(view: TicketView) -> str:
+def _describe(view: TicketView, cost: CallCost) -> str:
     t, s = view.item, view.item.summary or {}
     tags = [
         t.status,
@@ -297,6 +433,7 @@ def _describe(view: TicketView) -> str:
         f"{duration}, ended: {view.end_reason or '-'}",
         f"Call SID: {t.call_sid}",
         f"Tokens: {usage.input_tokens} in, {usage.output_tokens} out, {usage.total_tokens} total",
+        _describe_cost(cost),
     ]
     if t.last_error and not t.summary:
         lines.append(f"Last summary error ({t.summary_attempts} attempts): {t.last_error}")
@@ -312,6 +449,20 @@ def _describe(view: TicketView) -> str:
             lines.append(f"Fact: {f.get('label', '')}: {f.get('value', '')}")
     lines += ["", "Transcript:", transcript_as_text(view.to_record()) or "(nothing was said)"]
     return "\n".join(lines)
+
+
+def _describe_cost(cost: CallCost) -> str:
+    k = cost.tokens
+    tokens = (
+        f"text {k.text_input} in / {k.text_cached} cached / {k.text_output} out; "
+        f"audio {k.audio_input} in / {k.audio_cached} cached / {k.audio_output} out"
+    )
+    if cost.cost_usd is None or cost.cost_without_summaries_usd is None:
+        return f"Cost: no price for {cost.model or 'the model'} ({tokens})"
+    return (
+        f"Cost: ${cost.cost_usd:.4f} estimated, ${cost.cost_without_summaries_usd:.4f} without summaries "
+        f"({cost.tokens_saved} input tokens saved) ({tokens})"
+    )
 
 
 CSV_COLUMNS = (

@@ -31,13 +31,14 @@ from callbot.adapters.webhook import TicketWebhook
 from callbot.core import realtime as rt
 from callbot.core.call import CallConfig
 from callbot.core.leases import LeasePolicy
+from callbot.core.memory import MemoryPolicy
 from callbot.core.recovery import RecoveryPolicy
 from callbot.core.summary import DEFAULT_PROMPT, SummaryPolicy
 from callbot.core.ticket import load_prompt, load_schema
 from callbot.errors import StoreUnavailable
 from callbot.ports import RealtimeConnector, Summariser
 from callbot.settings import Settings
-from callbot.ticketing import TicketService
+from callbot.ticketing import CallerMemoryService, TicketService
 
 log = logging.getLogger("callbot.web")
 
@@ -145,6 +146,32 @@ def build_ticket_service(
         redact_patterns=settings.redact_patterns,
         timeout_s=settings.ticket_timeout_s,
         webhook_redeliver_s=settings.ticket_webhook_redeliver_s,
+    )
+
+
+def memory_policy(settings: Settings) -> MemoryPolicy:
+    """The memory message stays in the context verbatim (core/memory.py), so it takes at most half
+    of the summary trigger: the summariser can always bring the context back under its trigger."""
+    max_tokens = settings.memory_max_tokens
+    if settings.summary_enabled:
+        max_tokens = min(max_tokens, settings.summary_trigger_tokens // 2)
+    return MemoryPolicy(
+        enabled=settings.memory_enabled,
+        max_calls=settings.memory_max_calls,
+        days=settings.memory_days,
+        max_tokens=max_tokens,
+    )
+
+
+def caller_memory(settings: Settings, store: SqlTicketStore) -> CallerMemoryService | None:
+    """The returning callers' memory over the ticket store, or None when it is off."""
+    if not settings.memory_enabled:
+        return None
+    return CallerMemoryService(
+        store,
+        memory_policy(settings),
+        settings.redact_patterns,
+        timeout_s=settings.memory_lookup_timeout_s,
     )
 
 

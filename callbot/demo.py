@@ -1,7 +1,8 @@
 """`callbot demo`: a whole phone call, offline, through the real server.
 
 Only the OpenAI side is simulated: a fake Realtime server (scripted transcripts and replies,
-synthetic voice audio, real GA events) and a fake text model for summaries and the ticket. The
+real GA events; its voice and the caller's speak words through eSpeak NG when the `speech` extra
+is installed, synthetic buzzes otherwise) and a fake text model for summaries and the ticket. The
 callbot server, its bridge, summariser, ticket service and SQLite store are the production
 code, and the caller speaks Twilio's Media Streams protocol over a loopback websocket.
 """
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from openai import AsyncOpenAI
 from pydantic import SecretStr
 
@@ -30,12 +32,14 @@ from callbot.caller.simulator import (
     TwilioCaller,
     WaitForAssistant,
 )
+from callbot.core.cost import DEFAULT_PRICE_TABLE, call_cost, price_table
 from callbot.core.transcript_text import context_change_text
 from callbot.settings import Settings
 from callbot.testing.fake_openai import FakeOpenAI
 from callbot.testing.fake_realtime import Script
 from callbot.testing.serving import serve_app
 from callbot.testing.speech import duration_ms_for_text, synth_speech
+from callbot.testing.tts import CALLER_VOICE, available, speak
 from callbot.web.app import Services, create_app
 
 DEMO_TOKEN = "offline-demo-auth-token"
@@ -67,14 +71,24 @@ def demo_script() -> Script:
         user_transcripts=CALLER_LINES,
         replies=REPLIES,
         realtime_factor=3.0,
+        speak_words=True,
     )
+
+
+def caller_audio(line: str, n: int) -> np.ndarray:
+    """The caller saying `line` at 8 kHz: in words through eSpeak NG where the `speech` extra is
+    installed (callbot/testing/tts.py), else the synthetic buzz of the same turn."""
+    spoken = speak(line, 8000, voice=CALLER_VOICE)
+    if spoken is not None:
+        return spoken
+    return synth_speech(min(duration_ms_for_text(line), 2500), 8000, seed=100 + n)
 
 
 def caller_steps() -> list[Step]:
     barge_in_turn = 2  # the caller talks over the assistant's second reply
     steps: list[Step] = [WaitForAssistant(timeout_s=15)]
     for n, line in enumerate(CALLER_LINES):
-        audio = synth_speech(min(duration_ms_for_text(line), 2500), 8000, seed=100 + n)
+        audio = caller_audio(line, n)
         if n == barge_in_turn:
             steps.append(SayDuringAssistant(audio, after_ms=1200, timeout_s=15, label=line))
         else:
@@ -118,6 +132,13 @@ async def run_demo(workdir: Path, *, speed: float = 1.0, output: Path | None = N
     database_url = f"sqlite+aiosqlite:///{workdir / 'demo.db'}"
     print("callbot offline demo: the real server on 127.0.0.1, the OpenAI side simulated", file=out)
     print("(fake Realtime server + fake text model; no API key, no network).", file=out)
+    if available():
+        print("Voices: eSpeak NG speaks the caller's and the assistant's words.", file=out)
+    else:
+        print(
+            "Voices: synthetic buzzes (install the speech extra, pip install -e '.[speech]', for words).",
+            file=out,
+        )
     async with FakeOpenAI(demo_script()) as fake:  # what `callbot fake-openai` serves
         settings = Settings(
             public_url=PUBLIC_URL,
@@ -143,9 +164,7 @@ async def run_demo(workdir: Path, *, speed: float = 1.0, output: Path | None = N
             )
             result = await caller.run(caller_steps())
             services: Services = app.state.services
-            # the ticket is written as the bridge finishes (a poll: the server has no "idle" event)
-            while services.active_calls:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
+            await services.active_calls.wait_empty()  # the ticket is written as the bridge finishes
             if output is not None:
                 result.write_wav(output)
                 printer.line(f"stereo recording written to {output} (caller left, assistant right)")
@@ -190,6 +209,14 @@ async def _print_ticket(database_url: str, call_sid: str, out: Any) -> int:
         print(f"  {key}: {fields.get(key)}", file=out)
     for fact in fields.get("facts", []):
         print(f"  fact: {fact.get('label')}: {fact.get('value')}", file=out)
+    cost = call_cost(ticket.to_record(), price_table(DEFAULT_PRICE_TABLE))
+    if cost.cost_usd is not None and cost.cost_without_summaries_usd is not None:
+        print(
+            f"\n=== Cost (estimated at {cost.model}'s list prices): ${cost.cost_usd:.4f}; "
+            f"without the summaries ${cost.cost_without_summaries_usd:.4f} "
+            f"({cost.tokens_saved} input tokens saved)",
+            file=out,
+        )
     print(f"\nReview it with: callbot tickets show {ticket.id}  (database {database_url})", file=out)
     return 0
 

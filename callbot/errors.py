@@ -4,7 +4,9 @@
     ├── RemoteError            the other side: an OpenAI service, or what a peer or model sent
     │   ├── UpstreamError          the Realtime session failed, closed or sent garbage
     │   ├── SummaryUnavailable     a summary model (in-call or ticket) failed or answered nothing usable
-    │   └── TicketSummaryInvalid   a ticket summary that does not match the schema
+    │   ├── TicketSummaryInvalid   a ticket summary that does not match the schema
+    │   └── TwilioRestError        Twilio's REST API refused a request or could not be reached
+    │       └── CallGone               the call no longer exists (404, Twilio code 20404)
     ├── LocalError             this deployment or its operator: settings, configured files, typed input
     │   ├── SettingsError          a setting is missing or wrong
     │   ├── TicketSchemaError      a custom ticket schema or prompt file is unusable
@@ -49,6 +51,21 @@ class SummaryUnavailable(RemoteError):
 
 class TicketSummaryInvalid(RemoteError, ValueError):
     """A summary does not match the schema; the message names the offending field."""
+
+
+class TwilioRestError(RemoteError):
+    """Twilio's REST API refused a request or could not be reached.
+
+    `status` is the HTTP status (0 when no answer came) and `code` Twilio's error code, if any."""
+
+    def __init__(self, message: str, *, status: int = 0, code: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class CallGone(TwilioRestError):
+    """The call has already ended or never existed (HTTP 404, Twilio code 20404)."""
 
 
 # ----- this deployment's fault -----

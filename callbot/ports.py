@@ -16,7 +16,9 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from callbot.core.record import CallRecord
+from callbot.core.call_control import CallCreate, CallUpdate, CreatedCall
+from callbot.core.memory import EarlierCall, MemorySeed
+from callbot.core.record import CallInfo, CallRecord
 from callbot.core.summary import SummaryRequest
 from callbot.core.ticket import StructuredSummary, TicketStatus
 from callbot.core.ticket_views import TicketFilters, TicketPage, TicketView
@@ -66,6 +68,22 @@ class CallObserver(Protocol):
     async def call_ended(self, record: CallRecord) -> int | None: ...
 
 
+class CallControl(Protocol):
+    """Twilio's REST API for calls (adapters/twilio_rest); failures raise `TwilioRestError`,
+    and `CallGone` for a call that has already ended."""
+
+    async def update_call(self, call_sid: str, update: CallUpdate) -> None: ...
+    async def create_call(self, request: CallCreate) -> CreatedCall: ...
+    async def aclose(self) -> None: ...
+
+
+class CallerMemory(Protocol):
+    """The returning caller's memory for a call that starts (callbot/ticketing.py); never raises,
+    and answers within its own short timeout: None means the call starts without memory."""
+
+    async def recall(self, info: CallInfo) -> MemorySeed | None: ...
+
+
 # ----- tickets -----
 
 
@@ -80,6 +98,20 @@ class TicketReader(Protocol):
 
     async def get(self, ticket_id: int) -> TicketView | None: ...
     async def list(self, filters: TicketFilters, page: int = 1, page_size: int = 50) -> TicketPage: ...
+    async def calls(self, filters: TicketFilters, limit: int = ...) -> Sequence[TicketView]:
+        """Whole tickets for the dashboard's figures, oldest first."""
+
+    async def forget(self, ticket_id: int) -> bool:
+        """Exclude the ticket from returning callers' memory; False when there is no such ticket."""
+        ...
+
+
+class MemoryStore(Protocol):
+    """The finished tickets a returning caller's memory is built from; failures raise `StoreUnavailable`."""
+
+    async def earlier_calls(self, number: str, since: datetime, limit: int) -> Sequence[EarlierCall]:
+        """The number's complete, not forgotten tickets that started at or after `since`, newest first."""
+        ...
 
 
 class TicketStore(Protocol):

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from callbot.core.cost import DEFAULT_PRICE_TABLE, Prices, price_table
 from callbot.errors import SettingsError
 
 AudioMode = Literal["pcm24k", "pcmu"]
@@ -53,6 +54,10 @@ class Settings(BaseSettings):
     )
     twilio_auth_token: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("TWILIO_AUTH_TOKEN", "CALLBOT_TWILIO_AUTH_TOKEN")
+    )
+    twilio_api_url: str = Field(
+        default="https://api.twilio.com",
+        description="Base URL of Twilio's REST API (call control); point it at a fake in tests.",
     )
     public_url: str | None = Field(
         default=None,
@@ -168,6 +173,28 @@ class Settings(BaseSettings):
         description="This process's name in the replica leases; default: host name, process id and "
         "a random suffix (unique per start).",
     )
+    prices: dict[str, dict[str, float]] = Field(
+        default_factory=lambda: {model: dict(rates) for model, rates in DEFAULT_PRICE_TABLE.items()},
+        description="USD per million tokens by Realtime model, as JSON "
+        '{"model": {"text_in", "text_out", "audio_in", "audio_out", "cached_in"}}: '
+        "the ticket pages' cost estimates (a dated model name takes its family's prices).",
+    )
+
+    # --- Returning callers (memory) ---
+    memory_enabled: bool = Field(
+        default=True, description="Seed a call with the caller's earlier finished tickets (by phone number)."
+    )
+    memory_max_calls: int = Field(default=3, ge=1, le=20, description="At most this many earlier calls.")
+    memory_days: int = Field(default=30, ge=1, description="Only earlier calls from the last this many days.")
+    memory_max_tokens: int = Field(
+        default=600,
+        ge=50,
+        description="Upper bound on the memory message (~4 characters a token); at most half "
+        "of CALLBOT_SUMMARY_TRIGGER_TOKENS is used.",
+    )
+    memory_lookup_timeout_s: float = Field(
+        default=1.0, gt=0, le=10, description="The lookup at call start gives up after this long: no memory."
+    )
 
     # --- Process ---
     max_concurrent_calls: int = Field(default=200, ge=1)
@@ -183,6 +210,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _read_instructions_file(self) -> Settings:
+        try:
+            price_table(self.prices)
+        except ValueError as exc:
+            raise ValueError(f"CALLBOT_PRICES: {exc}") from exc
         if self.instructions_file is not None:
             try:
                 self.instructions = self.instructions_file.read_text(encoding="utf-8").strip()
@@ -211,6 +242,11 @@ class Settings(BaseSettings):
     @property
     def voice_webhook_url(self) -> str:
         return self.require_public_url() + "/twilio/voice"
+
+    @property
+    def price_table(self) -> dict[str, Prices]:
+        """`prices` as the cost estimates take it."""
+        return price_table(self.prices)
 
     def require_public_url(self) -> str:
         if not self.public_url:

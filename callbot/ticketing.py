@@ -22,7 +22,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from callbot.core.leases import REPLICA_LOST, LeasePolicy, LeaseState
-from callbot.core.record import CallRecord
+from callbot.core.memory import (
+    MemoryPolicy,
+    MemorySeed,
+    build_memory,
+    lookup_number,
+    rememberable_number,
+    since,
+)
+from callbot.core.record import CallInfo, CallRecord
 from callbot.core.ticket import (
     StructuredSummary,
     TicketStatus,
@@ -38,9 +46,73 @@ from callbot.errors import (
     TicketNotFound,
     TicketSummaryInvalid,
 )
-from callbot.ports import ReplicaLeases, TicketNotifier, TicketSpool, TicketStore, TicketSummariser
+from callbot.ports import (
+    MemoryStore,
+    ReplicaLeases,
+    TicketNotifier,
+    TicketSpool,
+    TicketStore,
+    TicketSummariser,
+)
 
 log = logging.getLogger(__name__)
+
+
+class CallerMemoryService:
+    """Implements `callbot.ports.CallerMemory`: the earlier calls of a returning caller's number.
+
+    The policy (which numbers, how many calls, how many tokens) and the message are core code
+    (core/memory.py); this only reads the store, under a short timeout so a slow database
+    cannot hold the greeting back, and turns every failure into "no memory" and a log line.
+    """
+
+    def __init__(
+        self,
+        store: MemoryStore,
+        policy: MemoryPolicy,
+        redact_patterns: Sequence[str] = (),
+        *,
+        timeout_s: float = 1.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._store = store
+        self._policy = policy
+        self._patterns: list[re.Pattern[str]] = compile_patterns(redact_patterns)
+        self._timeout_s = timeout_s
+        self._clock = clock
+
+    async def recall(self, info: CallInfo) -> MemorySeed | None:
+        policy = self._policy
+        if not policy.enabled:
+            return None
+        number = rememberable_number(lookup_number(info))
+        if number is None:
+            log.info("call %s: no memory for a withheld or invalid number", info.call_sid)
+            return None
+        now = self._clock()
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                calls = await self._store.earlier_calls(number, since(now, policy), policy.max_calls)
+        except TimeoutError:
+            log.warning(
+                "call %s: memory lookup took over %g s; the call starts without it",
+                info.call_sid,
+                self._timeout_s,
+            )
+            return None
+        except StoreUnavailable as exc:
+            log.warning("call %s: memory lookup failed, the call starts without it: %s", info.call_sid, exc)
+            return None
+        seed = build_memory(calls, now, policy, self._patterns)
+        if seed is not None:
+            log.info(
+                "call %s: seeded with %d earlier call(s): tickets %s (~%d tokens)",
+                info.call_sid,
+                len(seed.ticket_ids),
+                ", ".join(map(str, seed.ticket_ids)),
+                seed.tokens,
+            )
+        return seed
 
 
 class TicketService:

@@ -16,9 +16,11 @@ import pytest
 from callbot.adapters.store_migrate import upgrade_database
 from callbot.adapters.store_sql import SqlTicketStore
 from callbot.cli_tickets import register
+from callbot.core.cost import DEFAULT_PRICE_TABLE, call_cost, price_table
 from callbot.core.record import CallInfo, CallRecord, TranscriptEntry
 from callbot.core.ticket import TicketStatus
 from callbot.testing.fake_openai_http import FakeOpenAIControl, create_fake_openai_app, serve_app_in_thread
+from tests.pictures_helpers import seed_day
 
 BASE = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
 
@@ -281,3 +283,44 @@ def test_retry_writes_spooled_tickets_first(
         json.loads(run(capsys, "tickets", "list", "--json", "--search", "spooled").out)["items"][0]["status"]
         == TicketStatus.COMPLETE
     )
+
+
+# ----- cost and stats (issue #18) -----
+
+
+@pytest.fixture
+def long_calls(env: Path) -> list[CallRecord]:
+    return asyncio.run(seed_day(f"sqlite+aiosqlite:///{env}", datetime(2026, 12, 1, tzinfo=UTC), calls=3))
+
+
+def test_show_prints_the_cost_and_json_carries_it(
+    long_calls: list[CallRecord], capsys: pytest.CaptureFixture[str]
+) -> None:
+    cost = call_cost(long_calls[1], price_table(DEFAULT_PRICE_TABLE))
+    result = run(capsys, "tickets", "show", "2")
+    assert result.code == 0
+    assert (
+        f"Cost: ${cost.cost_usd:.4f} estimated, ${cost.cost_without_summaries_usd:.4f} without summaries"
+        in result.out
+    )
+    assert f"({cost.tokens_saved} input tokens saved)" in result.out
+    data = json.loads(run(capsys, "tickets", "show", "2", "--json").out)
+    assert data["cost"] == cost.to_json()
+
+
+def test_stats_prints_the_dashboards_figures(
+    long_calls: list[CallRecord], capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = price_table(DEFAULT_PRICE_TABLE)
+    total = sum(call_cost(r, table).cost_usd or 0 for r in long_calls)
+    result = run(capsys, "tickets", "stats", "--since", "2026-12-01", "--until", "2026-12-01")
+    assert result.code == 0
+    assert "Calls: 3 (from 2026-12-01T00:00:00+00:00 before 2026-12-02T00:00:00+00:00)" in result.out
+    assert f"Cost: ${total:.4f} total" in result.out
+    assert "Open follow-ups: 1" in result.out and "Summary failures: 1 failed attempts" in result.out
+    assert "  2026-12-01     3 ###" in result.out
+    data = json.loads(run(capsys, "tickets", "stats", "--json").out)
+    assert data["calls"] == 3 and data["total_cost_usd"] == pytest.approx(total)
+    assert data["tokens_saved"] == sum(call_cost(r, table).tokens_saved for r in long_calls)
+    assert json.loads(run(capsys, "tickets", "stats", "--json", "--since", "2027-01-01").out)["calls"] == 0
+    assert run(capsys, "tickets", "stats", "--since", "nope").code == 2

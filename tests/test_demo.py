@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import io
 import re
+import wave
 from pathlib import Path
 
+import numpy as np
+
+from callbot.adapters.store_sql import SqlTicketStore
 from callbot.caller.wavio import read_wav
+from callbot.core.charts import call_marks, call_points, context_chart_svg
+from callbot.core.cost import DEFAULT_PRICE_TABLE, call_cost, price_table
+from callbot.core.ticket_views import TicketFilters
 from callbot.demo import CALLER_LINES, run_demo
+from callbot.testing import tts
+from tests.speech_measure import spectra
 
 
 async def test_demo_runs_a_whole_call_offline_and_prints_transcript_summaries_and_ticket(
@@ -33,9 +42,48 @@ async def test_demo_runs_a_whole_call_offline_and_prints_transcript_summaries_an
     )
     check_times_match_the_call(text)
     assert re.search(r"=== Ticket #\d+ \(complete\)", text)
+    assert re.search(
+        r"=== Cost \(estimated at gpt-realtime-1.5's list prices\): \$0\.\d{4}; without the summaries", text
+    )
     assert "fact: number: 4471-2290" in text and "category: technical" in text
     pcm, rate = read_wav(tmp_path / "call.wav")
     assert rate == 8000 and len(pcm) > 8000 * 20
+    await check_the_chart_shows_the_calls_events(tmp_path / "demo.db")
+    caller, assistant = stereo_channels(tmp_path / "call.wav")
+    if tts.available():  # the dev lock installs it: both sides speak words
+        assert "eSpeak NG speaks" in text
+        assert spectra(caller).speech_like(), spectra(caller)
+        assert spectra(assistant).speech_like(), spectra(assistant)
+    else:
+        assert "synthetic buzzes" in text
+
+
+async def check_the_chart_shows_the_calls_events(db: Path) -> None:
+    """The whole call through the real server: its ticket's chart has a point per response and a
+    mark for every summary and the barge-in; the cost figures come with it."""
+    store = await SqlTicketStore.open(f"sqlite+aiosqlite:///{db}")
+    try:
+        (ticket,) = await store.calls(TicketFilters())
+    finally:
+        await store.close()
+    record = ticket.to_record()
+    assert len(record.response_usage) == ticket.usage.responses >= len(CALLER_LINES)
+    marks = call_marks(record)
+    kinds = [m.kind for m in marks]
+    assert kinds.count("summary") == len(record.summaries) >= 2
+    assert kinds.count("barge_in") == 1  # the scripted barge-in
+    svg = context_chart_svg(call_points(record.response_usage), marks, 350)
+    assert svg.count('class="point"') == len(record.response_usage)
+    assert svg.count('data-kind="summary"') == len(record.summaries)
+    cost = call_cost(record, price_table(DEFAULT_PRICE_TABLE))
+    assert cost.cost_usd is not None and cost.cost_usd > 0 and cost.tokens_saved > 0
+
+
+def stereo_channels(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with wave.open(str(path), "rb") as w:
+        assert w.getnchannels() == 2 and w.getsampwidth() == 2
+        both = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2)
+    return both[:, 0], both[:, 1]
 
 
 def check_times_match_the_call(text: str) -> None:

@@ -113,9 +113,7 @@ class TicketRig:
     async def settle(self, timeout_s: float = 30.0) -> None:
         """Wait until every call has ended and the ticket service has nothing in flight."""
         deadline = time.monotonic() + timeout_s
-        while self.services.active_calls:
-            assert time.monotonic() < deadline, "a call never ended"
-            await asyncio.sleep(0.02)
+        assert await self.services.active_calls.wait_empty(timeout_s), "a call never ended"
         await asyncio.wait_for(self.services.observer.drain(), timeout=deadline - time.monotonic())  # type: ignore[union-attr]
 
 
@@ -194,6 +192,12 @@ async def test_multi_turn_call_leaves_one_complete_ticket_with_every_turn(tmp_pa
     assert "4417" in json.dumps(view.item.summary)
     assert view.usage.responses == 4
     assert view.usage.input_tokens > 0 and view.usage.output_tokens > 0 and view.usage.total_tokens > 0
+    # each response's own usage, in call time order, adding up to the totals (issue #18)
+    per_response = view.response_usage
+    assert len(per_response) == 4
+    assert [u.at_ms for u in per_response] == sorted(u.at_ms for u in per_response)
+    assert sum(u.input_tokens for u in per_response) == view.usage.input_tokens
+    assert sum(u.output_tokens for u in per_response) == view.usage.output_tokens
     assert view.realtime_model == rig.settings.model
     assert view.summary_model == rig.settings.summary_model
     assert view.item.from_number == "+15551230000" and view.item.to_number == "+15559870000"

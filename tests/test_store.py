@@ -7,11 +7,13 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
@@ -19,7 +21,16 @@ from sqlalchemy.engine import Connection
 from callbot.adapters.store_migrate import current_revision, head_revision, upgrade_database
 from callbot.adapters.store_models import metadata, tickets
 from callbot.adapters.store_sql import SqlTicketStore, create_engine
-from callbot.core.record import CallInfo, CallRecord, SummaryEvent, TranscriptEntry, UsageTotals
+from callbot.core.cost import DEFAULT_PRICE_TABLE, price_table
+from callbot.core.record import (
+    CallInfo,
+    CallRecord,
+    ResponseUsage,
+    SummaryEvent,
+    TranscriptEntry,
+    UsageTotals,
+)
+from callbot.core.stats import compute_stats
 from callbot.core.ticket import TicketStatus
 from callbot.core.ticket_views import TicketFilters
 from callbot.errors import StoreUnavailable, TicketNotFound
@@ -401,3 +412,39 @@ async def test_concurrent_upgrades_from_several_processes_agree(database_url: st
     )
     assert results == ["0006", "0006", "0006"]
     assert await current_revision(database_url) == "0006"
+
+
+# ----- per-response usage and the dashboard's rows (issue #18) -----
+
+
+async def test_response_usage_round_trips_and_old_rows_read_as_none(store: SqlTicketStore) -> None:
+    usages = (
+        ResponseUsage(1200, 800, 0, 500, 300, 20, 150),
+        ResponseUsage(5400, 2400, 1024, 900, 1500, 30, 200, cached_text_tokens=600, cached_audio_tokens=424),
+    )
+    rec = replace(make_record("CA1"), response_usage=usages)
+    ticket_id = await store.upsert_call(rec, TicketStatus.PENDING_SUMMARY)
+    view = await store.get(ticket_id)
+    assert view is not None and view.response_usage == usages
+    assert view.to_record() == rec
+    assert view.to_json()["response_usage"][1]["cached_audio_tokens"] == 424
+    # a row written before migration 0005 has no per-response usage: NULL reads back as none
+    async with store._engine.begin() as conn:
+        await conn.execute(sa.update(tickets).values(response_usage=None))
+    view = await store.get(ticket_id)
+    assert view is not None and view.response_usage == ()
+
+
+async def test_calls_gives_whole_tickets_in_a_date_range_oldest_first(store: SqlTicketStore) -> None:
+    await seed(store)
+    views = await store.calls(TicketFilters.from_strings(since="2024-05-02", until="2024-05-04"))
+    assert [v.call_sid for v in views] == ["CA2", "CA3", "CA4"]
+    assert all(v.transcript for v in views)  # whole tickets, not list rows
+    assert [v.call_sid for v in await store.calls(TicketFilters(), limit=2)] == ["CA5", "CA6"]  # the newest
+    stats = compute_stats(
+        await store.calls(TicketFilters()), price_table(DEFAULT_PRICE_TABLE), since=None, until=None
+    )
+    assert stats.calls == 6
+    assert stats.calls_per_day[0] == ("2024-05-01", 1) and len(stats.calls_per_day) == 6
+    assert stats.status_mix == {"complete": 4, "pending_summary": 1, "in_progress": 1}
+    assert stats.category_mix["billing"] == 1 and stats.open_follow_ups == 0

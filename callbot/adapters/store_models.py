@@ -76,11 +76,16 @@ tickets = sa.Table(
     sa.Column("follow_up_needed", sa.Boolean, nullable=True),
     sa.Column("transcript", JSONDocument, nullable=False),
     sa.Column("in_call_summaries", JSONDocument, nullable=False),
+    sa.Column("response_usage", JSONDocument, nullable=True),  # migration 0005; null before it
     sa.Column("search_text", sa.Text, nullable=False, server_default=""),
     sa.Column("summary_attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("last_error", sa.Text, nullable=True),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
+    # Returning callers (migration 0004): the earlier tickets that seeded this call, whether this
+    # ticket may seed later calls, and the index the lookup by number walks (newest first).
+    sa.Column("memory_ticket_ids", JSONDocument, nullable=True),
+    sa.Column("memory_excluded", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("owner_replica", sa.String(64), nullable=True),
     sa.Column("webhook_due_at", UTCDateTime(), nullable=True),
     sa.UniqueConstraint("call_sid", name="uq_tickets_call_sid"),
@@ -88,6 +93,7 @@ tickets = sa.Table(
     sa.Index("ix_tickets_started_at", "started_at"),
     sa.Index("ix_tickets_category", "category"),
     sa.Index("ix_tickets_priority", "priority"),
+    sa.Index("ix_tickets_from_number_started_at", "from_number", "started_at"),
     sa.Index("ix_tickets_owner_replica", "owner_replica"),
     sa.Index("ix_tickets_webhook_due_at", "webhook_due_at"),
 )

@@ -26,10 +26,13 @@ from sqlalchemy.pool import StaticPool
 
 from callbot.adapters.store_models import replicas, tickets
 from callbot.core.leases import REPLICA_LOST
+from callbot.core.memory import EarlierCall, earlier_call
 from callbot.core.record import CallRecord, UsageTotals
 from callbot.core.record_json import (
     entry_from_json,
     entry_to_json,
+    response_usage_to_json,
+    response_usages_from_json,
     summary_event_from_json,
     summary_event_to_json,
 )
@@ -47,6 +50,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_PAGE_SIZE = 500
+MAX_STATS_CALLS = 20_000
 MAX_ERROR_CHARS = 2000
 ABANDONED_AFTER_S = 2 * 3600.0
 
@@ -256,6 +260,68 @@ class SqlTicketStore:
 
         return await self._run(work)
 
+    # ----- returning callers (core/memory.py) -----
+
+    async def earlier_calls(self, number: str, since: datetime, limit: int) -> builtins.list[EarlierCall]:
+        """The number's complete, not forgotten tickets started at or after `since`, newest first.
+
+        Walks `ix_tickets_from_number_started_at` backwards from the newest call of the number,
+        so it reads a handful of rows whatever the table's size (bench/memory_lookup.py)."""
+
+        async def work(conn: AsyncConnection) -> builtins.list[Mapping[str, Any]]:
+            stmt = (
+                sa.select(tickets.c.id, tickets.c.started_at, tickets.c.summary)
+                .where(
+                    tickets.c.from_number == number,
+                    tickets.c.started_at >= since,
+                    tickets.c.status == TicketStatus.COMPLETE.value,
+                    tickets.c.memory_excluded.is_(False),
+                )
+                .order_by(tickets.c.started_at.desc(), tickets.c.id.desc())
+                .limit(limit)
+            )
+            return [dict(r) for r in (await conn.execute(stmt)).mappings().all()]
+
+        calls = []
+        for row in await self._run(work):
+            if isinstance(row["summary"], dict):
+                call = earlier_call(int(row["id"]), row["started_at"], row["summary"])
+                if call is not None:
+                    calls.append(call)
+        return calls
+
+    async def forget(self, ticket_id: int) -> bool:
+        """Exclude a ticket from every later call's memory; False when there is no such ticket."""
+
+        async def work(conn: AsyncConnection) -> bool:
+            stmt = (
+                sa.update(tickets)
+                .where(tickets.c.id == ticket_id)
+                .values(memory_excluded=True, updated_at=_now())
+                .returning(tickets.c.id)
+            )
+            return (await conn.execute(stmt)).first() is not None
+
+        return await self._run(work)
+
+    async def purge_number(self, number: str) -> int:
+        """Delete every ticket of calls from `number` (its whole history); how many were deleted."""
+
+        async def work(conn: AsyncConnection) -> int:
+            result = await conn.execute(sa.delete(tickets).where(tickets.c.from_number == number))
+            return int(result.rowcount or 0)
+
+        return await self._run(work)
+
+    async def count_number(self, number: str) -> int:
+        """How many tickets `purge_number` would delete."""
+
+        async def work(conn: AsyncConnection) -> int:
+            stmt = sa.select(sa.func.count()).select_from(tickets).where(tickets.c.from_number == number)
+            return int(await conn.scalar(stmt) or 0)
+
+        return await self._run(work)
+
     # ----- reads -----
 
     async def get(self, ticket_id: int) -> TicketView | None:
@@ -292,6 +358,22 @@ class SqlTicketStore:
 
         total, rows = await self._run(work)
         return TicketPage(items=[_list_item(r) for r in rows], total=total, page=page, page_size=page_size)
+
+    async def calls(self, filters: TicketFilters, limit: int = MAX_STATS_CALLS) -> builtins.list[TicketView]:
+        """Whole tickets of the calls `filters` select, oldest first, for the dashboard's figures
+        (computed in callbot.core.stats from these rows); at most `limit` of the newest."""
+        where = _where(filters)
+
+        async def work(conn: AsyncConnection) -> builtins.list[Mapping[str, Any]]:
+            stmt = (
+                sa.select(tickets)
+                .where(*where)
+                .order_by(tickets.c.started_at.desc(), tickets.c.id.desc())
+                .limit(max(1, limit))
+            )
+            return [dict(r) for r in (await conn.execute(stmt)).mappings().all()]
+
+        return [_view(r) for r in reversed(await self._run(work))]
 
     async def pending_summaries(
         self, limit: int = 50, *, abandoned_after_s: float | None = ABANDONED_AFTER_S
@@ -468,6 +550,8 @@ def _record_values(record: CallRecord) -> dict[str, Any]:
         "last_context_tokens": usage.last_context_tokens,
         "transcript": [entry_to_json(e) for e in record.transcript],
         "in_call_summaries": [summary_event_to_json(s) for s in record.summaries],
+        "memory_ticket_ids": list(record.memory_ticket_ids),
+        "response_usage": [response_usage_to_json(u) for u in record.response_usage],
         "search_text": "\n".join(
             [info.call_sid, info.from_number, info.to_number, transcript_as_text(record)]
         ).lower(),
@@ -515,6 +599,8 @@ def _where(filters: TicketFilters) -> builtins.list[sa.ColumnElement[bool]]:
         where.append(tickets.c.started_at < filters.until)
     if filters.call_sid:
         where.append(tickets.c.call_sid == filters.call_sid)
+    if filters.number:
+        where.append(sa.or_(tickets.c.from_number == filters.number, tickets.c.to_number == filters.number))
     return where
 
 
@@ -523,7 +609,7 @@ _LIST_COLUMNS = [
     for name in (
         "id", "call_sid", "from_number", "to_number", "started_at", "ended_at", "duration_s", "status",
         "title", "category", "priority", "sentiment", "follow_up_needed", "summary", "summary_attempts",
-        "last_error", "created_at", "updated_at",
+        "last_error", "created_at", "updated_at", "memory_excluded",
     )
 ]  # fmt: skip
 
@@ -536,6 +622,7 @@ def _view(row: Mapping[str, Any]) -> TicketView:
     try:
         transcript = tuple(entry_from_json(e) for e in row["transcript"] or [])
         summaries = tuple(summary_event_from_json(s) for s in row["in_call_summaries"] or [])
+        response_usage = response_usages_from_json(row.get("response_usage"))
     except RecordJsonError as exc:
         raise StoreUnavailable(f"ticket {row['id']} has an unreadable transcript: {exc}") from exc
     return TicketView(
@@ -558,4 +645,6 @@ def _view(row: Mapping[str, Any]) -> TicketView:
         ),
         transcript=transcript,
         summaries=summaries,
+        memory_ticket_ids=tuple(i for i in row["memory_ticket_ids"] or [] if isinstance(i, int)),
+        response_usage=response_usage,
     )

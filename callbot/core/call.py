@@ -34,6 +34,7 @@ from callbot.core.actions import (
 )
 from callbot.core.conversation import ConversationState
 from callbot.core.inbound import CallerAudio
+from callbot.core.memory import GREETING_HINT, MEMORY_ITEM_ID, MemorySeed
 from callbot.core.outbound import OutboundAudio
 from callbot.core.playback import PlaybackTracker
 from callbot.core.record import CallInfo
@@ -112,6 +113,8 @@ class CallSession:
         self._ready_deadline_ms: int | None = None
         self._last_twilio_ms = 0
         self._unknown_logged: set[str] = set()
+        self.memory: MemorySeed | None = None
+        self._configured = False  # a session has been configured at least once
 
     # ----- queries -----
     @property
@@ -218,6 +221,19 @@ class CallSession:
         out = self._flush_inbound()
         out.append(SendRealtime(rt.user_text(item_id, f"[The caller pressed the key {event.digit}]")))
         return out
+
+    def set_memory(self, seed: MemorySeed | None) -> None:
+        """The returning caller's memory (core/memory.py), looked up by the bridge at call start.
+
+        Only taken before the first session is configured: it goes in ahead of the greeting or
+        not at all (a lookup that came too late is dropped, the call goes on without it)."""
+        if not self._configured:
+            self.memory = seed
+
+    @property
+    def memory_ticket_ids(self) -> tuple[int, ...]:
+        """The earlier tickets whose summaries seeded this call."""
+        return self.memory.ticket_ids if self.memory is not None else ()
 
     # ----- the Realtime link (core/recovery.py keeps the attempts and the session's age) -----
     def realtime_connected(self, now_ms: int) -> list[Action]:
@@ -327,16 +343,25 @@ class CallSession:
             log.error("%s", problem)
             return self.end(problem)
         self.phase = "active"
+        self._configured = True
         self._ready_deadline_ms = None
         self.upstream.session_ready(now_ms)
         self.caller_audio.new_session(now_ms)
         if self.upstream.restoring:
             self.upstream.restoring = False
-            return [SendRealtime(restore) for restore in restore_events(self.conversation)]
+            return [SendRealtime(restore) for restore in restore_events(self.conversation, self.memory)]
+        out: list[Action] = []
+        if self.memory is not None:
+            # One system item at the root, created before the greeting's response is asked for,
+            # so the greeting already sees it (docs/memory.md §2).
+            memory = rt.system_message(MEMORY_ITEM_ID, self.memory.text, previous_item_id="root")
+            out.append(SendRealtime(memory))
         if not agent.greeting:
-            return []
-        instructions = f"{agent.instructions}\n\n{agent.greeting}".strip()
-        return [SendRealtime(rt.response_create(instructions, event_id="evt_greeting"))]
+            return out
+        greeting = f"{agent.greeting}\n\n{GREETING_HINT}" if self.memory is not None else agent.greeting
+        instructions = f"{agent.instructions}\n\n{greeting}".strip()
+        out.append(SendRealtime(rt.response_create(instructions, event_id="evt_greeting")))
+        return out
 
     def _on_speech_started(self, event: ev.SpeechStarted, now_ms: int) -> list[Action]:
         """Barge-in (docs/protocols.md §10.4): clear Twilio, cancel, truncate at what was heard."""
@@ -376,14 +401,17 @@ class CallSession:
     ) -> list[Action]:
         self.responses.done(response_id)
         if usage is not None:
-            self.conversation.response_usage(usage)
+            self.conversation.response_usage(usage, now_ms)
             self.summaries.response_usage(self.conversation, response_id)
         return [Checkpoint(), *self._maybe_summarise(now_ms)]
 
     def _on_item_added(self, event: ev.ItemAdded | ev.ItemDone, now_ms: int) -> list[Action]:
         item_id = event.item_id
         is_summary = self.summaries.is_inserting(item_id)
-        self.conversation.item_added(event.item, event.previous_item_id, now_ms, is_summary=is_summary)
+        is_memory = item_id == MEMORY_ITEM_ID and self.memory is not None
+        self.conversation.item_added(
+            event.item, event.previous_item_id, now_ms, is_summary=is_summary, is_memory=is_memory
+        )
         if is_summary:
             deletes = self.summaries.confirmed(self.conversation, item_id, now_ms, self.responses.active)
             return [SendRealtime(delete) for delete in deletes]

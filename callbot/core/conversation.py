@@ -15,7 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from callbot.core.record import Role, SummaryEvent, TranscriptEntry, TranscriptStatus, UsageTotals
+from callbot.core.record import (
+    ResponseUsage,
+    Role,
+    SummaryEvent,
+    TranscriptEntry,
+    TranscriptStatus,
+    UsageTotals,
+)
 
 
 @dataclass(slots=True)
@@ -33,6 +40,7 @@ class Turn:
     summary_id: str | None = None
     in_context: bool = True
     is_summary: bool = False
+    is_memory: bool = False
     started_ms: int | None = None
     ended_ms: int | None = None
     _deltas: list[str] = field(default_factory=list)
@@ -87,6 +95,11 @@ def _content_text(item: dict[str, Any]) -> str | None:
     return " ".join(texts) if texts else None
 
 
+def _count(value: Any) -> int:
+    """A token count from the server's JSON: a non-negative int, anything else counts as 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 PENDING_SPEECH_KEPT = 8
 """Caller speech spans waiting for their item; a real one waits a second at most."""
 
@@ -101,6 +114,7 @@ class ConversationState:
         self.summaries: list[SummaryEvent] = []
         self.usage = UsageTotals()
         self.last_usage: dict[str, Any] | None = None
+        self.response_usages: list[ResponseUsage] = []
         # caller speech seen by the VAD before its item exists: item id -> [started, stopped]
         self._speech: dict[str, list[int | None]] = {}
 
@@ -113,11 +127,15 @@ class ConversationState:
         return [self._turns[i] for i in self._log]
 
     def context_turns(self) -> list[Turn]:
-        """Turns the server still holds verbatim (summary items excluded), in order."""
-        return [t for i in self.context if not (t := self._turns[i]).is_summary]
+        """Turns the server still holds verbatim (summary and memory items excluded), in order."""
+        return [t for i in self.context if not ((t := self._turns[i]).is_summary or t.is_memory)]
 
     def summary_items(self) -> list[Turn]:
         return [t for i in self.context if (t := self._turns[i]).is_summary]
+
+    def memory_item(self) -> Turn | None:
+        """The returning caller's memory message, while the server holds it (core/memory.py)."""
+        return next((t for i in self.context if (t := self._turns[i]).is_memory), None)
 
     @property
     def context_tokens(self) -> int:
@@ -134,8 +152,12 @@ class ConversationState:
         at_ms: int,
         *,
         is_summary: bool = False,
+        is_memory: bool = False,
     ) -> Turn | None:
-        """`conversation.item.added` (or the beta `.created`): place the item in both views."""
+        """`conversation.item.added` (or the beta `.created`): place the item in both views.
+
+        Summaries and the memory message are conversation state, not turns: they go into the
+        context (at the root, where they were asked for) but not into the call's log."""
         item_id = item.get("id")
         if not isinstance(item_id, str):
             return None
@@ -146,6 +168,7 @@ class ConversationState:
         role: Role = raw_role if raw_role in ("user", "assistant", "system") else "system"  # type: ignore[assignment]
         turn = Turn(item_id=item_id, role=role, at_ms=at_ms, kind=str(item.get("type", "message")))
         turn.is_summary = is_summary
+        turn.is_memory = is_memory
         text = _content_text(item)
         if text is not None:
             turn.text = text
@@ -156,10 +179,10 @@ class ConversationState:
         if item_id in self._speech:
             turn.started_ms, turn.ended_ms = self._speech.pop(item_id)
         self._turns[item_id] = turn
-        if is_summary:
+        if is_summary or is_memory:
             previous_item_id = "root"  # we asked for the root; the event may report it as null
         self._insert(self.context, item_id, previous_item_id)
-        if not is_summary:
+        if not (is_summary or is_memory):
             self._insert(self._log, item_id, previous_item_id)
         return turn
 
@@ -263,22 +286,45 @@ class ConversationState:
         turn.text = _cut_to_heard(turn.text or "", heard_ms, generated_ms)
 
     # ----- usage -----
-    def response_usage(self, usage: dict[str, Any]) -> None:
-        """Add an in-conversation `response.done` usage; its total is the current context size."""
+    def response_usage(self, usage: dict[str, Any], at_ms: int = 0) -> None:
+        """Add an in-conversation `response.done` usage; its total is the current context size.
+
+        Each one is also kept on its own (`response_usages`), for the ticket's context chart and
+        its cost (docs/protocols.md §11.1 names the fields)."""
         self.last_usage = usage
         inp = usage.get("input_token_details") or {}
         out = usage.get("output_token_details") or {}
+        if not isinstance(inp, dict):
+            inp = {}
+        if not isinstance(out, dict):
+            out = {}
+        cached_details = inp.get("cached_tokens_details") or {}
+        if not isinstance(cached_details, dict):
+            cached_details = {}
+        self.response_usages.append(
+            ResponseUsage(
+                at_ms=at_ms,
+                input_tokens=_count(usage.get("input_tokens")),
+                cached_tokens=_count(inp.get("cached_tokens")),
+                input_text_tokens=_count(inp.get("text_tokens")),
+                input_audio_tokens=_count(inp.get("audio_tokens")),
+                output_text_tokens=_count(out.get("text_tokens")),
+                output_audio_tokens=_count(out.get("audio_tokens")),
+                cached_text_tokens=_count(cached_details.get("text_tokens")),
+                cached_audio_tokens=_count(cached_details.get("audio_tokens")),
+            )
+        )
         u = self.usage
         self.usage = UsageTotals(
             responses=u.responses + 1,
-            input_tokens=u.input_tokens + int(usage.get("input_tokens") or 0),
-            output_tokens=u.output_tokens + int(usage.get("output_tokens") or 0),
-            input_text_tokens=u.input_text_tokens + int(inp.get("text_tokens") or 0),
-            input_audio_tokens=u.input_audio_tokens + int(inp.get("audio_tokens") or 0),
-            cached_tokens=u.cached_tokens + int(inp.get("cached_tokens") or 0),
-            output_text_tokens=u.output_text_tokens + int(out.get("text_tokens") or 0),
-            output_audio_tokens=u.output_audio_tokens + int(out.get("audio_tokens") or 0),
-            last_context_tokens=int(usage.get("total_tokens") or 0),
+            input_tokens=u.input_tokens + _count(usage.get("input_tokens")),
+            output_tokens=u.output_tokens + _count(usage.get("output_tokens")),
+            input_text_tokens=u.input_text_tokens + _count(inp.get("text_tokens")),
+            input_audio_tokens=u.input_audio_tokens + _count(inp.get("audio_tokens")),
+            cached_tokens=u.cached_tokens + _count(inp.get("cached_tokens")),
+            output_text_tokens=u.output_text_tokens + _count(out.get("text_tokens")),
+            output_audio_tokens=u.output_audio_tokens + _count(out.get("audio_tokens")),
+            last_context_tokens=_count(usage.get("total_tokens")),
         )
 
     # ----- summaries -----

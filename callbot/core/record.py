@@ -82,6 +82,31 @@ class UsageTotals:
 
 
 @dataclass(frozen=True, slots=True)
+class ResponseUsage:
+    """One in-conversation response's `response.done` usage, at `at_ms` since the call started.
+
+    `input_tokens` is everything the model read for this response (the whole live context,
+    cached part included), so the series over a call is the context's growth and the summaries'
+    cuts (docs/cost.md). `cached_text_tokens`/`cached_audio_tokens` split `cached_tokens` by
+    modality when the server reported the split (0 and 0 otherwise).
+    """
+
+    at_ms: int
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    input_text_tokens: int = 0
+    input_audio_tokens: int = 0
+    output_text_tokens: int = 0
+    output_audio_tokens: int = 0
+    cached_text_tokens: int = 0
+    cached_audio_tokens: int = 0
+
+    @property
+    def output_tokens(self) -> int:
+        return self.output_text_tokens + self.output_audio_tokens
+
+
+@dataclass(frozen=True, slots=True)
 class CallInfo:
     """Who called whom, from Twilio's `start` message and the webhook's parameters."""
 
@@ -105,6 +130,9 @@ class CallRecord:
     realtime_model: str = ""
     summary_model: str = ""
     end_reason: str = ""
+    memory_ticket_ids: tuple[int, ...] = ()
+    """The earlier tickets whose summaries seeded this call (core/memory.py)."""
+    response_usage: tuple[ResponseUsage, ...] = ()
 
     @property
     def duration_s(self) -> float | None:

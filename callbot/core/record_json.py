@@ -11,7 +11,15 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from callbot.core.record import CallInfo, CallRecord, Role, SummaryEvent, TranscriptEntry, UsageTotals
+from callbot.core.record import (
+    CallInfo,
+    CallRecord,
+    ResponseUsage,
+    Role,
+    SummaryEvent,
+    TranscriptEntry,
+    UsageTotals,
+)
 from callbot.errors import RecordJsonError
 
 FORMAT_VERSION = 1
@@ -100,6 +108,30 @@ def usage_from_json(obj: Any) -> UsageTotals:
     return UsageTotals(**{name: _int(data, name, 0) for name in USAGE_FIELDS})
 
 
+RESPONSE_USAGE_FIELDS = (
+    "at_ms", "input_tokens", "cached_tokens", "input_text_tokens", "input_audio_tokens",
+    "output_text_tokens", "output_audio_tokens", "cached_text_tokens", "cached_audio_tokens",
+)  # fmt: skip
+
+
+def response_usage_to_json(usage: ResponseUsage) -> dict[str, int]:
+    return {name: getattr(usage, name) for name in RESPONSE_USAGE_FIELDS}
+
+
+def response_usage_from_json(obj: Any) -> ResponseUsage:
+    data = _mapping(obj, "response usage")
+    return ResponseUsage(**{name: _int(data, name, 0) for name in RESPONSE_USAGE_FIELDS})
+
+
+def response_usages_from_json(obj: Any) -> tuple[ResponseUsage, ...]:
+    """The per-response list of a record or a ticket row; absent (older rows) is empty."""
+    if obj is None:
+        return ()
+    if not isinstance(obj, list):
+        raise RecordJsonError("record: response_usage must be a list")
+    return tuple(response_usage_from_json(u) for u in obj)
+
+
 def record_to_json(record: CallRecord) -> dict[str, Any]:
     info = record.info
     return {
@@ -119,6 +151,8 @@ def record_to_json(record: CallRecord) -> dict[str, Any]:
         "realtime_model": record.realtime_model,
         "summary_model": record.summary_model,
         "end_reason": record.end_reason,
+        "memory_ticket_ids": list(record.memory_ticket_ids),
+        "response_usage": [response_usage_to_json(u) for u in record.response_usage],
     }
 
 
@@ -144,7 +178,16 @@ def record_from_json(obj: Any) -> CallRecord:
         realtime_model=_str(data, "realtime_model", ""),
         summary_model=_str(data, "summary_model", ""),
         end_reason=_str(data, "end_reason", ""),
+        memory_ticket_ids=_ids(data.get("memory_ticket_ids", [])),
+        response_usage=response_usages_from_json(data.get("response_usage")),
     )
+
+
+def _ids(value: Any) -> tuple[int, ...]:
+    """Ticket ids; records written before issue 17 have none."""
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise RecordJsonError("record: memory_ticket_ids must be a list of ticket ids")
+    return tuple(value)
 
 
 def _datetime(text: str) -> datetime:

@@ -13,6 +13,7 @@ from typing import Any
 
 from callbot.core import realtime as rt
 from callbot.core.conversation import ConversationState
+from callbot.core.memory import MEMORY_ITEM_ID, MemorySeed
 
 UNTRANSCRIBED_CALLER = "[the caller spoke here; no transcript is available]"
 SILENT_ASSISTANT = "[the assistant was interrupted before it said anything]"
@@ -34,13 +35,17 @@ class RecoveryPolicy:
         return self.backoff_ms[min(attempt, len(self.backoff_ms)) - 1] if self.backoff_ms else 0
 
 
-def restore_events(conv: ConversationState) -> list[dict[str, Any]]:
+def restore_events(conv: ConversationState, memory: MemorySeed | None = None) -> list[dict[str, Any]]:
     """Client events that rebuild the live context on a fresh session, in order.
 
     Turns already folded into a summary (whose delete had not gone through) are not restored:
-    the summary covers them, so they leave the local context too.
+    the summary covers them, so they leave the local context too. The returning caller's memory
+    message is a system item like a summary and comes back in its place; if the old session was
+    lost before it confirmed the memory item, it is created again at the root.
     """
     events: list[dict[str, Any]] = []
+    if memory is not None and conv.get(MEMORY_ITEM_ID) is None:
+        events.append(rt.system_message(MEMORY_ITEM_ID, memory.text, previous_item_id="root"))
     for item_id in list(conv.context):
         turn = conv.get(item_id)
         if turn is None:

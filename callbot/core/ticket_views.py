@@ -6,12 +6,25 @@ and the CLI, so neither of those imports the database adapter to read a ticket.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from callbot.core.record import CallInfo, CallRecord, SummaryEvent, TranscriptEntry, UsageTotals
-from callbot.core.record_json import entry_to_json, summary_event_to_json, usage_to_json
+from callbot.core.record import (
+    CallInfo,
+    CallRecord,
+    ResponseUsage,
+    SummaryEvent,
+    TranscriptEntry,
+    UsageTotals,
+)
+from callbot.core.record_json import (
+    entry_to_json,
+    response_usage_to_json,
+    summary_event_to_json,
+    usage_to_json,
+)
 from callbot.core.ticket import CATEGORIES, PRIORITIES, TicketStatus
 from callbot.errors import FilterError
 
@@ -38,6 +51,8 @@ class TicketListItem:
     last_error: str | None
     created_at: datetime
     updated_at: datetime
+    memory_excluded: bool = False
+    """`callbot tickets forget`: this ticket never seeds a later call's memory."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -59,6 +74,7 @@ class TicketListItem:
             "last_error": self.last_error,
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
+            "memory_excluded": self.memory_excluded,
         }
 
 
@@ -75,6 +91,9 @@ class TicketView:
     usage: UsageTotals
     transcript: tuple[TranscriptEntry, ...]
     summaries: tuple[SummaryEvent, ...]
+    memory_ticket_ids: tuple[int, ...] = ()
+    """The earlier tickets that seeded this call (core/memory.py)."""
+    response_usage: tuple[ResponseUsage, ...] = ()
 
     @property
     def id(self) -> int:
@@ -106,6 +125,8 @@ class TicketView:
             realtime_model=self.realtime_model,
             summary_model=self.summary_model,
             end_reason=self.end_reason,
+            memory_ticket_ids=self.memory_ticket_ids,
+            response_usage=self.response_usage,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -120,6 +141,8 @@ class TicketView:
             "usage": {**usage_to_json(self.usage), "total_tokens": self.usage.total_tokens},
             "transcript": [entry_to_json(e) for e in self.transcript],
             "in_call_summaries": [summary_event_to_json(s) for s in self.summaries],
+            "memory_ticket_ids": list(self.memory_ticket_ids),
+            "response_usage": [response_usage_to_json(u) for u in self.response_usage],
         }
 
 
@@ -158,6 +181,8 @@ class TicketFilters:
     since: datetime | None = None
     until: datetime | None = None
     call_sid: str | None = None
+    number: str | None = None
+    """Calls from or to this number (exactly; spaces and dashes are dropped)."""
 
     @classmethod
     def from_strings(
@@ -170,6 +195,7 @@ class TicketFilters:
         since: str | None = None,
         until: str | None = None,
         call_sid: str | None = None,
+        number: str | None = None,
     ) -> TicketFilters:
         """Filters from a form or a command line; empty strings mean "any".
 
@@ -190,7 +216,17 @@ class TicketFilters:
             since=parse_time_bound("since", since, end_of_day=False),
             until=parse_time_bound("until", until, end_of_day=True),
             call_sid=call_sid.strip() if call_sid and call_sid.strip() else None,
+            number=_number(number),
         )
+
+
+def _number(text: str | None) -> str | None:
+    if text is None or not text.strip():
+        return None
+    compact = re.sub(r"[\s().-]", "", text)
+    if not re.fullmatch(r"\+?[0-9A-Za-z]{1,40}", compact):
+        raise FilterError(f"number {text!r} is not a phone number")
+    return compact
 
 
 def _check_choice(name: str, value: str | None, allowed: Any, strict: bool = True) -> None:

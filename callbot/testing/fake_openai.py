@@ -30,6 +30,7 @@ from callbot.caller.wavio import write_wav
 from callbot.testing.fake_openai_http import FakeOpenAIControl, create_fake_openai_app, serve_app
 from callbot.testing.fake_realtime import FakeRealtimeServer, Script
 from callbot.testing.speech import duration_ms_for_text, silence, synth_speech
+from callbot.testing.tts import CALLER_VOICE, speak
 
 HEAD_LIMIT = 64 * 1024
 """Largest request head the front door reads before it decides where a connection goes."""
@@ -162,17 +163,19 @@ async def _answer(writer: asyncio.StreamWriter, status: int, message: str) -> No
 
 
 def caller_wav(path: str, lines: list[str], *, rate: int = 8000) -> None:
-    """A caller recording for `callbot phone --input`: one synthetic utterance per scripted line.
+    """A caller recording for `callbot phone --input`: one utterance per scripted line.
 
-    The utterances are buzzes as long as the lines would take to say, 1.2 s apart, so the
-    phone's 700 ms silence cut and the fake's VAD both find one turn per line.
+    The lines are spoken in words through eSpeak NG where the `speech` extra is installed
+    (callbot/testing/tts.py; its pauses inside a line stay under 400 ms), else as buzzes as long
+    as the lines would take to say; 1.2 s apart, so the phone's 700 ms silence cut and the
+    fake's VAD both find one turn per line.
     """
     pieces = [silence(300, rate)]
     for n, line in enumerate(lines):
-        pieces += [
-            synth_speech(min(duration_ms_for_text(line), 2500), rate, seed=200 + n),
-            silence(1200, rate),
-        ]
+        spoken = speak(line, rate, voice=CALLER_VOICE)
+        if spoken is None:
+            spoken = synth_speech(min(duration_ms_for_text(line), 2500), rate, seed=200 + n)
+        pieces += [spoken, silence(1200, rate)]
     write_wav(path, [np.concatenate(pieces)], rate)
 
 
@@ -210,7 +213,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def script_from(args: argparse.Namespace) -> Script:
-    script = Script(replies=list(args.reply), realtime_factor=args.realtime_factor)
+    script = Script(replies=list(args.reply), realtime_factor=args.realtime_factor, speak_words=True)
     if args.caller_line:
         script.user_transcripts = list(args.caller_line)
     if args.greeting is not None:

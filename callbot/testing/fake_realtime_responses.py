@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import copy
 import math
+import re
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from callbot.core.memory import MEMORY_HEADER
 from callbot.testing.fake_realtime_audio import AudioFormat, audio_format
 from callbot.testing.fake_realtime_items import ItemEvents
 from callbot.testing.fake_realtime_state import (
@@ -119,6 +121,9 @@ class Responder:
         progress, script = self.core.progress, self.core.script
         if not progress.greeted and (params.get("instructions") is not None or not has_user):
             progress.greeted = True
+            earlier = self._earlier_call_title()
+            if earlier is not None:
+                return f"{script.greeting} Are you calling about {earlier}?"
             return script.greeting
         n = progress.replies
         progress.replies += 1
@@ -126,6 +131,19 @@ class Responder:
             return script.replies[n]
         last_user = next((i for i in reversed(context) if i.data.get("role") == "user"), None)
         return f"You said: {last_user.heard_text if last_user else 'nothing'}"
+
+    def _earlier_call_title(self) -> str | None:
+        """The 'model' reads a returning caller's memory: the newest earlier call's title, taken
+        from a system item at the conversation root (callbot/core/memory.py writes it)."""
+        for item in self.core.conversation.items:
+            data = item.data
+            if data.get("role") != "system":
+                break  # the memory sits at the root, before any turn
+            text = " ".join(str(p.get("text") or "") for p in data.get("content") or [])
+            match = re.search(r'ticket #\d+: "([^"]+)"', text) if text.startswith(MEMORY_HEADER) else None
+            if match:
+                return match.group(1)
+        return None
 
     def _resolve_input(self, spec: list[dict[str, Any]], event_id: str | None) -> list[ConvItem] | None:
         items: list[ConvItem] = []
@@ -193,7 +211,16 @@ class Responder:
         }
         item = ConvItem(data={**data, "status": "in_progress", "content": []})
         delta_ms = max(10, int(self.core.script.delta_ms))
-        if audio:
+        spoken = (
+            self.core.ctx.spoken_chunks(fmt, text, delta_ms)
+            if audio and self.core.script.speak_words
+            else None
+        )
+        if spoken is not None:  # words through eSpeak NG (callbot/testing/tts.py)
+            chunks, duration, item.audio_bytes = spoken
+            chunk_ms = [float(min(delta_ms, duration - i * delta_ms)) for i in range(len(chunks))]
+            item.audio_format = fmt
+        elif audio:
             duration = duration_ms_for_text(text)
             seed = zlib.crc32(text.encode()) & 0xFFFF
             chunks = self.core.ctx.synth_chunks(fmt, duration, seed, delta_ms)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from callbot.testing.fake_realtime_audio import PCM24K, AudioFormat
+from callbot.testing.tts import ASSISTANT_VOICE, speak
 
 USER_AUDIO_TOKENS_PER_S = 10
 """1 token per 100 ms of caller audio (OpenAI cost guide)."""
@@ -47,6 +48,7 @@ class Script:
     * `realtime_factor`: how much faster than real time audio deltas are paced; 0 = no pacing.
     * `delta_ms`: audio per `response.output_audio.delta`.
     * `first_delta_delay_ms`: wall-clock delay before the first delta (model latency), unscaled.
+    * `speak_words`: the assistant speaks words (TTS) rather than the synthetic buzz.
     """
 
     greeting: str = "Hello! Thanks for calling. How can I help you today?"
@@ -64,6 +66,9 @@ class Script:
     delta_ms: int = 100
     first_delta_delay_ms: float = 0.0
     out_of_band_reply: str | None = None
+    speak_words: bool = False
+    """Say the greeting and replies in words through eSpeak NG where it is installed
+    (callbot/testing/tts.py), instead of the synthetic buzz; the length then follows the speech."""
 
     def transcript_for(self, n: int) -> str:
         return self.user_transcripts[n] if n < len(self.user_transcripts) else f"Utterance {n + 1}."
@@ -111,6 +116,19 @@ class SessionContext:
                 self.synth_cache.pop(next(iter(self.synth_cache)))
             self.synth_cache[key] = chunks
         return chunks
+
+    def spoken_chunks(
+        self, fmt: AudioFormat, text: str, delta_ms: int
+    ) -> tuple[list[str], int, bytes] | None:
+        """`text` spoken in words (eSpeak NG) as base64 chunks of `delta_ms`, its length in ms and
+        the whole encoded audio; None where no TTS is installed (the caller then synthesises)."""
+        samples = speak(text, fmt.rate, voice=ASSISTANT_VOICE)
+        if samples is None:
+            return None
+        audio = fmt.encode(samples)
+        step = fmt.nbytes(delta_ms)
+        chunks = [base64.b64encode(audio[i : i + step]).decode("ascii") for i in range(0, len(audio), step)]
+        return chunks, int(fmt.ms(len(audio))), audio
 
 
 # ----------------------------------------------------------------------------- session config

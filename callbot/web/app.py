@@ -62,7 +62,16 @@ def create_app(
         return store
 
     password = settings.admin_password.get_secret_value() if settings.admin_password else None
-    app.include_router(review_router(current_store, settings.admin_user, password))
+    trigger = settings.summary_trigger_tokens if settings.summary_enabled else None
+    app.include_router(
+        review_router(
+            current_store,
+            settings.admin_user,
+            password,
+            prices=settings.price_table,
+            summary_trigger_tokens=trigger,
+        )
+    )
     if extra_setup is not None:
         extra_setup(app)
     return app

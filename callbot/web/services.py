@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -18,10 +18,45 @@ from callbot import compose
 from callbot.adapters.fastpaths import FastPaths, probe_fast_paths, summary_line
 from callbot.bridge import CallBridge, Pacer
 from callbot.metrics import Metrics
-from callbot.ports import CallObserver, RealtimeConnector, Summariser, TicketReader
+from callbot.ports import CallerMemory, CallObserver, RealtimeConnector, Summariser, TicketReader
 from callbot.settings import Settings
 
 log = logging.getLogger("callbot.web")
+
+
+class ActiveCalls:
+    """The calls in progress: a set the media route adds to and discards from, which can also be
+    awaited until it is empty (drain, the demo, tests) instead of polled."""
+
+    def __init__(self) -> None:
+        self._calls: set[CallBridge] = set()
+        self._empty = asyncio.Event()
+        self._empty.set()
+
+    def add(self, bridge: CallBridge) -> None:
+        self._calls.add(bridge)
+        self._empty.clear()
+
+    def discard(self, bridge: CallBridge) -> None:
+        self._calls.discard(bridge)
+        if not self._calls:
+            self._empty.set()
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def __iter__(self) -> Iterator[CallBridge]:
+        return iter(list(self._calls))
+
+    async def wait_empty(self, timeout_s: float | None = None) -> bool:
+        """Wait until no call is left, at most `timeout_s`; True if none is left."""
+        if not self._calls:
+            return True
+        try:
+            await asyncio.wait_for(self._empty.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
 
 @dataclass
@@ -36,8 +71,9 @@ class Services:
     observer: CallObserver | None = None
     summariser: Summariser | None = None
     store: TicketReader | None = None
+    memory: CallerMemory | None = None
     stream_secret: bytes = b""
-    active_calls: set[CallBridge] = field(default_factory=set)
+    active_calls: ActiveCalls = field(default_factory=ActiveCalls)
     calls_total: int = 0
     ready: bool = True
 
@@ -53,17 +89,11 @@ class Services:
         bridge writes its ticket as it finishes, and this returns once every bridge is done.
         """
         self.ready = False
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
         log.info("draining: %d active calls, up to %.0f s", len(self.active_calls), timeout_s)
-        # Polls, at 10-20 Hz and only while draining: the routes add and discard the calls, and an
-        # event for "no call left" would be one more piece of state for them to keep right.
-        while self.active_calls and loop.time() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.1)
-        for bridge in list(self.active_calls):
-            bridge.hang_up("server shutting down")
-        while self.active_calls:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
+        if not await self.active_calls.wait_empty(timeout_s):
+            for bridge in self.active_calls:
+                bridge.hang_up("server shutting down")
+            await self.active_calls.wait_empty()
         log.info("drained: every call has ended")
 
 
@@ -96,6 +126,7 @@ async def open_services(
     if observer is None:
         tickets = await compose.Ticketing.open(settings, client)
         services.observer, services.store = tickets.service, tickets.store
+        services.memory = compose.caller_memory(settings, tickets.store)
     try:
         yield services
     finally:

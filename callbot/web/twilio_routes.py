@@ -68,6 +68,7 @@ async def media(ws: WebSocket) -> None:
         summariser=services.summariser,
         summary_model=settings.summary_model if settings.summary_enabled else "",
         metrics=services.metrics,
+        memory=services.memory,
     )
     services.active_calls.add(bridge)
     services.calls_total += 1

@@ -1,0 +1,117 @@
+"""`CallControl` over Twilio's REST API, with the `twilio` library's asynchronous client.
+
+The base URL is a setting (`CALLBOT_TWILIO_API_URL`) so that tests, the demo and benchmarks
+talk to `callbot.testing.fake_twilio_rest` instead of api.twilio.com. The library has no base
+URL option; its documented way in is a custom HTTP client whose `request()` may change the URL
+(twilio-python's "custom HTTP client" advanced example; docs/call-control.md §1), which is what
+`_RebasedHttpClient` does. Library exceptions stop here: callers see `TwilioRestError`/`CallGone`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import aiohttp
+from twilio.base.exceptions import TwilioException, TwilioRestException
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.http.response import Response
+from twilio.rest import Client
+
+from callbot.core.call_control import CallCreate, CallUpdate, CreatedCall
+from callbot.errors import CallGone, SettingsError, TwilioRestError
+
+log = logging.getLogger(__name__)
+
+TWILIO_API_URL = "https://api.twilio.com"
+CALL_NOT_FOUND_CODE = 20404
+
+
+class _RebasedHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]  # twilio ships no types
+    """The library's aiohttp client, sending what it would send to api.twilio.com to `api_url`."""
+
+    def __init__(self, api_url: str, timeout_s: float) -> None:
+        super().__init__(pool_connections=True, timeout=timeout_s)
+        self._api_url = api_url.rstrip("/")
+
+    async def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Response:
+        if url.startswith(TWILIO_API_URL):
+            url = self._api_url + url[len(TWILIO_API_URL) :]
+        return await super().request(method, url, *args, **kwargs)
+
+
+class TwilioRestCalls:
+    """Ends, redirects and places calls. Build it anywhere; the HTTP session opens on first use
+    (aiohttp needs a running loop), and `aclose()` closes it."""
+
+    def __init__(
+        self,
+        account_sid: str | None,
+        auth_token: str | None,
+        *,
+        api_url: str = TWILIO_API_URL,
+        timeout_s: float = 10.0,
+    ) -> None:
+        if not account_sid or not auth_token:
+            raise SettingsError("Twilio's REST API needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN")
+        self._account_sid = account_sid
+        self._auth_token = auth_token
+        self._api_url = api_url
+        self._timeout_s = timeout_s
+        self._http: _RebasedHttpClient | None = None
+        self._client: Client | None = None
+
+    def _twilio(self) -> Client:
+        if self._client is None:
+            self._http = _RebasedHttpClient(self._api_url, self._timeout_s)
+            self._client = Client(self._account_sid, self._auth_token, http_client=self._http)
+        return self._client
+
+    async def update_call(self, call_sid: str, update: CallUpdate) -> None:
+        fields: dict[str, Any] = {}
+        if update.status is not None:
+            fields["status"] = update.status
+        if update.twiml is not None:
+            fields["twiml"] = update.twiml
+        try:
+            await self._twilio().calls(call_sid).update_async(**fields)
+        except TwilioRestException as exc:
+            raise _translated(exc, f"updating call {call_sid}") from exc
+        except (TwilioException, aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise TwilioRestError(f"updating call {call_sid}: Twilio unreachable: {exc!r}") from exc
+
+    async def create_call(self, request: CallCreate) -> CreatedCall:
+        fields: dict[str, Any] = {"to": request.to, "from_": request.from_, "twiml": request.twiml}
+        if request.status_callback:
+            fields["status_callback"] = request.status_callback
+            fields["status_callback_method"] = "POST"
+            if request.status_events:
+                fields["status_callback_event"] = list(request.status_events)
+        if request.machine_detection:
+            fields["machine_detection"] = request.machine_detection
+            fields["async_amd"] = "true"
+            if request.amd_status_callback:
+                fields["async_amd_status_callback"] = request.amd_status_callback
+                fields["async_amd_status_callback_method"] = "POST"
+        if request.ring_timeout_s is not None:
+            fields["timeout"] = request.ring_timeout_s
+        try:
+            call = await self._twilio().calls.create_async(**fields)
+        except TwilioRestException as exc:
+            raise _translated(exc, f"calling {request.to}") from exc
+        except (TwilioException, aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise TwilioRestError(f"calling {request.to}: Twilio unreachable: {exc!r}") from exc
+        return CreatedCall(call_sid=str(call.sid), status=str(call.status or "queued"))
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+            self._client = None
+
+
+def _translated(exc: TwilioRestException, doing: str) -> TwilioRestError:
+    message = f"{doing}: Twilio answered {exc.status} (code {exc.code}): {exc.msg}"
+    if exc.status == 404 or exc.code == CALL_NOT_FOUND_CODE:
+        return CallGone(message, status=exc.status, code=exc.code)
+    return TwilioRestError(message, status=exc.status, code=exc.code)

@@ -1,0 +1,92 @@
+"""The returning callers' side of the ticket store, on SQLite and PostgreSQL (migration 0004)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+import test_store
+from test_store import BASE, make_record, summary
+
+from callbot.adapters.store_sql import SqlTicketStore
+from callbot.core.ticket import TicketStatus
+from callbot.core.ticket_views import TicketFilters
+
+NUMBER = "+15550100"
+database_url = test_store.database_url  # the fixtures: SQLite and a fresh PostgreSQL database
+store = test_store.store
+
+
+async def finished(
+    store: SqlTicketStore, sid: str, days_ago: float, title: str, number: str = NUMBER, **extra: object
+) -> int:
+    record = make_record(sid, started=BASE - timedelta(days=days_ago), from_number=number)
+    await store.upsert_call(record, TicketStatus.PENDING_SUMMARY)
+    return await store.complete(sid, summary(title, **extra))
+
+
+async def test_earlier_calls_are_the_numbers_complete_recent_tickets_newest_first(
+    store: SqlTicketStore,
+) -> None:
+    old = await finished(store, "CA1", 40, "Too old")
+    a = await finished(
+        store, "CA2", 10, "Router broken", action_items=[{"description": "Visit", "owner": None}]
+    )
+    b = await finished(store, "CA3", 2, "Technician missed")
+    await finished(store, "CA4", 1, "Someone else", number="+15550199")
+    await store.upsert_call(
+        make_record("CA5", started=BASE - timedelta(hours=1), from_number=NUMBER), "pending_summary"
+    )
+    calls = await store.earlier_calls(NUMBER, BASE - timedelta(days=30), 3)
+    assert [c.ticket_id for c in calls] == [b, a]
+    assert old not in [c.ticket_id for c in calls]
+    assert calls[0].title == "Technician missed" and calls[0].started_at == BASE - timedelta(days=2)
+    assert calls[1].action_items == ("Visit",) and calls[1].caller_request == "r" and calls[1].outcome == "o"
+    assert [c.ticket_id for c in await store.earlier_calls(NUMBER, BASE - timedelta(days=30), 1)] == [b]
+
+
+async def test_a_forgotten_ticket_no_longer_seeds_memory_but_stays_listed(store: SqlTicketStore) -> None:
+    a = await finished(store, "CA1", 3, "First")
+    b = await finished(store, "CA2", 2, "Second")
+    assert await store.forget(a) is True
+    assert await store.forget(999_999) is False
+    calls = await store.earlier_calls(NUMBER, BASE - timedelta(days=30), 3)
+    assert [c.ticket_id for c in calls] == [b]
+    view = await store.get(a)
+    assert view is not None and view.item.memory_excluded is True
+    assert view.to_json()["memory_excluded"] is True
+    assert (await store.list(TicketFilters())).total == 2
+
+
+async def test_the_ticket_records_which_tickets_seeded_it(store: SqlTicketStore) -> None:
+    seeded = replace(make_record("CA9"), memory_ticket_ids=(4, 7))
+    ticket_id = await store.upsert_call(seeded, TicketStatus.IN_PROGRESS)
+    view = await store.get(ticket_id)
+    assert view is not None
+    assert view.memory_ticket_ids == (4, 7)
+    assert view.to_json()["memory_ticket_ids"] == [4, 7]
+    assert view.to_record().memory_ticket_ids == (4, 7)
+    plain = await store.get(await store.upsert_call(make_record("CA10"), TicketStatus.IN_PROGRESS))
+    assert plain is not None and plain.memory_ticket_ids == ()
+
+
+async def test_purge_deletes_only_that_numbers_tickets(store: SqlTicketStore) -> None:
+    await finished(store, "CA1", 3, "First")
+    await finished(store, "CA2", 2, "Second")
+    other = await finished(store, "CA3", 1, "Other", number="+15550142")
+    assert await store.count_number(NUMBER) == 2
+    assert await store.purge_number(NUMBER) == 2
+    assert await store.count_number(NUMBER) == 0
+    assert await store.earlier_calls(NUMBER, BASE - timedelta(days=30), 3) == []
+    page = await store.list(TicketFilters())
+    assert [t.id for t in page.items] == [other]
+    assert await store.purge_number(NUMBER) == 0
+
+
+async def test_the_list_filters_by_number(store: SqlTicketStore) -> None:
+    await finished(store, "CA1", 3, "First")
+    await finished(store, "CA2", 1, "Other", number="+15550142")
+    page = await store.list(TicketFilters.from_strings(number="+1 555-0142"))
+    assert [t.call_sid for t in page.items] == ["CA2"]
+    # the number called matches too (every make_record call goes to +15550199)
+    assert (await store.list(TicketFilters.from_strings(number="+15550199"))).total == 2
