@@ -506,7 +506,7 @@ class Soak:
         self.in_flight.add(sid)
         self.started.add(sid)
         try:
-            for attempt in range(3):
+            for attempt in range(6):
                 caller: TwilioCaller
                 if split:
                     caller = SplitCaller(first.base_url, stream_base_url=second.base_url, **kwargs)
@@ -523,7 +523,7 @@ class Soak:
                 # A replica did not answer (killed): the load balancer sends the request to the other.
                 self.figures.webhook_failovers += 1
                 first, second = second, first
-                await asyncio.sleep(0.2 * (attempt + 1))
+                await asyncio.sleep(0.5 * (attempt + 1))
             if split:
                 self.figures.split_calls += 1
         finally:
