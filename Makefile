@@ -6,7 +6,7 @@ CORE_TESTS = tests/test_core_*.py tests/test_audio.py tests/test_summary_policy.
 # The gate: callbot/core's coverage (statements and branches together, as coverage.py reports it
 # with branch = true) under CORE_TESTS. Set at what the core reached when the gate came in; raise
 # it when the core's tests cover more, never lower it to let a change in.
-CORE_COVERAGE_MIN = 95.8
+CORE_COVERAGE_MIN = 96.3
 
 .PHONY: help install lock check-lock lint check test test-core coverage drift
 
