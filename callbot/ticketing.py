@@ -131,6 +131,7 @@ class TicketService:
         retry_batch: int = 20,
         remember_calls: int = 10_000,
         webhook_redeliver_s: float = 60.0,
+        spool_slow_save_s: float = 1.0,
     ) -> None:
         self._store = store
         self._summariser = summariser
@@ -142,6 +143,7 @@ class TicketService:
         self._retry_batch = retry_batch
         self._remember_calls = remember_calls
         self._webhook_redeliver_s = webhook_redeliver_s
+        self._spool_slow_save_s = spool_slow_save_s
         self._latest: dict[str, CallRecord] = {}  # newest unsaved progress per call
         self._savers: dict[str, asyncio.Task[None]] = {}  # the one progress writer per call
         self._endings: OrderedDict[str, asyncio.Task[int | None]] = OrderedDict()
@@ -180,15 +182,22 @@ class TicketService:
         try:
             while (record := self._latest.pop(call_sid, None)) is not None:
                 redacted = redact_record(record, self._patterns)
+                save = asyncio.ensure_future(self._store.upsert_call(redacted, TicketStatus.IN_PROGRESS))
+                done, _ = await asyncio.wait({save}, timeout=self._spool_slow_save_s)
+                if not done:
+                    # The database is slow to answer: the checkpoint goes to disk meanwhile, so
+                    # a replica killed before the answer still leaves the call behind.
+                    await self._spool_checkpoint(redacted)
                 try:
-                    await self._store.upsert_call(redacted, TicketStatus.IN_PROGRESS)
+                    await save
                 except StoreUnavailable as exc:
                     log.warning(
                         "call %s: transcript not saved yet, database unavailable (checkpoint spooled): %s",
                         call_sid,
                         exc,
                     )
-                    await self._spool_checkpoint(redacted)
+                    if done:
+                        await self._spool_checkpoint(redacted)
                 else:
                     await self._drop_spooled_checkpoint(call_sid)
         finally:

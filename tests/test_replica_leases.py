@@ -427,3 +427,39 @@ async def test_a_webhook_taken_while_the_database_is_down_is_recorded_later_not_
     finally:
         await service.drain()
         await store.close()
+
+
+class SlowStore(SqlTicketStore):
+    """A real store whose progress saves wait for a gate, as when the database is slow."""
+
+    gate: asyncio.Event
+
+    async def upsert_call(self, record: CallRecord, status: TicketStatus | str) -> int:
+        await self.gate.wait()
+        return await super().upsert_call(record, status)
+
+
+async def test_a_checkpoint_the_database_is_slow_to_take_is_on_disk_meanwhile(
+    tmp_path: Path, summariser: OpenAITicketSummariser
+) -> None:
+    # Found by the soak: calls begun on a replica whose saves took seconds (a loaded database
+    # link) had no ticket anywhere when it was SIGKILLed before the database answered.
+    url = f"sqlite+aiosqlite:///{tmp_path / 't.db'}"
+    await upgrade_database(url)
+    spool = Spool(tmp_path / "spool")
+    store = SlowStore(create_engine(url), replica_id="a")
+    store.gate = asyncio.Event()
+    service = TicketService(store, summariser, spool, timeout_s=5.0, start_wait_s=0.5, spool_slow_save_s=0.05)
+    try:
+        await service.call_started(make_record("CAslow", ended=False, lines=("hello",)))
+        [item] = spool.items()  # the save is still waiting: the checkpoint is on disk already
+        assert item.call_sid == "CAslow" and item.record.ended_at is None
+        store.gate.set()
+        await service.drain()
+        assert spool.items() == []  # the database took it: the spooled copy is gone
+        ticket = await store.get_by_call_sid("CAslow")
+        assert ticket is not None and ticket.status == "in_progress"
+    finally:
+        store.gate.set()
+        await service.drain()
+        await store.close()
