@@ -205,6 +205,8 @@ class Rig:
     server_ready: dict[str, Any] | None = None
     http: httpx.AsyncClient | None = None
     peer: PeerRun | None = None
+    src: str | None = None
+    """The checkout whose `callbot` the server runs (`--base-src`); None: `--server-src` or this one."""
 
     async def start(self) -> None:
         o = self.opts
@@ -252,7 +254,7 @@ class Rig:
             server_args.append("--no-greeting")  # side by side: the same script as the peer's
         if o.profiler == "cprofile" and getattr(self, "cprofile", None):
             server_args += ["--cprofile", str(self.cprofile)]  # type: ignore[attr-defined]
-        self.server = await spawn("server", server_args, self.workdir, o.server_src)
+        self.server = await spawn("server", server_args, self.workdir, self.src or o.server_src)
         ready = self.server_ready = await self.server.read_ready()
         self.base_url = f"http://127.0.0.1:{ready['port']}"
         self.http = httpx.AsyncClient(base_url=self.base_url, timeout=60.0, trust_env=False)
@@ -765,12 +767,14 @@ async def run_level(
     *,
     peer: PeerRun | None = None,
     tag: str = "",
+    src: str | None = None,
 ) -> dict[str, Any]:
-    """One level: N calls against callbot in `mode`, or with `peer` against that peer server."""
+    """One level: N calls against callbot in `mode` (from checkout `src` if given), or with
+    `peer` against that peer server."""
     await wait_quiet(opts, f"{mode} N={n}")
-    workdir = root / f"{mode.replace(' ', '-')}-{n}{tag}"
+    workdir = root / f"{mode.replace(' ', '-').replace('/', '-')}-{n}{tag}"
     workdir.mkdir(parents=True, exist_ok=True)
-    rig = Rig(mode, workdir, opts, peer=peer)
+    rig = Rig(mode, workdir, opts, peer=peer, src=src)
     if opts.profiler == "cprofile" and getattr(opts, "_profile_level", False):
         rig.cprofile = workdir / "server.prof"  # type: ignore[attr-defined]
     try:
@@ -1372,6 +1376,8 @@ async def main_async(opts: argparse.Namespace) -> int:
     code = code_version()
     if opts.server_src:
         code = f"{code_version(Path(opts.server_src))} (server from {opts.server_src}; load side {code})"
+    if opts.base_src:
+        code = f"{code} against base {code_version(Path(opts.base_src))} from {opts.base_src}"
     report: dict[str, Any] = {
         "machine": machine_line(),
         "code": code,
@@ -1395,6 +1401,9 @@ async def main_async(opts: argparse.Namespace) -> int:
     if opts.peer is not None:
         md[0] = "## callbot side by side with a peer server"
         await side_by_side(opts, root, report, md)
+    elif opts.base_src:
+        md[0] = "## callbot side by side with the server of another checkout"
+        await against_base(opts, root, report, md)
     elif not opts.leak_only and not opts.profile:
         level_id = 0
         for n in opts.calls:
@@ -1541,6 +1550,75 @@ async def side_by_side(opts: argparse.Namespace, root: Path, report: dict[str, A
     }
 
 
+BASE_ROWS: list[tuple[str, str, int]] = [
+    ("cpu_ms_per_call_s", "server CPU ms per call-second", 2),
+    ("server_cpu_pct", "server CPU % (steady window)", 1),
+    ("rss_per_call_kb", "RSS per call KB", 0),
+    ("late_frames", "late frames", 0),
+    ("inbound_p99_ms", "inbound p99 ms", 2),
+    ("outbound_p99_ms", "outbound p99 ms", 2),
+    ("barge_p99_ms", "barge-in p99 ms", 2),
+    ("foreign_cpu_pct", "other processes' CPU % on the server CPU", 0),
+]
+
+
+def base_table(n: int, mode: str, runs: dict[str, list[dict[str, Any]]]) -> str:
+    """One level and mode: every run of the base and of this checkout (in run order), the means,
+    and this/base of the means."""
+    base = [load_compare.flatten(r) for r in runs["base"]]
+    this = [load_compare.flatten(r) for r in runs["this"]]
+
+    def cell(values: list[float | None], digits: int) -> str:
+        got = [v for v in values if v is not None]
+        if not got:
+            return "-"
+        each = ", ".join(f"{v:.{digits}f}" for v in got)
+        return f"{sum(got) / len(got):.{digits}f} ({each})" if len(got) > 1 else each
+
+    lines = [
+        f"### {n} calls, {mode}: base against this checkout (mean, then each run)",
+        "",
+        "| metric | base | this | this / base |",
+        "|---|---:|---:|---:|",
+    ]
+    for key, label, digits in BASE_ROWS:
+        b, t = [f[key] for f in base], [f[key] for f in this]
+        bm, tm = load_compare.aggregate(b)["mean"], load_compare.aggregate(t)["mean"]
+        this_over_base = load_compare.ratio(tm, bm) if key != "foreign_cpu_pct" else None
+        ratio = f"{this_over_base:.3f}" if this_over_base is not None else "-"
+        lines.append(f"| {label} | {cell(b, digits)} | {cell(t, digits)} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+async def against_base(opts: argparse.Namespace, root: Path, report: dict[str, Any], md: list[str]) -> None:
+    """`--base-src`: at each level and mode, `--repeat` times, the server of the base checkout
+    and this checkout's, under the same load side, alternating which goes first."""
+    md += [
+        f"Base: the server from {opts.base_src} ({code_version(Path(opts.base_src))}); this: "
+        f"{code_version()}. Each level {opts.repeat}x per side, order alternating, fresh processes.",
+        "",
+    ]
+    print("\n".join(md), flush=True)
+    results: list[dict[str, Any]] = report["levels"]
+    level_id = 0
+    for n in opts.calls:
+        for mode in opts.modes:
+            runs: dict[str, list[dict[str, Any]]] = {"base": [], "this": []}
+            sides = [("base", opts.base_src), ("this", None)]
+            for rep in range(opts.repeat):
+                for side, src in load_compare.run_order(sides, rep):
+                    level_id += 1
+                    result = await run_level(
+                        opts, mode, n, level_id, root, tag=f"-{side}-r{rep + 1}", src=src
+                    )
+                    result["target"], result["rep"] = side, rep
+                    runs[side].append(result)
+                    results.append(result)
+            table = base_table(n, mode, runs)
+            print("\n" + table, flush=True)
+            md.append(table)
+
+
 def peer_python_version(python: str) -> str:
     import subprocess
 
@@ -1593,6 +1671,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="run the server from this checkout's callbot (e.g. a git worktree of an older commit); "
         "the fake and the callers stay on this one",
+    )
+    p.add_argument(
+        "--base-src",
+        default=None,
+        help="side by side with this checkout's server (e.g. a worktree of the merge base): each level "
+        "--repeat times against both, alternating; a table per level with this/base",
     )
     p.add_argument("--load-cpus", default="1", help="CPU(s) for the fake Realtime server and the callers")
     p.add_argument("--caller-procs", type=int, default=0, help="caller processes (default: 1 per 100 calls)")
@@ -1683,7 +1767,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     side.add_argument(
         "--peer-venv-cache", default=str(load_peer.VENV_CACHE), help="where the peer venvs are built and kept"
     )
-    side.add_argument("--repeat", type=int, default=2, help="side by side: runs of each level and target")
+    side.add_argument(
+        "--repeat",
+        type=int,
+        default=2,
+        help="side by side (--peer, --base-src): runs of each level and side",
+    )
     side.add_argument(
         "--opening-ms",
         type=int,
@@ -1731,6 +1820,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         opts.jitter = {"every_s": opts.jitter_every, "min_ms": low, "max_ms": high}
     if opts.repeat < 1:
         p.error("--repeat must be at least 1")
+    if opts.base_src and (opts.peer is not None or opts.server_src):
+        p.error("--base-src runs this checkout against another: not with --peer or --server-src")
     if opts.server_lag_interval_ms is None and opts.peer is not None:
         opts.server_lag_interval_ms = 100.0
     opts.modes = [m.strip() for m in opts.modes.split(",") if m.strip()]

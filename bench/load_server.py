@@ -48,10 +48,14 @@ import callbot
 from callbot.adapters.realtime_openai import OpenAIRealtimeConnector, OpenAIRealtimeLink
 from callbot.bridge import call_sid_var
 from callbot.core.record import CallRecord
-from callbot.errors import UpstreamError
 from callbot.logs import setup_logging
 from callbot.settings import Settings
 from callbot.web.app import Services, create_app
+
+try:
+    from callbot.errors import UpstreamError
+except ImportError:  # a callbot from before callbot/errors.py (load_bench --server-src of an older commit)
+    from callbot.adapters.realtime_openai import UpstreamError  # type: ignore[attr-defined]
 
 server_options: Callable[[Settings], dict[str, Any]] | None
 try:

@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +31,7 @@ from callbot.core.actions import (
 )
 from callbot.core.call import CallConfig, CallSession
 from callbot.core.memory import MemorySeed
+from callbot.core.realtime import AgentConfig
 from callbot.core.record import CallRecord
 from callbot.errors import SummaryUnavailable, UpstreamError
 from callbot.logs import call_sid_var
@@ -45,6 +47,20 @@ HOUSEKEEPING_TICKS = 25
 
 StartCheck = Callable[[tw.Start], str | None]
 """Returns a reason to refuse the stream (e.g. a bad per-call token), or None to accept."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallSetup:
+    """What a `StartSetup` found for an accepted stream: the call's own agent and direction."""
+
+    agent: AgentConfig | None = None
+    direction: str = "inbound"
+    refusal: str | None = None
+
+
+StartSetup = Callable[[tw.Start], Awaitable[CallSetup]]
+"""Looks up a call's own configuration once its stream's token passed (an outbound call's
+instructions and context); a `refusal` ends the stream as a bad token does."""
 
 
 class Pacer:
@@ -121,6 +137,7 @@ class CallBridge:
         *,
         observer: CallObserver | None = None,
         start_check: StartCheck | None = None,
+        start_setup: StartSetup | None = None,
         summariser: Summariser | None = None,
         summary_model: str = "",
         metrics: Metrics | None = None,
@@ -132,6 +149,7 @@ class CallBridge:
         self.pacer = pacer
         self.observer = observer
         self.start_check = start_check
+        self.start_setup = start_setup
         self.summariser = summariser
         self.summary_model = summary_model
         self.metrics = metrics
@@ -256,10 +274,17 @@ class CallBridge:
                 # only the first start opens a call; the core logs and ignores any later one
                 call_sid_var.set(event.call_sid)
                 refusal = self.start_check(event) if self.start_check else None
+                if refusal is None and self.start_setup is not None:
+                    setup = await self.start_setup(event)
+                    refusal = setup.refusal
+                    if setup.agent is not None:
+                        self.session.set_up_call(setup.agent, setup.direction)
                 if refusal is not None:
                     await self._perform(self.session.refuse_stream(refusal))
                     return
-            await self._perform(self.session.receive_twilio(event, self.now_ms()))
+            actions = self.session.receive_twilio(event, self.now_ms())
+            if actions:  # most frames only join a batch: no coroutine for nothing to do
+                await self._perform(actions)
             if sampled and self.metrics is not None:
                 self.metrics.inbound_latency.observe(time.perf_counter() - started)
 
@@ -280,7 +305,9 @@ class CallBridge:
             if self.metrics is not None and isinstance(event, rte.AudioDelta):
                 self._outbound_count += 1
                 sampled = self._outbound_count % 5 == 0  # deltas are ~5x rarer than frames
-            await self._perform(self.session.receive_realtime(event, self.now_ms()))
+            actions = self.session.receive_realtime(event, self.now_ms())
+            if actions:
+                await self._perform(actions)
             if sampled and self.metrics is not None:
                 self.metrics.outbound_latency.observe(time.perf_counter() - started)
 
@@ -344,7 +371,9 @@ class CallBridge:
 
     async def on_tick(self) -> None:
         if not self._ended.is_set():
-            await self._perform(self.session.tick(self.now_ms()))
+            actions = self.session.tick(self.now_ms())
+            if actions:
+                await self._perform(actions)
 
     # ----- actions -----
     async def _perform(self, actions: list[Action]) -> None:

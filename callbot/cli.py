@@ -1,4 +1,4 @@
-"""The `callbot` command line: serve, demo, phone, tickets, db."""
+"""The `callbot` command line: serve, demo, phone, call, tickets, db."""
 
 from __future__ import annotations
 
@@ -53,10 +53,11 @@ def build_parser(*, serve_only: bool = False) -> argparse.ArgumentParser:
     if serve_only:
         return parser
 
-    from callbot import cli_tickets, demo, phone
+    from callbot import cli_calls, cli_tickets, demo, phone
 
     demo.add_parser(sub)
     phone.add_parser(sub)
+    cli_calls.add_parser(sub)
     cli_tickets.register(sub)
     from callbot.testing import fake_openai
 

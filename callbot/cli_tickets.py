@@ -435,6 +435,15 @@ def _describe(view: TicketView, cost: CallCost) -> str:
         f"Tokens: {usage.input_tokens} in, {usage.output_tokens} out, {usage.total_tokens} total",
         _describe_cost(cost),
     ]
+    life = view.lifecycle
+    if life.twilio_status or view.direction != "inbound":
+        twilio = f"Twilio {life.twilio_status or 'unknown'}" + (
+            f", {life.duration_s} s" if life.duration_s is not None else ""
+        )
+        answered = f", answered by {life.answered_by}" if life.answered_by else ""
+        lines.append(f"Lifecycle: {view.direction}, {twilio}{answered}, outcome {view.outcome or '-'}")
+    if view.instructions or view.context:
+        lines.append(f"Placed with: {view.instructions or '-'}; context {view.context or '-'}")
     if t.last_error and not t.summary:
         lines.append(f"Last summary error ({t.summary_attempts} attempts): {t.last_error}")
     if s:

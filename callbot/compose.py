@@ -27,6 +27,7 @@ from callbot.adapters.store_migrate import upgrade_if_needed
 from callbot.adapters.store_sql import SqlTicketStore
 from callbot.adapters.summariser_openai import OpenAISummariser
 from callbot.adapters.ticket_summariser_openai import OpenAITicketSummariser
+from callbot.adapters.twilio_rest import TwilioRestCalls
 from callbot.adapters.webhook import TicketWebhook
 from callbot.core import realtime as rt
 from callbot.core.call import CallConfig
@@ -36,7 +37,7 @@ from callbot.core.recovery import RecoveryPolicy
 from callbot.core.summary import DEFAULT_PROMPT, SummaryPolicy
 from callbot.core.ticket import load_prompt, load_schema
 from callbot.errors import StoreUnavailable
-from callbot.ports import RealtimeConnector, Summariser
+from callbot.ports import CallControl, RealtimeConnector, Summariser
 from callbot.settings import Settings
 from callbot.ticketing import CallerMemoryService, TicketService
 
@@ -111,6 +112,17 @@ def call_config(settings: Settings) -> CallConfig:
             transcript_wait_ms=settings.transcript_wait_ms,
             retry_after_ms=int(settings.summary_retry_after_s * 1000),
         ),
+    )
+
+
+def call_control(settings: Settings) -> CallControl | None:
+    """Twilio's REST API for calls, or None without TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN."""
+    if not settings.twilio_account_sid or settings.twilio_auth_token is None:
+        return None
+    return TwilioRestCalls(
+        settings.twilio_account_sid,
+        settings.twilio_auth_token.get_secret_value(),
+        api_url=settings.twilio_api_url,
     )
 
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 from openai import AsyncOpenAI
 from pydantic import SecretStr
@@ -37,6 +38,8 @@ from callbot.core.transcript_text import context_change_text
 from callbot.settings import Settings
 from callbot.testing.fake_openai import FakeOpenAI
 from callbot.testing.fake_realtime import Script
+from callbot.testing.fake_twilio_dialer import Answer, DialedCall, FakeTwilioDialer
+from callbot.testing.fake_twilio_rest import FakeTwilioRest
 from callbot.testing.serving import serve_app
 from callbot.testing.speech import duration_ms_for_text, synth_speech
 from callbot.testing.tts import CALLER_VOICE, available, speak
@@ -221,6 +224,129 @@ async def _print_ticket(database_url: str, call_sid: str, out: Any) -> int:
     return 0
 
 
+# ----- `callbot demo --outbound`: a call-back, a voicemail and a busy line -----
+
+OUTBOUND_CALLER_LINES = ["Oh hi. Yes, it's working again since this morning.", "No, that's all, thanks."]
+OUTBOUND_REPLIES = ["Great to hear. Is there anything else I can help with?", "Thanks, Maria. Goodbye!"]
+OUTBOUND_NUMBERS: dict[str, Answer] = {
+    "+15550100001": "human",
+    "+15550100002": "machine",
+    "+15550100003": "busy",
+}
+DEMO_VOICEMAIL = "Hello, this is Acme Broadband about your repair. Please call us back on 555 0100."
+
+
+def _outbound_person() -> list[Step]:
+    steps: list[Step] = [WaitForAssistant(timeout_s=15)]
+    for n, line in enumerate(OUTBOUND_CALLER_LINES):
+        audio = synth_speech(min(duration_ms_for_text(line), 2500), 8000, seed=200 + n)
+        steps += [Say(audio, label=line), Silence(150), WaitForAssistant(timeout_s=15)]
+    return [*steps, HangUp()]
+
+
+async def run_outbound_demo(workdir: Path, *, out: Any = None) -> int:
+    """Three calls placed through the real server's API and the fake Twilio: a person who talks,
+    an answering machine that gets the voicemail, and a busy line; then their tickets."""
+    out = out or sys.stdout
+    printer = _Printer(out)
+    await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
+    database_url = f"sqlite+aiosqlite:///{workdir / 'demo.db'}"
+    print("callbot outbound demo: the real server places calls through a fake Twilio REST API,", file=out)
+    print("whose dialer answers as a person, as an answering machine, or not at all.", file=out)
+    script = Script(
+        greeting="Hi Maria, this is Acme Broadband calling back about your outage. Is your line working?",
+        user_transcripts=OUTBOUND_CALLER_LINES,
+        replies=OUTBOUND_REPLIES,
+        realtime_factor=3.0,
+    )
+    rest = FakeTwilioRest(auth_token=DEMO_TOKEN)
+    async with FakeOpenAI(script) as fake, serve_app(rest.app) as rest_url:
+        settings = Settings(
+            public_url=PUBLIC_URL,
+            twilio_auth_token=SecretStr(DEMO_TOKEN),
+            twilio_account_sid=rest.account_sid,
+            twilio_api_url=rest_url,
+            outbound_from_number="+15550100000",
+            voicemail_message=DEMO_VOICEMAIL,
+            admin_password=SecretStr(DEMO_TOKEN),
+            openai_api_key=SecretStr("offline-demo"),
+            openai_base_url=fake.base_url,
+            database_url=database_url,
+            spool_dir=workdir / "spool",
+            log_level="WARNING",
+        )
+        connector = OpenAIRealtimeConnector(
+            AsyncOpenAI(api_key="offline-demo", base_url=fake.base_url), settings.model
+        )
+        app = create_app(settings, connector=connector)
+
+        def show(kind: str, dialed: DialedCall, data: dict[str, Any]) -> None:
+            who = f"{dialed.call.to} ({dialed.answer})"
+            if kind == "callback":
+                printer.line(f"{who}: Twilio posts {data['path']} {data['status']} -> HTTP {data['http']}")
+            elif kind == "step" and data.get("label"):
+                printer.line(f"{who} says: {data['label']}")
+            elif kind == "assistant_audio_start":
+                printer.line(f"{who}: the agent is speaking ...")
+            elif kind == "hangup":
+                printer.line(f"{who}: the line closes")
+
+        async with serve_app(app) as base_url:
+            dialer = FakeTwilioDialer(
+                rest, base_url, public_url=PUBLIC_URL, answers=OUTBOUND_NUMBERS, ring_s=0.6,
+                human=lambda _call: _outbound_person(), on_event=show,
+            )  # fmt: skip
+            placed: list[dict[str, Any]] = []
+            auth = ("admin", DEMO_TOKEN)
+            async with httpx.AsyncClient(base_url=base_url, auth=auth, trust_env=False, timeout=30) as http:
+                for number in OUTBOUND_NUMBERS:
+                    body = {
+                        "to": number,
+                        "instructions": "Check that Maria's line works again after Monday's outage.",
+                        "context": {"customer": "Maria Chen", "case": "4471-2290"},
+                    }
+                    reply = await http.post("/api/calls", json=body)
+                    reply.raise_for_status()
+                    answer = reply.json()
+                    placed.append(answer)
+                    call, ticket = answer["call_sid"], answer["ticket_id"]
+                    printer.line(f"POST /api/calls {number} -> call {call}, ticket #{ticket}")
+            try:
+                await dialer.wait_all(120)
+                services: Services = app.state.services
+                while services.active_calls:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+                if services.observer is not None:
+                    await services.observer.drain()  # type: ignore[attr-defined]
+            finally:
+                await dialer.aclose()
+    store = await SqlTicketStore.open(database_url)
+    try:
+        tickets = [await store.get(p["ticket_id"]) for p in placed]
+    finally:
+        await store.close()
+    print("\n=== Tickets", file=out)
+    for ticket in tickets:
+        if ticket is None:
+            print("  a ticket is missing", file=out)
+            return 1
+        life = ticket.lifecycle
+        print(
+            f"  #{ticket.id} {ticket.item.to_number}: outcome {ticket.outcome}, Twilio {life.twilio_status}, "
+            f"{life.duration_s} s, answered by {life.answered_by or '-'}, {len(ticket.transcript)} turns",
+            file=out,
+        )
+    talked = next((t for t in tickets if t is not None and t.outcome == "talked"), None)
+    if talked is not None:
+        print(f"\n=== The call-back, ticket #{talked.id} (context {talked.context})", file=out)
+        for entry in talked.transcript:
+            who = {"user": "Callee", "assistant": "Agent"}.get(entry.role, entry.role)
+            print(f"  {who}: {entry.text or '(no transcript)'}", file=out)
+    print(f"\nReview them with: callbot tickets list  (database {database_url})", file=out)
+    outcomes = [t.outcome for t in tickets if t is not None]
+    return 0 if outcomes == ["talked", "voicemail_left", "busy"] else 1
+
+
 def add_parser(sub: Any) -> None:
     demo = sub.add_parser("demo", help="run a whole simulated call offline (no API key, no network)")
     demo.add_argument(
@@ -228,9 +354,16 @@ def add_parser(sub: Any) -> None:
     )
     demo.add_argument("--output", type=Path, default=None, help="write the call as a stereo WAV file")
     demo.add_argument("--speed", type=float, default=1.0, help=argparse.SUPPRESS)
+    demo.add_argument(
+        "--outbound",
+        action="store_true",
+        help="place calls instead: a call-back that talks, a voicemail and a busy line (fake Twilio)",
+    )
     demo.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="callbot-demo-"))
+    if args.outbound:
+        return asyncio.run(run_outbound_demo(workdir))
     return asyncio.run(run_demo(workdir, speed=args.speed, output=args.output))

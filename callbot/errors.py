@@ -87,6 +87,10 @@ class FilterError(LocalError, ValueError):
     """A filter value a person typed is not usable; the message says which and why."""
 
 
+class InvalidCallRequest(LocalError, ValueError):
+    """A call to place is not usable (bad number, context, CSV row); the message says why."""
+
+
 # ----- storage -----
 
 

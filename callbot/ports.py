@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from callbot.core.call_control import CallCreate, CallUpdate, CreatedCall
+from callbot.core.call_lifecycle import PlacedCall, StatusUpdate
 from callbot.core.memory import EarlierCall, MemorySeed
 from callbot.core.record import CallInfo, CallRecord
 from callbot.core.summary import SummaryRequest
@@ -75,6 +76,18 @@ class CallControl(Protocol):
     async def update_call(self, call_sid: str, update: CallUpdate) -> None: ...
     async def create_call(self, request: CallCreate) -> CreatedCall: ...
     async def aclose(self) -> None: ...
+
+
+class CallLog(Protocol):
+    """The call's life on its ticket (adapters/store_sql): placements, Twilio's status callbacks,
+    answering-machine results; failures raise `StoreUnavailable` (`TicketNotFound` from
+    `apply_amd` for a call with no ticket)."""
+
+    async def create_placed_call(self, info: CallInfo, placed: PlacedCall, started_at: datetime) -> int: ...
+    async def placed_call(self, call_sid: str) -> PlacedCall | None: ...
+    async def apply_status(self, update: StatusUpdate) -> int: ...
+    async def apply_amd(self, call_sid: str, answered_by: str, *, voicemail_left: bool = False) -> int: ...
+    async def refresh_outcome(self, call_sid: str) -> int | None: ...
 
 
 class CallerMemory(Protocol):

@@ -76,6 +76,22 @@ class Settings(BaseSettings):
     )
     stream_token_ttl_s: int = Field(default=120, ge=10, description="Lifetime of the per-call stream token.")
 
+    # --- Outbound calls (README "Outbound calls") ---
+    outbound_from_number: str | None = Field(
+        default=None,
+        description="The Twilio number outbound calls come from (E.164), unless a call names one.",
+    )
+    outbound_ring_timeout_s: int = Field(
+        default=30, ge=5, le=600, description="How long an outbound call rings."
+    )
+    machine_policy: Literal["voicemail", "hangup"] = Field(
+        default="voicemail",
+        description="On an answering machine: leave CALLBOT_VOICEMAIL_MESSAGE (after the beep) or hang up.",
+    )
+    voicemail_message: str = Field(
+        default="", description="The voicemail outbound calls leave on a machine; empty: hang up instead."
+    )
+
     # --- Realtime agent ---
     model: str = "gpt-realtime-1.5"
     voice: str = "marin"
@@ -252,6 +268,19 @@ class Settings(BaseSettings):
         if not self.public_url:
             raise SettingsError("set CALLBOT_PUBLIC_URL to the https origin Twilio reaches this server at")
         return self.public_url
+
+    def outbound_problems(self, from_number: str | None = None) -> list[str]:
+        """The settings missing to place a call (empty when it can be placed)."""
+        missing = []
+        if not self.twilio_account_sid:
+            missing.append("TWILIO_ACCOUNT_SID")
+        if self.twilio_auth_token is None:
+            missing.append("TWILIO_AUTH_TOKEN")
+        if not self.public_url:
+            missing.append("CALLBOT_PUBLIC_URL")
+        if not (from_number or self.outbound_from_number):
+            missing.append("CALLBOT_OUTBOUND_FROM_NUMBER (or the call's 'from')")
+        return missing
 
     def check_serving(self) -> None:
         """Fail fast, naming every missing setting the server needs to take calls."""

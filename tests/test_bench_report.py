@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import load_bench
@@ -234,3 +236,27 @@ def test_inbound_latency_pairs_each_batched_append_with_the_last_frame_of_its_ba
     # One frame per append: unchanged.
     single = [s + 2 * ms for s in send[5:]]
     assert load_bench.inbound_latencies(send, single) == ([2.0] * 24, True)
+
+
+def test_against_a_base_checkout_each_run_the_means_and_this_over_base() -> None:
+    """`--base-src`: one row per figure, the mean then every run of each side, and this / base."""
+    base = [_level("pcm24k", 50, cpu_ms=3.0, late=0, lag=2.0, barge=1.0) for _ in range(2)]
+    base[1]["cpu_ms_per_call_s"] = 3.4
+    this = [_level("pcm24k", 50, cpu_ms=3.3, late=0, lag=2.0, barge=None) for _ in range(2)]
+    this[1]["cpu_ms_per_call_s"] = 3.5
+    table = load_bench.base_table(50, "pcm24k", {"base": base, "this": this})
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    assert table.startswith("### 50 calls, pcm24k: base against this checkout")
+    assert rows["server CPU ms per call-second"] == (
+        "| server CPU ms per call-second | 3.20 (3.00, 3.40) | 3.40 (3.30, 3.50) | 1.062 |"
+    )
+    assert rows["late frames"] == "| late frames | 0 (0, 0) | 0 (0, 0) | - |"  # no ratio of zeros
+    assert rows["barge-in p99 ms"].endswith("| 1.00 (1.00, 1.00) | - | - |")  # this side measured none
+
+
+def test_a_base_checkout_is_compared_alone() -> None:
+    opts = load_bench.parse_args(["--calls", "50", "--base-src", "/tmp/base", "--repeat", "3"])
+    assert (opts.base_src, opts.repeat, opts.calls) == ("/tmp/base", 3, [50])
+    for other in (["--peer", "twilio-sample"], ["--server-src", "/tmp/older"]):
+        with pytest.raises(SystemExit):
+            load_bench.parse_args(["--base-src", "/tmp/base", *other])

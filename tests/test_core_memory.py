@@ -96,6 +96,11 @@ def test_an_inbound_call_is_remembered_by_the_callers_number() -> None:
     assert lookup_number(info) == "+15551230000"
 
 
+def test_an_outbound_call_is_remembered_by_the_number_callbot_dialled() -> None:
+    info = CallInfo("CA1", "MZ1", from_number="+15559870000", to_number="+15551230000", direction="outbound")
+    assert lookup_number(info) == "+15551230000"
+
+
 def test_the_lookup_window_is_the_policys_days() -> None:
     assert since(NOW, MemoryPolicy(days=30)) == NOW - timedelta(days=30)
 

@@ -112,3 +112,21 @@ def check_times_match_the_call(text: str) -> None:
     assert len(said) == len(assistant_starts)
     for heard, logged in zip(said, assistant_starts, strict=True):
         assert abs(heard - logged) < 0.5, (heard, logged)
+
+
+async def test_outbound_demo_calls_back_leaves_a_voicemail_and_records_a_busy_line(tmp_path: Path) -> None:
+    from callbot.demo import OUTBOUND_CALLER_LINES, run_outbound_demo
+
+    out = io.StringIO()
+    code = await run_outbound_demo(tmp_path, out=out)
+    text = out.getvalue()
+    assert code == 0, text
+    tickets = text.split("=== Tickets", 1)[1].split("=== The call-back", 1)[0]
+    assert re.search(r"\+15550100001: outcome talked, Twilio completed, \d+ s, answered by human", tickets)
+    assert re.search(r"\+15550100002: outcome voicemail_left, .* answered by machine_end_beep", tickets)
+    assert "+15550100003: outcome busy, Twilio busy, 0 s" in tickets
+    callback = text.split("=== The call-back", 1)[1]
+    assert "'case': '4471-2290'" in callback
+    for line in OUTBOUND_CALLER_LINES:
+        assert f"Callee: {line}" in callback
+    assert "Twilio posts /twilio/amd machine_end_beep -> HTTP 204" in text

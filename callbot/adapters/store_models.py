@@ -82,6 +82,17 @@ tickets = sa.Table(
     sa.Column("last_error", sa.Text, nullable=True),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
+    # the call's life as Twilio reports it (migration 0003, core/call_lifecycle.py)
+    sa.Column("direction", sa.String(16), nullable=False, server_default="inbound"),
+    sa.Column("twilio_status", sa.String(16), nullable=True),
+    sa.Column("twilio_sequence", sa.Integer, nullable=True),
+    sa.Column("twilio_duration_s", sa.Integer, nullable=True),
+    sa.Column("answered_by", sa.String(32), nullable=True),
+    sa.Column("voicemail_left", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("outcome", sa.String(32), nullable=True),
+    sa.Column("placement_id", sa.String(64), nullable=True),
+    sa.Column("instructions", sa.Text, nullable=True),
+    sa.Column("call_context", JSONDocument, nullable=True),
     # Returning callers (migration 0004): the earlier tickets that seeded this call, whether this
     # ticket may seed later calls, and the index the lookup by number walks (newest first).
     sa.Column("memory_ticket_ids", JSONDocument, nullable=True),

@@ -25,9 +25,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import StaticPool
 
 from callbot.adapters.store_models import replicas, tickets
+from callbot.core.call_lifecycle import Lifecycle, PlacedCall, StatusUpdate, call_outcome, merge_status
 from callbot.core.leases import REPLICA_LOST
 from callbot.core.memory import EarlierCall, earlier_call
-from callbot.core.record import CallRecord, UsageTotals
+from callbot.core.record import CallInfo, CallRecord, UsageTotals
 from callbot.core.record_json import (
     entry_from_json,
     entry_to_json,
@@ -53,6 +54,11 @@ MAX_PAGE_SIZE = 500
 MAX_STATS_CALLS = 20_000
 MAX_ERROR_CHARS = 2000
 ABANDONED_AFTER_S = 2 * 3600.0
+LIFECYCLE_ATTEMPTS = 20
+_LIFECYCLE_GUARD = (
+    "status", "stream_sid", "duration_s", "twilio_status", "twilio_sequence", "twilio_duration_s",
+    "answered_by", "voicemail_left", "outcome", "search_text",
+)  # fmt: skip
 
 
 def _now() -> datetime:
@@ -257,6 +263,154 @@ class SqlTicketStore:
             if found is None:
                 raise TicketNotFound(f"no ticket for call {call_sid}")
             return int(found), False
+
+        return await self._run(work)
+
+    # ----- the call's life (core/call_lifecycle.py) -----
+
+    async def create_placed_call(self, info: CallInfo, placed: PlacedCall, started_at: datetime) -> int:
+        """The ticket of a call callbot has just placed, before it rings; its id (idempotent)."""
+        record = CallRecord(info=info, started_at=started_at)
+        values = _record_values(record)
+        now = _now()
+        extra = {
+            "placement_id": placed.placement_id,
+            "instructions": placed.instructions,
+            "call_context": dict(placed.context) if placed.context is not None else None,
+            "twilio_status": "queued",
+        }
+
+        async def work(conn: AsyncConnection) -> int:
+            insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+            stmt = insert(tickets).values(
+                **values, **extra, status=TicketStatus.IN_PROGRESS.value, created_at=now, updated_at=now
+            )
+            # A status callback may have created the row first: the placement still goes on it.
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[tickets.c.call_sid],
+                set_={
+                    name: stmt.excluded[name]
+                    for name in ("placement_id", "instructions", "call_context", "direction")
+                },
+            )
+            await conn.execute(stmt)
+            found = await conn.scalar(sa.select(tickets.c.id).where(tickets.c.call_sid == info.call_sid))
+            if found is None:
+                raise StoreUnavailable(f"ticket for call {info.call_sid} vanished during the save")
+            return int(found)
+
+        return await self._run(work)
+
+    async def placed_call(self, call_sid: str) -> PlacedCall | None:
+        """The placement of an outbound call (its id, instructions, context), or None."""
+
+        async def work(conn: AsyncConnection) -> Mapping[str, Any] | None:
+            stmt = sa.select(tickets.c.placement_id, tickets.c.instructions, tickets.c.call_context).where(
+                tickets.c.call_sid == call_sid
+            )
+            row = (await conn.execute(stmt)).mappings().first()
+            return dict(row) if row is not None else None
+
+        row = await self._run(work)
+        if row is None or not row["placement_id"]:
+            return None
+        return PlacedCall(row["placement_id"], row["instructions"] or "", row["call_context"])
+
+    async def apply_status(self, update: StatusUpdate) -> int:
+        """Fold a status callback into the call's ticket, creating the ticket if the call never
+        reached the stream (busy, no answer, hung up while ringing); the ticket id."""
+        return await self._change_lifecycle(update.call_sid, lambda life: merge_status(life, update), update)
+
+    async def apply_amd(self, call_sid: str, answered_by: str, *, voicemail_left: bool = False) -> int:
+        """Record the answering-machine result, and that a voicemail was left."""
+
+        def change(life: Lifecycle) -> Lifecycle:
+            return Lifecycle(
+                twilio_status=life.twilio_status,
+                sequence=life.sequence,
+                duration_s=life.duration_s,
+                answered_by=answered_by or life.answered_by,
+                voicemail_left=life.voicemail_left or voicemail_left,
+            )
+
+        return await self._change_lifecycle(call_sid, change, None)
+
+    async def refresh_outcome(self, call_sid: str) -> int | None:
+        """Work the outcome out again (the stream has just ended); None if there is no ticket."""
+        try:
+            return await self._change_lifecycle(call_sid, lambda life: life, None)
+        except TicketNotFound:
+            return None
+
+    async def _change_lifecycle(
+        self, call_sid: str, change: Callable[[Lifecycle], Lifecycle], create: StatusUpdate | None
+    ) -> int:
+        """Read the row, fold the change in (core/call_lifecycle.py), write it back only if nobody
+        changed what was read meanwhile, else read again: callbacks and the stream's own saves
+        arrive concurrently, and SQLite's reads take no lock."""
+        for _attempt in range(LIFECYCLE_ATTEMPTS):
+            ticket_id = await self._try_change_lifecycle(call_sid, change, create)
+            if ticket_id is not None:
+                return ticket_id
+        raise StoreUnavailable(f"call {call_sid}: its ticket kept changing; lifecycle update gave up")
+
+    async def _try_change_lifecycle(
+        self, call_sid: str, change: Callable[[Lifecycle], Lifecycle], create: StatusUpdate | None
+    ) -> int | None:
+        async def work(conn: AsyncConnection) -> int | None:
+            stmt = sa.select(tickets).where(tickets.c.call_sid == call_sid)
+            if conn.dialect.name == "postgresql":
+                stmt = stmt.with_for_update()
+            found = (await conn.execute(stmt)).mappings().first()
+            row: dict[str, Any] | None = dict(found) if found is not None else None
+            now = _now()
+            if row is None:
+                if create is None:
+                    raise TicketNotFound(f"no ticket for call {call_sid}")
+                info = CallInfo(
+                    call_sid=call_sid,
+                    stream_sid="",
+                    from_number=create.from_number,
+                    to_number=create.to_number,
+                    direction=create.direction,
+                )
+                fresh = _record_values(CallRecord(info=info, started_at=now))
+                insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+                await conn.execute(
+                    insert(tickets)
+                    .values(**fresh, status=TicketStatus.IN_PROGRESS.value, created_at=now, updated_at=now)
+                    .on_conflict_do_nothing(index_elements=[tickets.c.call_sid])
+                )
+                row = dict((await conn.execute(stmt)).mappings().one())
+            life = change(_lifecycle(row))
+            stream_started = bool(row["stream_sid"])
+            outcome = call_outcome(life, stream_started=stream_started, stream_s=row["duration_s"])
+            values: dict[str, Any] = {
+                "twilio_status": life.twilio_status,
+                "twilio_sequence": life.sequence,
+                "twilio_duration_s": life.duration_s,
+                "answered_by": life.answered_by,
+                "voicemail_left": life.voicemail_left,
+                "outcome": outcome,
+                "updated_at": now,
+            }
+            if outcome is not None and not stream_started and row["status"] == TicketStatus.IN_PROGRESS.value:
+                # Nobody spoke: there is nothing to summarise, the ticket is complete as it stands.
+                values.update(
+                    status=TicketStatus.COMPLETE.value,
+                    ended_at=now,
+                    duration_s=0.0,
+                    title=f"{row['direction'].capitalize()} call: {outcome}"[:300],
+                )
+            if outcome is not None:
+                values["search_text"] = _with_outcome(row["search_text"], row["outcome"], outcome)
+            unchanged = [
+                tickets.c[name].is_(None) if row[name] is None else tickets.c[name] == row[name]
+                for name in _LIFECYCLE_GUARD
+            ]
+            write = sa.update(tickets).where(tickets.c.id == row["id"], *unchanged).values(**values)
+            updated = await conn.execute(write)
+            return int(row["id"]) if updated.rowcount == 1 else None
 
         return await self._run(work)
 
@@ -532,6 +686,7 @@ def _record_values(record: CallRecord) -> dict[str, Any]:
         "account_sid": info.account_sid,
         "from_number": info.from_number,
         "to_number": info.to_number,
+        "direction": info.direction,
         "started_at": record.started_at,
         "ended_at": record.ended_at,
         "duration_s": record.duration_s,
@@ -645,6 +800,29 @@ def _view(row: Mapping[str, Any]) -> TicketView:
         ),
         transcript=transcript,
         summaries=summaries,
+        direction=row.get("direction") or "inbound",
+        lifecycle=_lifecycle(row),
+        outcome=row.get("outcome"),
+        instructions=row.get("instructions"),
+        context=row.get("call_context"),
         memory_ticket_ids=tuple(i for i in row["memory_ticket_ids"] or [] if isinstance(i, int)),
         response_usage=response_usage,
+    )
+
+
+def _with_outcome(search_text: str, old: str | None, new: str) -> str:
+    """The search text with `outcome:<new>` in it (searchable: "voicemail_left"), and not the old one."""
+    if old and old != new:
+        search_text = search_text.replace(f"\noutcome:{old}", "")
+    marker = f"\noutcome:{new}"
+    return search_text if marker in search_text else search_text + marker
+
+
+def _lifecycle(row: Mapping[str, Any]) -> Lifecycle:
+    return Lifecycle(
+        twilio_status=row.get("twilio_status"),
+        sequence=row.get("twilio_sequence"),
+        duration_s=row.get("twilio_duration_s"),
+        answered_by=row.get("answered_by"),
+        voicemail_left=bool(row.get("voicemail_left")),
     )

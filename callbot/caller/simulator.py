@@ -182,6 +182,24 @@ class TwilioCaller:
             result.wall_s = time.monotonic() - started
         return result
 
+    async def run_twiml(self, twiml: str, script: CallerScript | Iterable[Step]) -> CallResult:
+        """Play a call whose TwiML is already known (an outbound call's, given to `calls.create`):
+        no webhook, straight to its `<Connect><Stream>`."""
+        result = CallResult(call_sid=self.call_sid, account_sid=self.account_sid)
+        result.twiml = twiml
+        started = time.monotonic()
+        try:
+            stream_url = self._parse_twiml(result)
+            if stream_url is not None:
+                await self.run_stream(stream_url, script, result)
+        except _NETWORK_ERRORS as exc:
+            result.outcome = "error"
+            result.error = f"{type(exc).__name__}: {exc}"
+            self.emit("error", {"error": result.error})
+        finally:
+            result.wall_s = time.monotonic() - started
+        return result
+
     async def _webhook(self, result: CallResult) -> str | None:
         """POST the voice webhook and return the stream URL, or None when the call ends here."""
         params = self.webhook_params()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import binascii
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from callbot.core import realtime as rt
@@ -93,6 +93,7 @@ class CallSession:
         self.phase: Phase = "awaiting_start"
         self.info: CallInfo | None = None
         self.custom_parameters: dict[str, str] = {}
+        self.direction = "inbound"
         self.end_reason: str | None = None
         self.stats = CallStats()
         self.conversation = ConversationState()
@@ -150,6 +151,14 @@ class CallSession:
         self.end_reason = reason
         return [EndCall(reason)]
 
+    def set_up_call(self, agent: rt.AgentConfig, direction: str) -> None:
+        """Give this call its own agent and direction before its `start` is fed in (an outbound
+        call's instructions and context, core/call_lifecycle.py); later calls change nothing."""
+        if self.phase != "awaiting_start":
+            return
+        self.config = replace(self.config, agent=agent)
+        self.direction = direction
+
     def refuse_stream(self, reason: str) -> list[Action]:
         """The bridge will not accept this stream (e.g. a bad per-call token): end it, no ticket."""
         log.warning("refusing media stream: %s", reason)
@@ -188,6 +197,7 @@ class CallSession:
             account_sid=event.account_sid,
             from_number=params.get("from", ""),
             to_number=params.get("to", ""),
+            direction=self.direction,
         )
         if event.encoding != "audio/x-mulaw" or event.sample_rate != 8000:
             return self.end(f"unsupported Twilio media format {event.encoding} {event.sample_rate} Hz")

@@ -27,7 +27,7 @@ class CallerAudio:
         self.prefix_padding_ms = prefix_padding_ms
         self._converter = InboundConverter(mode)
         self._pending: list[bytes] = []
-        self._pending_since_ms = 0  # when the first held frame arrived
+        self._held_until: int | None = None  # when the held frames stop waiting (None: none held)
         self._last_ms = 0  # when the latest held frame arrived
         self._appended_bytes = 0  # mu-law bytes appended in this session
         self._appended_at_ms = 0  # when the latest appended audio arrived from Twilio
@@ -46,7 +46,7 @@ class CallerAudio:
                 return rt.append(media.payload)  # forward Twilio's base64 untouched
             return self._append(self._converter.convert(media.audio))
         if not self._pending:
-            self._pending_since_ms = now_ms
+            self._held_until = now_ms + self.hold_ms  # asked on every pacer tick: kept, not computed
         self._pending.append(media.audio)
         self._last_ms = now_ms
         if len(self._pending) < self.batch_frames:
@@ -59,17 +59,19 @@ class CallerAudio:
             return None
         ulaw = b"".join(self._pending)
         self._pending.clear()
+        self._held_until = None
         self._appended_bytes += len(ulaw)
         self._appended_at_ms = self._last_ms  # when the batch's last frame arrived
         return self._append(self._converter.convert(ulaw))
 
     def held_until_ms(self) -> int | None:
         """When the held frames stop waiting for the rest of their batch, or None if none are held."""
-        return self._pending_since_ms + self.hold_ms if self._pending else None
+        return self._held_until
 
     def drop_held(self) -> None:
         """Forget held frames: stale by the time a new session is ready, dropped, not replayed."""
         self._pending.clear()
+        self._held_until = None
 
     def new_session(self, now_ms: int) -> None:
         """A new Realtime session starts a new input-audio clock."""

@@ -86,12 +86,10 @@ def estimate_tokens(text: str) -> int:
 
 
 def lookup_number(info: CallInfo) -> str:
-    """The number a call is remembered by: the caller's number for inbound calls.
-
-    Outbound calls (the number callbot dialled is `to_number`) will switch on `info.direction`
-    here once calls carry one; this is the only place that decides it.
+    """The number a call is remembered by: the caller's number for inbound calls, the number
+    callbot dialled (`to_number`) for outbound ones. This is the only place that decides it.
     """
-    return info.from_number
+    return info.to_number if info.direction == "outbound" else info.from_number
 
 
 def rememberable_number(number: str) -> str | None:

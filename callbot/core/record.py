@@ -115,6 +115,7 @@ class CallInfo:
     account_sid: str = ""
     from_number: str = ""
     to_number: str = ""
+    direction: str = "inbound"  # "inbound" | "outbound" (a call callbot placed)
 
 
 @dataclass(frozen=True, slots=True)

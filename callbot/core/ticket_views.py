@@ -7,10 +7,11 @@ and the CLI, so neither of those imports the database adapter to read a ticket.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
+from callbot.core.call_lifecycle import Lifecycle
 from callbot.core.record import (
     CallInfo,
     CallRecord,
@@ -91,6 +92,11 @@ class TicketView:
     usage: UsageTotals
     transcript: tuple[TranscriptEntry, ...]
     summaries: tuple[SummaryEvent, ...]
+    direction: str = "inbound"
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    outcome: str | None = None
+    instructions: str | None = None
+    context: dict[str, Any] | None = None
     memory_ticket_ids: tuple[int, ...] = ()
     """The earlier tickets that seeded this call (core/memory.py)."""
     response_usage: tuple[ResponseUsage, ...] = ()
@@ -116,6 +122,7 @@ class TicketView:
                 account_sid=self.account_sid,
                 from_number=self.item.from_number,
                 to_number=self.item.to_number,
+                direction=self.direction,
             ),
             started_at=self.item.started_at,
             ended_at=self.item.ended_at,
@@ -141,6 +148,14 @@ class TicketView:
             "usage": {**usage_to_json(self.usage), "total_tokens": self.usage.total_tokens},
             "transcript": [entry_to_json(e) for e in self.transcript],
             "in_call_summaries": [summary_event_to_json(s) for s in self.summaries],
+            "direction": self.direction,
+            "twilio_status": self.lifecycle.twilio_status,
+            "twilio_duration_s": self.lifecycle.duration_s,
+            "answered_by": self.lifecycle.answered_by,
+            "voicemail_left": self.lifecycle.voicemail_left,
+            "outcome": self.outcome,
+            "instructions": self.instructions,
+            "context": self.context,
             "memory_ticket_ids": list(self.memory_ticket_ids),
             "response_usage": [response_usage_to_json(u) for u in self.response_usage],
         }

@@ -22,6 +22,7 @@ from callbot.errors import StoreUnavailable
 from callbot.ports import CallObserver, RealtimeConnector, Summariser, TicketReader
 from callbot.settings import Settings
 from callbot.web import ops, twilio_routes
+from callbot.web.calls import calls_router
 from callbot.web.review import review_router
 from callbot.web.services import Services, open_services
 
@@ -72,6 +73,7 @@ def create_app(
             summary_trigger_tokens=trigger,
         )
     )
+    app.include_router(calls_router(settings))
     if extra_setup is not None:
         extra_setup(app)
     return app

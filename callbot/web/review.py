@@ -125,6 +125,9 @@ class _BasicAuth:
             )
 
 
+BasicAuth = _BasicAuth  # the same login guards the calls API (web/calls.py)
+
+
 class _UiEnabled:
     def __init__(self, enabled: bool) -> None:
         self._enabled = enabled

@@ -18,7 +18,15 @@ from callbot import compose
 from callbot.adapters.fastpaths import FastPaths, probe_fast_paths, summary_line
 from callbot.bridge import CallBridge, Pacer
 from callbot.metrics import Metrics
-from callbot.ports import CallerMemory, CallObserver, RealtimeConnector, Summariser, TicketReader
+from callbot.ports import (
+    CallControl,
+    CallerMemory,
+    CallLog,
+    CallObserver,
+    RealtimeConnector,
+    Summariser,
+    TicketReader,
+)
 from callbot.settings import Settings
 
 log = logging.getLogger("callbot.web")
@@ -73,6 +81,13 @@ class Services:
     store: TicketReader | None = None
     memory: CallerMemory | None = None
     stream_secret: bytes = b""
+    call_control: CallControl | None = None
+    calls: CallLog | None = None
+    outbound_pending: dict[str, float] = field(default_factory=dict)
+    placements: dict[str, tuple[asyncio.Future[tuple[int, object]], float]] = field(default_factory=dict)
+    """`POST /api/calls` by `request_id`: the answer (or its future) and when to forget it."""
+    """Calls placed and neither streaming nor final yet: call sid -> when to stop counting it
+    (loop time; a call whose callbacks never come must not hold a line for ever)."""
     active_calls: ActiveCalls = field(default_factory=ActiveCalls)
     calls_total: int = 0
     ready: bool = True
@@ -127,11 +142,15 @@ async def open_services(
         tickets = await compose.Ticketing.open(settings, client)
         services.observer, services.store = tickets.service, tickets.store
         services.memory = compose.caller_memory(settings, tickets.store)
+        services.calls = tickets.store
+    services.call_control = compose.call_control(settings)
     try:
         yield services
     finally:
         services.ready = False
         await services.pacer.stop()
+        if services.call_control is not None:
+            await services.call_control.aclose()
         if tickets is not None:
             await tickets.close()
 

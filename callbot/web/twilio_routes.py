@@ -20,7 +20,9 @@ from callbot.bridge import CallBridge
 from callbot.compose import call_config
 from callbot.core import stream_token
 from callbot.core import twilio as tw
+from callbot.core.call_lifecycle import placement_subject
 from callbot.settings import Settings
+from callbot.web.calls import outbound_setup, stream_ended, stream_twiml
 from callbot.web.services import Services
 
 log = logging.getLogger("callbot.web")
@@ -65,6 +67,7 @@ async def media(ws: WebSocket) -> None:
         services.pacer,
         observer=services.observer,
         start_check=lambda start: _check_start(services, start),
+        start_setup=lambda start: outbound_setup(services, start),
         summariser=services.summariser,
         summary_model=settings.summary_model if settings.summary_enabled else "",
         metrics=services.metrics,
@@ -75,6 +78,7 @@ async def media(ws: WebSocket) -> None:
     services.metrics.active_calls.inc()
     try:
         await bridge.run()
+        await stream_ended(services, bridge)
     finally:
         services.active_calls.discard(bridge)
         services.metrics.active_calls.dec()
@@ -126,16 +130,14 @@ def _twiml(services: Services, params: dict[str, str]) -> str:
         return str(response)
     call_sid = params.get("CallSid", "")
     token = stream_token.mint(services.stream_secret, call_sid, int(time.time()), settings.stream_token_ttl_s)
-    stream = response.connect().stream(url=settings.media_ws_url, name=f"callbot-{call_sid}"[:64])
-    stream.parameter(name="token", value=token)
-    stream.parameter(name="from", value=params.get("From", ""))
-    stream.parameter(name="to", value=params.get("To", ""))
-    # <Connect> blocks until our websocket closes; if callbot ends the call itself (upstream
-    # failure, shutdown), Twilio goes on to this and the caller hears why (docs/protocols.md §2.3).
-    response.say(settings.end_message)
-    return str(response)
+    parameters = {"token": token, "from": params.get("From", ""), "to": params.get("To", "")}
+    return stream_twiml(settings, f"callbot-{call_sid}", parameters, response)
 
 
 def _check_start(services: Services, start: tw.Start) -> str | None:
+    """The stream token covers the call sid (inbound) or callbot's placement id (outbound:
+    the sid is unknown when the TwiML is written, docs/call-control.md §7)."""
     token = start.custom_parameters.get("token", "")
-    return stream_token.check(services.stream_secret, start.call_sid, token, int(time.time()))
+    placement = start.custom_parameters.get("placement")
+    subject = placement_subject(placement) if placement else start.call_sid
+    return stream_token.check(services.stream_secret, subject, token, int(time.time()))

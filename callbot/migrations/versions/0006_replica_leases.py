@@ -4,7 +4,7 @@ Also `tickets.webhook_due_at`: set when a ticket completes on a server with a ti
 cleared once the webhook took it, so a delivery cut short (crash, database cut) is retried.
 
 Revision ID: 0006
-Revises: 0005
+Revises: 0003
 Create Date: 2026-12-07
 """
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0005"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 

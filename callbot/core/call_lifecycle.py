@@ -1,0 +1,279 @@
+"""A call's life as Twilio reports it, and what callbot decides from it. No I/O, no clock.
+
+- Placing a call: the number (E.164), the per-call instructions and context, and the agent's
+  configuration for that call (it opens with why it calls).
+- Status callbacks: parsed into `StatusUpdate`, merged into the ticket's `Lifecycle` so that
+  duplicates and out-of-order deliveries change nothing (docs/call-control.md §7).
+- Answering machines: which detection mode to ask for and what to do with `AnsweredBy`
+  (docs/call-control.md §4, §7).
+- The ticket's outcome, from all of the above.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from callbot.core.call_control import FINAL_CALL_STATUSES
+from callbot.core.realtime import AgentConfig
+from callbot.errors import InvalidCallRequest
+
+E164 = re.compile(r"\+[1-9][0-9]{6,14}")
+MAX_INSTRUCTIONS_CHARS = 4000
+MAX_CONTEXT_CHARS = 4000
+TRANSFER_SLACK_S = 5
+"""A call that outlives its media stream by more than this was handed on (docs/call-control.md §7)."""
+
+CALL_STATUSES = ("queued", "initiated", "ringing", "in-progress", *sorted(FINAL_CALL_STATUSES))
+ANSWERED_BY = (
+    "human",
+    "machine_start",
+    "machine_end_beep",
+    "machine_end_silence",
+    "machine_end_other",
+    "fax",
+    "unknown",
+)
+MachinePolicy = Literal["voicemail", "hangup"]
+AmdAction = Literal["talk", "voicemail", "hangup", "wait"]
+
+
+# ----- placing a call -----
+
+
+def check_e164(number: str, what: str = "number") -> str:
+    """The number, stripped, if it is E.164 (docs/call-control.md §7); else InvalidCallRequest."""
+    cleaned = number.strip()
+    if not E164.fullmatch(cleaned):
+        raise InvalidCallRequest(
+            f"{what} {number!r} is not an E.164 phone number (a '+', the country code, then the "
+            "number: 7 to 15 digits in all, e.g. +15551234567)"
+        )
+    return cleaned
+
+
+@dataclass(frozen=True, slots=True)
+class CallRequest:
+    """One call to place, validated: where to, from which number, and why."""
+
+    to: str
+    from_: str | None = None
+    instructions: str = ""
+    context: Mapping[str, Any] | None = None
+
+
+def call_request(
+    to: object, *, from_: object = None, instructions: object = None, context: object = None
+) -> CallRequest:
+    """Validate what a person or the API asked for; InvalidCallRequest names the bad field.
+
+    `context` may be a JSON object or its text (the CLI's `--context`, a CSV column)."""
+    if not isinstance(to, str):
+        raise InvalidCallRequest("'to' must be a phone number string")
+    number = check_e164(to, "'to'")
+    sender = None
+    if from_ is not None and from_ != "":
+        if not isinstance(from_, str):
+            raise InvalidCallRequest("'from' must be a phone number string")
+        sender = check_e164(from_, "'from'")
+    if instructions is None:
+        instructions = ""
+    if not isinstance(instructions, str):
+        raise InvalidCallRequest("'instructions' must be text")
+    if len(instructions) > MAX_INSTRUCTIONS_CHARS:
+        raise InvalidCallRequest(f"'instructions' is longer than {MAX_INSTRUCTIONS_CHARS} characters")
+    return CallRequest(number, sender, instructions.strip(), _context(context))
+
+
+def _context(context: object) -> Mapping[str, Any] | None:
+    if context is None or context == "":
+        return None
+    if isinstance(context, str):
+        try:
+            context = json.loads(context)
+        except json.JSONDecodeError as exc:
+            raise InvalidCallRequest(f"'context' is not valid JSON: {exc.msg} at column {exc.colno}") from exc
+    if not isinstance(context, dict):
+        raise InvalidCallRequest('\'context\' must be a JSON object, e.g. {"order": "4417"}')
+    if len(json.dumps(context)) > MAX_CONTEXT_CHARS:
+        raise InvalidCallRequest(f"'context' is larger than {MAX_CONTEXT_CHARS} characters of JSON")
+    return context
+
+
+def outbound_agent(agent: AgentConfig, instructions: str, context: Mapping[str, Any] | None) -> AgentConfig:
+    """The agent for a call callbot placed: told it is calling out, why, and with what facts,
+    and opening with the reason for the call instead of a support-line greeting."""
+    parts = [
+        agent.instructions,
+        "This is an outbound call: you called this person, they did not call you.",
+    ]
+    if instructions:
+        parts.append(f"Why you are calling and what to do:\n{instructions}")
+    if context:
+        parts.append(
+            "Facts about this call (JSON):\n" + json.dumps(context, ensure_ascii=False, sort_keys=True)
+        )
+    greeting = (
+        "The person has just answered your call. Greet them, say who you are, and say in one or "
+        "two sentences why you are calling" + (f" ({instructions[:300]})." if instructions else ".")
+    )
+    return replace(agent, instructions="\n\n".join(p for p in parts if p), greeting=greeting)
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedCall:
+    """What callbot stored when it placed a call: its own id for the call, and why it calls."""
+
+    placement_id: str
+    instructions: str = ""
+    context: Mapping[str, Any] | None = None
+
+
+def placement_subject(placement_id: str) -> str:
+    """What an outbound call's stream token is minted over (docs/call-control.md §7)."""
+    return f"outbound:{placement_id}"
+
+
+# ----- answering machines -----
+
+
+def machine_detection(policy: MachinePolicy, voicemail_message: str) -> str:
+    """`DetectMessageEnd` when a voicemail is to be left (it waits for the beep), else `Enable`
+    (it answers sooner, and a machine is hung up on at once)."""
+    return "DetectMessageEnd" if policy == "voicemail" and voicemail_message else "Enable"
+
+
+def amd_action(answered_by: str, policy: MachinePolicy, voicemail_message: str) -> AmdAction:
+    """What to do with an asynchronous AMD result (docs/call-control.md §4, §7).
+
+    A person (or a result nobody can tell) gets the agent. A voicemail is left only once the
+    greeting has ended (`machine_end_*`); `machine_start` with a voicemail to leave waits for
+    the end (it only comes from `Enable`, so it is hung up on otherwise); a fax is hung up on."""
+    if answered_by in ("human", "unknown", ""):
+        return "talk"
+    if answered_by == "fax":
+        return "hangup"
+    leave = policy == "voicemail" and bool(voicemail_message)
+    if answered_by.startswith("machine_end_"):
+        return "voicemail" if leave else "hangup"
+    if answered_by == "machine_start":
+        return "wait" if leave else "hangup"
+    return "talk"
+
+
+# ----- status callbacks -----
+
+
+@dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    """One status callback (docs/call-control.md §5, §7)."""
+
+    call_sid: str
+    status: str
+    sequence: int | None = None
+    duration_s: int | None = None
+    answered_by: str | None = None
+    from_number: str = ""
+    to_number: str = ""
+    direction: str = "inbound"
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_CALL_STATUSES
+
+
+def _optional_int(value: str | None, name: str) -> int | None:
+    if value is None or value == "":
+        return None
+    if not (value.isascii() and value.isdigit()):
+        raise InvalidCallRequest(f"status callback field {name} is not a number: {value[:20]!r}")
+    return int(value)
+
+
+def parse_status_callback(params: Mapping[str, str]) -> StatusUpdate:
+    """Twilio's form fields as a `StatusUpdate`; InvalidCallRequest for a callback without a call."""
+    call_sid = params.get("CallSid", "")
+    status = params.get("CallStatus", "")
+    if not call_sid or status not in CALL_STATUSES:
+        raise InvalidCallRequest(f"status callback without CallSid or with unknown CallStatus {status!r}")
+    answered_by = params.get("AnsweredBy") or None
+    direction = "outbound" if params.get("Direction", "").startswith("outbound") else "inbound"
+    return StatusUpdate(
+        call_sid=call_sid,
+        status=status,
+        sequence=_optional_int(params.get("SequenceNumber"), "SequenceNumber"),
+        duration_s=_optional_int(params.get("CallDuration"), "CallDuration"),
+        answered_by=answered_by if answered_by in ANSWERED_BY else None,
+        from_number=params.get("From", ""),
+        to_number=params.get("To", ""),
+        direction=direction,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Lifecycle:
+    """What the ticket knows of the call from Twilio and from callbot's own handling of it."""
+
+    twilio_status: str | None = None
+    sequence: int | None = None
+    duration_s: int | None = None
+    answered_by: str | None = None
+    voicemail_left: bool = False
+    outcome: str | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.twilio_status in FINAL_CALL_STATUSES
+
+
+def merge_status(current: Lifecycle, update: StatusUpdate) -> Lifecycle:
+    """Fold one callback in. A final status is never replaced by a non-final one, nor by another
+    final one (duplicates); between non-final ones the higher `SequenceNumber` wins, and one
+    without a number never overrides one with. Fields a callback does not carry are kept."""
+    take_status = not current.final and (
+        update.final
+        or current.twilio_status is None
+        or (update.sequence is not None and (current.sequence is None or update.sequence > current.sequence))
+    )
+    if not take_status:
+        return replace(
+            current,
+            answered_by=current.answered_by or update.answered_by,
+            duration_s=current.duration_s if current.duration_s is not None else update.duration_s,
+        )
+    return replace(
+        current,
+        twilio_status=update.status,
+        sequence=update.sequence if update.sequence is not None else current.sequence,
+        duration_s=update.duration_s if update.duration_s is not None else current.duration_s,
+        answered_by=update.answered_by or current.answered_by,
+    )
+
+
+def call_outcome(lifecycle: Lifecycle, *, stream_started: bool, stream_s: float | None) -> str | None:
+    """The ticket's outcome once Twilio's final status is known (None before).
+
+    `voicemail_left`, `machine` (hung up on a machine or fax), `transferred` (the call went on
+    after its stream ended, docs/call-control.md §7), `talked`, or Twilio's own final status for
+    a call that never reached the agent (`busy`, `no-answer`, `failed`, `canceled`, and
+    `completed` when it was answered but no stream ran)."""
+    if not lifecycle.final:
+        return None
+    if lifecycle.voicemail_left:
+        return "voicemail_left"
+    answered_by = lifecycle.answered_by or ""
+    if answered_by.startswith("machine") or answered_by == "fax":
+        return "machine"
+    status = lifecycle.twilio_status or ""
+    if status != "completed" or not stream_started:
+        return status
+    if (
+        stream_s is not None
+        and lifecycle.duration_s is not None
+        and lifecycle.duration_s > stream_s + TRANSFER_SLACK_S
+    ):
+        return "transferred"
+    return "talked"

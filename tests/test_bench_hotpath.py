@@ -1,0 +1,20 @@
+"""bench/hotpath_workload.py: the scripted call it counts instructions of is a real call of the core."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import hotpath_workload
+
+
+def test_the_workload_streams_both_ways_and_plays_every_reply() -> None:
+    d = hotpath_workload.run(10.0)
+    # one session.update, then one append per three caller frames (499 frames after the start)
+    assert d.realtime_out == 1 + 499 // 3
+    # two replies of 2.5 s: 100 ms messages while the 600 ms lead fills, then 200 ms ones, one mark each
+    assert d.twilio_out == 2 * 2 * (6 + 10 + 1)
+    assert not d.pending_marks or d.pending_marks[0][0] > 9_000  # every mark but the last echoed
+    assert d.typed  # this checkout parses Realtime events into the typed events first

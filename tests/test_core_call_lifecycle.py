@@ -1,0 +1,230 @@
+"""The call's life, pure: placing checks, the outbound agent, AMD policy, callbacks and outcomes."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from callbot.core.call import CallConfig, CallSession
+from callbot.core.call_lifecycle import (
+    Lifecycle,
+    StatusUpdate,
+    amd_action,
+    call_outcome,
+    call_request,
+    check_e164,
+    machine_detection,
+    merge_status,
+    outbound_agent,
+    parse_status_callback,
+)
+from callbot.core.campaign import CampaignState, RowState, outcome_counts, parse_campaign_csv
+from callbot.core.realtime import AgentConfig
+from callbot.core.twilio import Start
+from callbot.errors import InvalidCallRequest
+
+SID = "CA" + "a" * 32
+
+
+# ----- placing -----
+
+
+@pytest.mark.parametrize("number", ["+15551234567", " +442071838750 ", "+4930123456"])
+def test_e164_numbers_pass_stripped(number: str) -> None:
+    assert check_e164(number) == number.strip()
+
+
+@pytest.mark.parametrize(
+    "number", ["15551234567", "+05551234567", "+1 555 123 4567", "+1555", "+1234567890123456", ""]
+)
+def test_anything_else_is_refused_with_an_example(number: str) -> None:
+    with pytest.raises(InvalidCallRequest, match=r"E\.164.*\+15551234567"):
+        check_e164(number)
+
+
+def test_a_call_request_takes_context_as_an_object_or_its_json_text() -> None:
+    as_text = call_request("+15551234567", context='{"order": "4417"}', instructions="  Say hi. ")
+    as_object = call_request("+15551234567", context={"order": "4417"}, instructions="Say hi.")
+    assert as_text == as_object
+    assert as_text.instructions == "Say hi." and as_text.from_ is None
+    assert call_request("+15551234567", context="").context is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"to": 15551234567}, "'to' must be"),
+        ({"to": "+15551234567", "from_": "0800"}, "'from'"),
+        ({"to": "+15551234567", "context": "[1]"}, "JSON object"),
+        ({"to": "+15551234567", "context": "{bad"}, "not valid JSON"),
+        ({"to": "+15551234567", "context": {"x": "y" * 5000}}, "larger than"),
+        ({"to": "+15551234567", "instructions": "x" * 4001}, "longer than"),
+        ({"to": "+15551234567", "instructions": 7}, "must be text"),
+    ],
+)
+def test_bad_call_requests_name_the_field(fields: dict[str, object], message: str) -> None:
+    to = fields.pop("to")
+    with pytest.raises(InvalidCallRequest, match=message):
+        call_request(to, **fields)  # type: ignore[arg-type]
+
+
+def test_the_outbound_agent_knows_why_it_calls_and_opens_with_it() -> None:
+    base = AgentConfig(instructions="You are Acme's assistant.", greeting="Greet the caller.")
+    agent = outbound_agent(base, "Confirm Friday's delivery.", {"order": "4417"})
+    assert agent.instructions.startswith("You are Acme's assistant.")
+    assert "outbound call" in agent.instructions
+    assert "Confirm Friday's delivery." in agent.instructions
+    assert '{"order": "4417"}' in agent.instructions
+    assert "why you are calling" in agent.greeting and "Confirm Friday's delivery." in agent.greeting
+    assert (agent.voice, agent.model) == (base.voice, base.model)
+    bare = outbound_agent(base, "", None)
+    assert "Facts about this call" not in bare.instructions
+
+
+def test_the_session_takes_the_calls_own_agent_and_direction_only_before_its_start() -> None:
+    session = CallSession(CallConfig())
+    agent = AgentConfig(instructions="Outbound.")
+    session.set_up_call(agent, "outbound")
+    session.receive_twilio(Start(stream_sid="MZ1", call_sid=SID, account_sid="AC1"), 0)
+    assert session.config.agent.instructions == "Outbound."
+    assert session.info is not None and session.info.direction == "outbound"
+    session.set_up_call(AgentConfig(instructions="late"), "inbound")
+    assert session.config.agent.instructions == "Outbound."
+    assert CallSession(CallConfig()).direction == "inbound"
+
+
+# ----- answering machines -----
+
+
+def test_detection_waits_for_the_message_end_only_when_a_voicemail_is_to_be_left() -> None:
+    assert machine_detection("voicemail", "Please call us back.") == "DetectMessageEnd"
+    assert machine_detection("voicemail", "") == "Enable"
+    assert machine_detection("hangup", "Please call us back.") == "Enable"
+
+
+@pytest.mark.parametrize(
+    ("answered_by", "policy", "message", "action"),
+    [
+        ("human", "voicemail", "msg", "talk"),
+        ("unknown", "hangup", "msg", "talk"),
+        ("machine_end_beep", "voicemail", "msg", "voicemail"),
+        ("machine_end_silence", "voicemail", "msg", "voicemail"),
+        ("machine_end_other", "voicemail", "msg", "voicemail"),
+        ("machine_end_beep", "voicemail", "", "hangup"),
+        ("machine_end_beep", "hangup", "msg", "hangup"),
+        ("machine_start", "voicemail", "msg", "wait"),
+        ("machine_start", "hangup", "msg", "hangup"),
+        ("fax", "voicemail", "msg", "hangup"),
+    ],
+)
+def test_amd_policy(answered_by: str, policy: str, message: str, action: str) -> None:
+    assert amd_action(answered_by, policy, message) == action  # type: ignore[arg-type]
+
+
+# ----- status callbacks -----
+
+
+def test_a_callback_parses_with_its_numbers() -> None:
+    update = parse_status_callback(
+        {
+            "CallSid": SID,
+            "CallStatus": "completed",
+            "SequenceNumber": "3",
+            "CallDuration": "42",
+            "AnsweredBy": "human",
+            "Direction": "outbound-api",
+            "From": "+15550001111",
+            "To": "+15557770001",
+        }
+    )
+    assert update == StatusUpdate(
+        SID, "completed", 3, 42, "human", "+15550001111", "+15557770001", "outbound"
+    )
+    assert update.final
+    with pytest.raises(InvalidCallRequest):
+        parse_status_callback({"CallSid": SID, "CallStatus": "exploded"})
+    with pytest.raises(InvalidCallRequest, match="CallDuration"):
+        parse_status_callback({"CallSid": SID, "CallStatus": "completed", "CallDuration": "4x"})
+
+
+CALLBACKS = [
+    StatusUpdate(SID, "initiated", 0),
+    StatusUpdate(SID, "ringing", 1),
+    StatusUpdate(SID, "in-progress", 2),
+    StatusUpdate(SID, "completed", 3, duration_s=42),
+]
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(4))))
+def test_callbacks_in_any_order_and_repeated_end_in_the_same_state(order: tuple[int, ...]) -> None:
+    life = Lifecycle()
+    for index in (*order, *order):  # every order, and each callback twice
+        life = merge_status(life, CALLBACKS[index])
+    assert (life.twilio_status, life.duration_s) == ("completed", 42)
+
+
+def test_a_final_status_is_never_replaced_and_sequence_orders_the_rest() -> None:
+    life = merge_status(Lifecycle(), StatusUpdate(SID, "ringing", 5))
+    assert merge_status(life, StatusUpdate(SID, "initiated", 4)).twilio_status == "ringing"
+    assert merge_status(life, StatusUpdate(SID, "in-progress", None)).twilio_status == "ringing"
+    done = merge_status(life, StatusUpdate(SID, "busy", 6, duration_s=0))
+    assert merge_status(done, StatusUpdate(SID, "completed", 7, duration_s=9)).twilio_status == "busy"
+    late = merge_status(done, StatusUpdate(SID, "ringing", 8, answered_by="human"))
+    assert late.twilio_status == "busy" and late.answered_by == "human"
+
+
+def test_outcomes() -> None:
+    done = Lifecycle(twilio_status="completed", duration_s=30)
+    assert call_outcome(Lifecycle(twilio_status="ringing"), stream_started=False, stream_s=None) is None
+    assert call_outcome(done, stream_started=True, stream_s=28.0) == "talked"
+    assert call_outcome(done, stream_started=True, stream_s=None) == "talked"  # the stream still ends
+    assert call_outcome(done, stream_started=True, stream_s=10.0) == "transferred"
+    assert call_outcome(done, stream_started=False, stream_s=None) == "completed"
+    busy = Lifecycle(twilio_status="busy", duration_s=0)
+    assert call_outcome(busy, stream_started=False, stream_s=None) == "busy"
+    machine = Lifecycle(twilio_status="completed", answered_by="machine_start")
+    assert call_outcome(machine, stream_started=True, stream_s=3.0) == "machine"
+    voicemail = Lifecycle(twilio_status="completed", answered_by="machine_end_beep", voicemail_left=True)
+    assert call_outcome(voicemail, stream_started=True, stream_s=3.0) == "voicemail_left"
+
+
+# ----- campaigns -----
+
+
+def test_a_campaign_csv_reports_bad_rows_by_line_and_keeps_the_good_ones() -> None:
+    text = (
+        "Number,instructions,context\n"
+        "+15551110001,Say hi,\n"
+        "12345,Say hi,\n"
+        "\n"
+        '+15551110002,,"{""a"": 1}"\n'
+        "+15551110001,again,\n"
+        '+15551110003,,"[1]"\n'
+        "+15551110004,x,,extra\n"
+    )
+    rows, bad = parse_campaign_csv(text, from_="+15550000000")
+    assert [(r.line, r.request.to) for r in rows] == [(2, "+15551110001"), (5, "+15551110002")]
+    assert rows[1].request.context == {"a": 1} and rows[0].request.from_ == "+15550000000"
+    assert [b.line for b in bad] == [3, 6, 7, 8]
+    assert "E.164" in bad[0].message and "already on line 2" in bad[1].message
+    assert "JSON object" in bad[2].message and "more cells" in bad[3].message
+    with pytest.raises(InvalidCallRequest, match="'number' column"):
+        parse_campaign_csv("phone\n+15551110001\n")
+    with pytest.raises(InvalidCallRequest, match="unknown CSV column"):
+        parse_campaign_csv("number,colour\n+15551110001,red\n")
+
+
+def test_campaign_state_resumes_from_its_lines_and_ignores_a_torn_last_one() -> None:
+    rows, _ = parse_campaign_csv("number\n+15551110001\n+15551110002\n+15551110003\n+15551110004\n")
+    state = CampaignState()
+    lines = [
+        state.record(RowState(rows[0].key, 2, "+15551110001", state="done", outcome="talked")),
+        state.record(RowState(rows[1].key, 3, "+15551110002", state="placed", call_sid=SID, ticket_id=4)),
+        state.record(RowState(rows[2].key, 4, "+15551110003", placing_at="2026-12-07T00:00:00+00:00")),
+    ]
+    resumed = CampaignState.from_lines([*lines, '{"key": "5:+1555111'])
+    assert [r.request.to for r in resumed.to_place(rows)] == ["+15551110004"]
+    assert [(r.key, r.ticket_id) for r in resumed.to_watch()] == [(rows[1].key, 4)]
+    assert [r.placing_at for r in resumed.to_check()] == ["2026-12-07T00:00:00+00:00"]
+    assert outcome_counts(resumed.rows.values()) == {"placed": 1, "placing": 1, "talked": 1}
