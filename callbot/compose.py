@@ -14,6 +14,8 @@ import contextlib
 import json
 import logging
 import os
+import socket
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +34,13 @@ from callbot.adapters.twilio_rest import TwilioRestCalls
 from callbot.adapters.webhook import TicketWebhook
 from callbot.core import realtime as rt
 from callbot.core.call import CallConfig
+from callbot.core.leases import LeasePolicy
 from callbot.core.memory import MemoryPolicy
 from callbot.core.recovery import RecoveryPolicy
 from callbot.core.summary import DEFAULT_PROMPT, SummaryPolicy
 from callbot.core.ticket import load_prompt, load_schema
 from callbot.core.tool_config import ToolsConfig, check_transfer_target, realtime_tools, tools_config
-from callbot.errors import ToolsFileError
+from callbot.errors import StoreUnavailable, ToolsFileError
 from callbot.ports import CallControl, RealtimeConnector, Summariser
 from callbot.settings import Settings
 from callbot.ticketing import CallerMemoryService, TicketService
@@ -186,6 +189,7 @@ def build_ticket_service(
         webhook,
         redact_patterns=settings.redact_patterns,
         timeout_s=settings.ticket_timeout_s,
+        webhook_redeliver_s=settings.ticket_webhook_redeliver_s,
     )
 
 
@@ -218,12 +222,22 @@ def caller_memory(settings: Settings, store: SqlTicketStore) -> CallerMemoryServ
 class Ticketing:
     """The ticket store, the ticket service and its background retry loop, for one server."""
 
-    def __init__(self, store: SqlTicketStore, service: TicketService, retry_interval_s: float) -> None:
+    def __init__(
+        self,
+        store: SqlTicketStore,
+        service: TicketService,
+        retry_interval_s: float,
+        lease_policy: LeasePolicy | None = None,
+    ) -> None:
         self.store = store
         self.service = service
-        self._background = asyncio.get_running_loop().create_task(
-            service.run_background(retry_interval_s), name="ticket-retries"
-        )
+        loop = asyncio.get_running_loop()
+        self._background = loop.create_task(service.run_background(retry_interval_s), name="ticket-retries")
+        self._leases: asyncio.Task[None] | None = None
+        if lease_policy is not None and store.replica_id is not None:
+            self._leases = loop.create_task(
+                service.run_leases(store, store.replica_id, lease_policy), name="replica-lease"
+            )
 
     @classmethod
     async def open(cls, settings: Settings, client: AsyncOpenAI) -> Ticketing:
@@ -233,15 +247,37 @@ class Ticketing:
             except Exception:
                 # The server still takes calls: finished tickets are spooled to disk meanwhile.
                 log.exception("could not apply database migrations at start-up")
-        store = await SqlTicketStore.open(settings.database_url)
-        return cls(store, build_ticket_service(settings, store, client), settings.ticket_retry_interval_s)
+        rid = replica_id(settings)
+        log.info("replica id %s (lease %g s)", rid, settings.replica_lease_s)
+        store = await SqlTicketStore.open(settings.database_url, replica_id=rid)
+        return cls(
+            store,
+            build_ticket_service(settings, store, client),
+            settings.ticket_retry_interval_s,
+            LeasePolicy.from_lease(int(settings.replica_lease_s * 1000)),
+        )
 
     async def close(self) -> None:
         self._background.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._background
         await self.service.aclose()  # drains in-flight tickets first
+        if self._leases is not None:
+            # Every call of this replica is finished: nobody need take its tickets over.
+            self._leases.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._leases
+            if self.store.replica_id is not None:
+                with contextlib.suppress(StoreUnavailable):
+                    await self.store.release_lease(self.store.replica_id)
         await self.store.close()
+
+
+def replica_id(settings: Settings) -> str:
+    """`CALLBOT_REPLICA_ID`, else host name, pid and a random suffix: a restart is a new replica."""
+    if settings.replica_id:
+        return settings.replica_id
+    return f"{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def _read(path: Path | None) -> str | None:

@@ -167,9 +167,28 @@ class Settings(BaseSettings):
     ticket_retry_interval_s: float = Field(default=300.0, gt=0)
     spool_dir: Path = Path("./var/spool")
     ticket_webhook_url: str | None = None
+    ticket_webhook_redeliver_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A finished ticket the webhook has not taken after this long (a crash, a "
+        "database cut, a receiver down for longer than the retries) is sent again, by any replica.",
+    )
     admin_user: str = "admin"
     admin_password: SecretStr | None = None
     redact_patterns: list[str] = Field(default_factory=list)
+    replica_lease_s: float = Field(
+        default=30.0,
+        ge=1.0,
+        description="A replica that has not renewed its lease in the database for this long is taken "
+        "for dead, and a live replica finishes its calls' tickets as 'replica lost' (renewed every "
+        "third of it).",
+    )
+    replica_id: str | None = Field(
+        default=None,
+        max_length=64,
+        description="This process's name in the replica leases; default: host name, process id and "
+        "a random suffix (unique per start).",
+    )
     prices: dict[str, dict[str, float]] = Field(
         default_factory=lambda: {model: dict(rates) for model, rates in DEFAULT_PRICE_TABLE.items()},
         description="USD per million tokens by Realtime model, as JSON "

@@ -14,11 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+from callbot.core.leases import REPLICA_LOST, LeasePolicy, LeaseState
 from callbot.core.memory import (
     MemoryPolicy,
     MemorySeed,
@@ -43,7 +46,14 @@ from callbot.errors import (
     TicketNotFound,
     TicketSummaryInvalid,
 )
-from callbot.ports import MemoryStore, TicketNotifier, TicketSpool, TicketStore, TicketSummariser
+from callbot.ports import (
+    MemoryStore,
+    ReplicaLeases,
+    TicketNotifier,
+    TicketSpool,
+    TicketStore,
+    TicketSummariser,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +130,8 @@ class TicketService:
         start_wait_s: float = 2.0,
         retry_batch: int = 20,
         remember_calls: int = 10_000,
+        webhook_redeliver_s: float = 60.0,
+        spool_slow_save_s: float = 1.0,
     ) -> None:
         self._store = store
         self._summariser = summariser
@@ -130,16 +142,22 @@ class TicketService:
         self._start_wait_s = start_wait_s
         self._retry_batch = retry_batch
         self._remember_calls = remember_calls
+        self._webhook_redeliver_s = webhook_redeliver_s
+        self._spool_slow_save_s = spool_slow_save_s
         self._latest: dict[str, CallRecord] = {}  # newest unsaved progress per call
         self._savers: dict[str, asyncio.Task[None]] = {}  # the one progress writer per call
         self._endings: OrderedDict[str, asyncio.Task[int | None]] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._retry_lock = asyncio.Lock()
+        self._live: set[str] = set()  # calls started here and not yet ended
+        self._spooled_progress: set[str] = set()  # calls whose checkpoint sits in the spool
+        self._sent_unrecorded: set[int] = set()  # webhooks taken while the database was down
 
     # ----- during the call -----
 
     async def call_started(self, record: CallRecord) -> None:
         """Create the call's `in_progress` ticket, waiting at most `start_wait_s` for the database."""
+        self._live.add(record.info.call_sid)
         saver = self._queue_progress(record)
         if saver is not None:
             await asyncio.wait({saver}, timeout=self._start_wait_s)
@@ -163,14 +181,46 @@ class TicketService:
         # One writer per call, always writing the newest record: saves can't land out of order.
         try:
             while (record := self._latest.pop(call_sid, None)) is not None:
+                redacted = redact_record(record, self._patterns)
+                save = asyncio.ensure_future(self._store.upsert_call(redacted, TicketStatus.IN_PROGRESS))
+                done, _ = await asyncio.wait({save}, timeout=self._spool_slow_save_s)
+                if not done:
+                    # The database is slow to answer: the checkpoint goes to disk meanwhile, so
+                    # a replica killed before the answer still leaves the call behind.
+                    await self._spool_checkpoint(redacted)
                 try:
-                    await self._store.upsert_call(
-                        redact_record(record, self._patterns), TicketStatus.IN_PROGRESS
-                    )
+                    await save
                 except StoreUnavailable as exc:
-                    log.warning("call %s: transcript not saved yet, database unavailable: %s", call_sid, exc)
+                    log.warning(
+                        "call %s: transcript not saved yet, database unavailable (checkpoint spooled): %s",
+                        call_sid,
+                        exc,
+                    )
+                    if done:
+                        await self._spool_checkpoint(redacted)
+                else:
+                    await self._drop_spooled_checkpoint(call_sid)
         finally:
             self._savers.pop(call_sid, None)
+
+    async def _spool_checkpoint(self, record: CallRecord) -> None:
+        """Keep the transcript so far on disk while the database is down: a replica killed
+        during an outage then still leaves its calls behind, in the spool it is restarted on."""
+        call_sid = record.info.call_sid
+        if call_sid in self._endings:
+            return  # the final save owns the spool file now
+        if await self._put_spool(record, None):
+            self._spooled_progress.add(call_sid)
+
+    async def _drop_spooled_checkpoint(self, call_sid: str) -> None:
+        """The database has a newer checkpoint (or the final record): the spooled one must go,
+        or a flush would write the older transcript over it."""
+        if call_sid in self._spooled_progress:
+            self._spooled_progress.discard(call_sid)
+            try:
+                await asyncio.to_thread(self._spool.remove, call_sid)
+            except OSError as exc:
+                log.warning("call %s: stale spooled checkpoint not removed: %s", call_sid, exc)
 
     # ----- at hang-up -----
 
@@ -202,13 +252,17 @@ class TicketService:
                 log.warning(
                     "call %s: database unavailable at hang-up, spooling the ticket: %s", call_sid, exc
                 )
+                self._spooled_progress.discard(call_sid)  # the final record replaces it on disk
                 await self._finish_offline(record)
                 return None
+            await self._drop_spooled_checkpoint(call_sid)
             outcome = await self._summarise(record)
             return await self._store_outcome(call_sid, outcome, record)
         except Exception:
             log.exception("call %s: ticket could not be finished", call_sid)
             return None
+        finally:
+            self._live.discard(call_sid)
 
     async def _finish_offline(self, record: CallRecord) -> None:
         """Spool the record first (durability), then once more with its summary if one comes."""
@@ -225,8 +279,11 @@ class TicketService:
         """Write a summary (or its failure) for a ticket already in the database."""
         try:
             if isinstance(outcome, StructuredSummary):
-                ticket_id = await self._store.complete(call_sid, outcome)
-                self._notify(ticket_id)
+                ticket_id, first = await self._store.complete_first(
+                    call_sid, outcome, notify_after=self._notify_after()
+                )
+                if first:
+                    self._notify(ticket_id)
                 return ticket_id
             log.warning("call %s: ticket summary failed, will retry: %s", call_sid, outcome)
             return await self._store.mark_summary_failed(call_sid, outcome)
@@ -267,18 +324,62 @@ class TicketService:
             )
             return False
 
+    def _notify_after(self) -> datetime | None:
+        """When a ticket completed now is owed to the webhook, if there is one: after the
+        in-memory delivery (with its own retries) has had its chance."""
+        if self._webhook is None:
+            return None
+        return _as_datetime(_wall_ms() + int(self._webhook_redeliver_s * 1000))
+
     def _notify(self, ticket_id: int) -> None:
         if self._webhook is not None:
             self._spawn(self._deliver_webhook(self._webhook, ticket_id))
 
-    async def _deliver_webhook(self, webhook: TicketNotifier, ticket_id: int) -> None:
+    async def _deliver_webhook(self, webhook: TicketNotifier, ticket_id: int) -> bool:
         try:
             view = await self._store.get(ticket_id)
         except StoreUnavailable:
-            log.warning("ticket %s: webhook skipped, database unavailable", ticket_id, exc_info=True)
-            return
-        if view is not None:
-            await webhook.deliver(view.to_json())
+            log.warning("ticket %s: webhook postponed, database unavailable", ticket_id, exc_info=True)
+            return False
+        if view is None:
+            return False
+        if not await webhook.deliver(view.to_json()):
+            return False
+        try:
+            await self._store.webhook_sent(ticket_id)
+        except StoreUnavailable:
+            # Remembered here and recorded by the maintenance loop; only a crash before then
+            # makes the receiver see the ticket twice (at least once, never lost).
+            log.warning("ticket %s: webhook sent, not recorded yet: database unavailable", ticket_id)
+            self._sent_unrecorded.add(ticket_id)
+        return True
+
+    async def redeliver_webhooks(self) -> int:
+        """Send the webhooks still owed (a delivery cut short by a crash, a database cut or a
+        receiver down for longer than the retries); the number delivered."""
+        webhook = self._webhook
+        if webhook is None:
+            return 0
+        for ticket_id in sorted(self._sent_unrecorded):
+            try:
+                await self._store.webhook_sent(ticket_id)
+            except StoreUnavailable as exc:
+                log.warning("sent ticket webhooks not recorded yet, database unavailable: %s", exc)
+                return 0
+            self._sent_unrecorded.discard(ticket_id)
+        now = _wall_ms()
+        try:
+            due = await self._store.webhooks_due(
+                _as_datetime(now), _as_datetime(now + int(self._webhook_redeliver_s * 1000))
+            )
+        except StoreUnavailable as exc:
+            log.warning("owed ticket webhooks not sent, database unavailable: %s", exc)
+            return 0
+        sent = 0
+        for ticket_id in due:
+            if await self._deliver_webhook(webhook, ticket_id):
+                sent += 1
+        return sent
 
     # ----- recovery -----
 
@@ -303,17 +404,31 @@ class TicketService:
         return isinstance(outcome, StructuredSummary) and ticket_id is not None
 
     async def flush_spool(self) -> int:
-        """Write spooled tickets to the database; stops at the first sign it is still down."""
+        """Write spooled tickets to the database; stops at the first sign it is still down.
+
+        A spooled checkpoint (a call's transcript so far, `ended_at` unset) of a call still live
+        here waits for that call's own next save; one of a call this process does not carry
+        belonged to a process that died mid-call (this one, before a restart): it is written
+        as ended, with the reason "replica lost", and summarised like any pending ticket.
+        """
         written = 0
         for item in await asyncio.to_thread(self._spool.items):
             if self._is_ending(item.call_sid):
                 continue  # its call_ended is still writing it
+            record = item.record
+            if record.ended_at is None:
+                if item.call_sid in self._live:
+                    continue
+                record = replace(record, end_reason=record.end_reason or REPLICA_LOST)
             try:
-                ticket_id = await self._store.upsert_call(item.record, TicketStatus.PENDING_SUMMARY)
+                ticket_id = await self._store.upsert_call(record, TicketStatus.PENDING_SUMMARY)
                 if item.summary is not None:
                     try:
-                        ticket_id = await self._store.complete(item.call_sid, item.summary)
-                        self._notify(ticket_id)
+                        ticket_id, first = await self._store.complete_first(
+                            item.call_sid, item.summary, notify_after=self._notify_after()
+                        )
+                        if first:
+                            self._notify(ticket_id)
                     except (TicketSummaryInvalid, TicketNotFound) as exc:
                         log.warning("call %s: spooled summary unusable, left pending: %s", item.call_sid, exc)
             except StoreUnavailable as exc:
@@ -330,9 +445,86 @@ class TicketService:
             try:
                 await self.flush_spool()
                 await self.retry_pending()
+                await self.redeliver_webhooks()
             except Exception:
                 log.exception("ticket maintenance pass failed; trying again in %g s", interval_s)
             await asyncio.sleep(interval_s)
+
+    # ----- replica leases: a dead replica's calls are finished here -----
+
+    async def run_leases(
+        self,
+        leases: ReplicaLeases,
+        replica_id: str,
+        policy: LeasePolicy,
+        *,
+        clock_ms: Callable[[], int] | None = None,
+        claim_batch: int = 50,
+    ) -> None:
+        """Renew this replica's lease every heartbeat and finish the tickets of dead replicas.
+
+        Runs until cancelled. Whether a claim may happen is `LeaseState.may_claim` (the core);
+        the claim itself is one atomic UPDATE in the store, so racing replicas never both take
+        a ticket. Claimed tickets are summarised at once from their last checkpoint.
+        """
+        now_ms = clock_ms or _wall_ms
+        state = LeaseState(policy)
+        while True:
+            try:
+                await self.lease_pass(leases, replica_id, state, now_ms(), claim_batch=claim_batch)
+            except Exception:
+                # The loop must outlive any one failure: a replica without it would look dead.
+                log.exception("replica lease pass failed; trying again in %d ms", policy.heartbeat_ms)
+            await asyncio.sleep(state.next_beat_in_ms(now_ms()) / 1000 or policy.heartbeat_ms / 1000)
+
+    async def lease_pass(
+        self,
+        leases: ReplicaLeases,
+        replica_id: str,
+        state: LeaseState,
+        now_ms: int,
+        *,
+        claim_batch: int = 50,
+    ) -> int:
+        """One heartbeat: renew the lease, then (when the policy allows) claim and finish the
+        tickets of replicas whose lease expired; the number of tickets claimed."""
+        try:
+            await leases.renew_lease(replica_id, _as_datetime(now_ms))
+        except StoreUnavailable as exc:
+            state.renewal_failed(now_ms)
+            log.warning("replica %s: lease not renewed, database unavailable: %s", replica_id, exc)
+            return 0
+        state.renewed(now_ms)
+        if not state.may_claim(now_ms):
+            return 0
+        expired_before = _as_datetime(state.policy.expired_before_ms(now_ms))
+        try:
+            views = await leases.claim_lost_tickets(
+                replica_id, expired_before, _as_datetime(now_ms), claim_batch
+            )
+            if not views:
+                await leases.forget_dead_replicas(expired_before)
+        except StoreUnavailable as exc:
+            log.warning("replica %s: lost tickets not claimed, database unavailable: %s", replica_id, exc)
+            return 0
+        for view in views:
+            log.warning(
+                "call %s: its replica stopped renewing its lease; finishing ticket %s from the "
+                "transcript saved so far (%d turns)",
+                view.call_sid,
+                view.id,
+                len(view.transcript),
+            )
+        if views:
+            # Summarised in the background: the next heartbeat must not wait for the model.
+            self._spawn(self._finish_claimed(views))
+        return len(views)
+
+    async def _finish_claimed(self, views: Sequence[TicketView]) -> None:
+        async with self._retry_lock:
+            for view in views:
+                if not self._is_ending(view.call_sid):
+                    await self.retry_ticket(view)
 
     async def drain(self) -> None:
         """Wait for every save, summary and webhook in flight (graceful shutdown)."""
@@ -364,3 +556,12 @@ class TicketService:
             if not oldest.done():
                 break
             del self._endings[oldest_sid]
+
+
+def _wall_ms() -> int:
+    # Leases are compared across processes (and hosts), so they are wall-clock times.
+    return int(time.time() * 1000)
+
+
+def _as_datetime(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)

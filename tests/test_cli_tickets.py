@@ -121,7 +121,7 @@ def seeded(env: Path) -> Path:
 
 def test_db_upgrade_creates_the_schema(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     result = run(capsys, "db", "upgrade")
-    assert result.code == 0 and "is at revision 0005" in result.out
+    assert result.code == 0 and "is at revision 0006" in result.out
     assert env.exists()
     assert run(capsys, "db", "upgrade").code == 0  # again: nothing to do
     empty = run(capsys, "tickets", "list")

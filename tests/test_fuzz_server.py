@@ -21,6 +21,7 @@ import base64
 import concurrent.futures
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -57,8 +58,8 @@ T = TypeVar("T")
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
 
 MAX_MESSAGE_BYTES = 16_384  # small, so "oversized" frames stay cheap to generate
-MEDIA_EXAMPLES = 250
-WEBHOOK_EXAMPLES = 500
+MEDIA_EXAMPLES = int(os.environ.get("CALLBOT_FUZZ_MEDIA_EXAMPLES", "400"))
+WEBHOOK_EXAMPLES = int(os.environ.get("CALLBOT_FUZZ_WEBHOOK_EXAMPLES", "600"))
 LEGIT_TEXTS = ["Hello there.", "Fine, thanks.", "Glad to hear it."]
 # The server under test logs through these; `websockets` is left out because only the fake
 # Realtime server uses that library's server (it logs a handshake the bridge abandoned when a

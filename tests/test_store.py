@@ -125,8 +125,8 @@ def summary(
 
 async def test_migrations_create_the_schema_the_models_describe(database_url: str) -> None:
     assert await current_revision(database_url) is None
-    assert await upgrade_database(database_url) == head_revision() == "0005"
-    assert await upgrade_database(database_url) == "0005"  # idempotent
+    assert await upgrade_database(database_url) == head_revision() == "0006"
+    assert await upgrade_database(database_url) == "0006"  # idempotent
 
     engine = create_engine(database_url)
 
@@ -411,8 +411,8 @@ async def test_concurrent_upgrades_from_several_processes_agree(database_url: st
     results = await asyncio.gather(
         *(upgrade_database(database_url) for _ in range(3)), return_exceptions=True
     )
-    assert results == ["0005", "0005", "0005"]
-    assert await current_revision(database_url) == "0005"
+    assert results == ["0006", "0006", "0006"]
+    assert await current_revision(database_url) == "0006"
 
 
 async def test_tool_calls_round_trip_and_a_transferred_call_ends_transferred(store: SqlTicketStore) -> None:

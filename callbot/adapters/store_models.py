@@ -98,10 +98,25 @@ tickets = sa.Table(
     # ticket may seed later calls, and the index the lookup by number walks (newest first).
     sa.Column("memory_ticket_ids", JSONDocument, nullable=True),
     sa.Column("memory_excluded", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("owner_replica", sa.String(64), nullable=True),
+    sa.Column("webhook_due_at", UTCDateTime(), nullable=True),
     sa.UniqueConstraint("call_sid", name="uq_tickets_call_sid"),
     sa.Index("ix_tickets_status", "status"),
     sa.Index("ix_tickets_started_at", "started_at"),
     sa.Index("ix_tickets_category", "category"),
     sa.Index("ix_tickets_priority", "priority"),
     sa.Index("ix_tickets_from_number_started_at", "from_number", "started_at"),
+    sa.Index("ix_tickets_owner_replica", "owner_replica"),
+    sa.Index("ix_tickets_webhook_due_at", "webhook_due_at"),
+)
+
+# Issue 19 (migration 0006): one row per `callbot serve` process, its lease renewed every
+# heartbeat; tickets.owner_replica names the replica carrying the call (callbot/core/leases.py).
+replicas = sa.Table(
+    "replicas",
+    metadata,
+    sa.Column("replica_id", sa.String(64), primary_key=True),
+    sa.Column("started_at", UTCDateTime(), nullable=False),
+    sa.Column("heartbeat_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_replicas_heartbeat_at", "heartbeat_at"),
 )

@@ -24,8 +24,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
-from callbot.adapters.store_models import tickets
+from callbot.adapters.store_models import replicas, tickets
 from callbot.core.call_lifecycle import Lifecycle, PlacedCall, StatusUpdate, call_outcome, merge_status
+from callbot.core.leases import REPLICA_LOST
 from callbot.core.memory import EarlierCall, earlier_call
 from callbot.core.record import TRANSFERRED_PREFIX, CallInfo, CallRecord, UsageTotals
 from callbot.core.record_json import (
@@ -79,18 +80,29 @@ def _describe(exc: BaseException) -> str:
 class SqlTicketStore:
     """Ticket rows keyed by call sid; writes are idempotent so retries and duplicates are safe."""
 
-    def __init__(self, engine: AsyncEngine, *, op_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, op_timeout_s: float = 10.0, replica_id: str | None = None
+    ) -> None:
         self._engine = engine
         self._op_timeout_s = op_timeout_s
         self._closed = False
+        self.replica_id = replica_id
+        """Stamped on the tickets this process saves (`owner_replica`); None for the CLI."""
 
     @classmethod
     async def open(
-        cls, database_url: str, *, connect_timeout_s: float = 5.0, op_timeout_s: float = 10.0
+        cls,
+        database_url: str,
+        *,
+        connect_timeout_s: float = 5.0,
+        op_timeout_s: float = 10.0,
+        replica_id: str | None = None,
     ) -> SqlTicketStore:
         """An engine for `sqlite+aiosqlite:///...` or `postgresql+asyncpg://...` (no I/O yet)."""
         return cls(
-            create_engine(database_url, connect_timeout_s=connect_timeout_s), op_timeout_s=op_timeout_s
+            create_engine(database_url, connect_timeout_s=connect_timeout_s),
+            op_timeout_s=op_timeout_s,
+            replica_id=replica_id,
         )
 
     async def close(self) -> None:
@@ -127,21 +139,31 @@ class SqlTicketStore:
         """Create or update the call's ticket from its record; return the ticket id.
 
         Never moves a ticket back: a late progress save cannot reopen a ticket whose call
-        ended, and nothing here touches a complete ticket.
+        ended, and nothing here touches a complete ticket, with one exception. A ticket another
+        replica finished as `replica lost` (from the transcript checkpointed so far) takes the
+        call's final record when it turns up after all (its replica was cut off, not dead, or its
+        spool is flushed after a restart): the ticket goes back to `pending_summary` with the
+        whole transcript and is summarised again. Its end reason is then the real one, so that
+        happens at most once per ticket.
         """
         status = TicketStatus(status)
         if status in FINAL_STATUSES:
             raise ValueError("upsert_call saves the call; use complete() to store the summary")
         values = _record_values(record)
+        if self.replica_id is not None:
+            values["owner_replica"] = self.replica_id
         now = _now()
         allowed_from = [s.value for s in TicketStatus if STATUS_RANK[s] <= STATUS_RANK[status]]
+        may_update: sa.ColumnElement[bool] = tickets.c.status.in_(allowed_from)
+        if status is TicketStatus.PENDING_SUMMARY and record.end_reason != REPLICA_LOST:
+            may_update = sa.or_(may_update, tickets.c.end_reason == REPLICA_LOST)
 
         async def work(conn: AsyncConnection) -> int:
             insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
             new = insert(tickets).values(**values, status=status.value, created_at=now, updated_at=now)
             update = {name: new.excluded[name] for name in (*values, "status", "updated_at")}
             stmt = new.on_conflict_do_update(
-                index_elements=[tickets.c.call_sid], set_=update, where=tickets.c.status.in_(allowed_from)
+                index_elements=[tickets.c.call_sid], set_=update, where=may_update
             ).returning(tickets.c.id)
             row = (await conn.execute(stmt)).first()
             if row is not None:
@@ -161,25 +183,62 @@ class SqlTicketStore:
         agent handed the caller to a person); the first summary wins."""
         if not isinstance(summary, StructuredSummary):
             summary = summary_from_dict(summary)
-        now = _now()
-        values = {
-            "status": sa.case(
-                (tickets.c.end_reason.startswith(TRANSFERRED_PREFIX), TicketStatus.TRANSFERRED.value),
-                else_=TicketStatus.COMPLETE.value,
-            ),
-            "summary": summary.to_dict(),
-            "title": summary.title[:300],
-            "category": summary.category[:32] or None,
-            "priority": summary.priority[:16] or None,
-            "sentiment": summary.sentiment[:16] or None,
-            "follow_up_needed": summary.follow_up_needed,
-            "summary_attempts": tickets.c.summary_attempts + 1,
-            "last_error": None,
-            "search_text": tickets.c.search_text + ("\n" + _summary_search_text(summary)),
-            "updated_at": now,
-        }
+        values = _complete_values(summary)
+        return (await self._update_unfinished(call_sid, values))[0]
 
+    async def complete_first(
+        self,
+        call_sid: str,
+        summary: StructuredSummary | Mapping[str, Any],
+        *,
+        notify_after: datetime | None = None,
+    ) -> tuple[int, bool]:
+        """`complete`, and whether this call completed it (False: another summary was first).
+
+        Several replicas retry the same pending tickets; only the one whose summary landed
+        should announce the ticket (the webhook), or the receiver hears of it twice.
+        `notify_after` records, in the same UPDATE, that the webhook is owed from then on
+        (`webhooks_due` hands it out again until `webhook_sent` clears it)."""
+        if not isinstance(summary, StructuredSummary):
+            summary = summary_from_dict(summary)
+        values = _complete_values(summary)
+        if notify_after is not None:
+            values["webhook_due_at"] = notify_after
         return await self._update_unfinished(call_sid, values)
+
+    async def webhook_sent(self, ticket_id: int) -> None:
+        """The ticket webhook took this ticket: it is owed no more."""
+
+        async def work(conn: AsyncConnection) -> None:
+            await conn.execute(
+                sa.update(tickets).where(tickets.c.id == ticket_id).values(webhook_due_at=None)
+            )
+
+        await self._run(work)
+
+    async def webhooks_due(self, now: datetime, retry_at: datetime, limit: int = 50) -> builtins.list[int]:
+        """Ids of complete tickets whose webhook is overdue (a delivery cut short by a crash or a
+        database cut); each is pushed back to `retry_at` in the same UPDATE, so of several replicas
+        asking at once only one gets it (FOR UPDATE SKIP LOCKED on PostgreSQL)."""
+        due = sa.and_(
+            tickets.c.webhook_due_at.is_not(None),
+            tickets.c.webhook_due_at <= now,
+            tickets.c.status == TicketStatus.COMPLETE.value,
+        )
+
+        async def work(conn: AsyncConnection) -> builtins.list[int]:
+            candidates = sa.select(tickets.c.id).where(due).order_by(tickets.c.webhook_due_at).limit(limit)
+            if conn.dialect.name == "postgresql":
+                candidates = candidates.with_for_update(skip_locked=True)
+            stmt = (
+                sa.update(tickets)
+                .where(tickets.c.id.in_(candidates.scalar_subquery()), due)
+                .values(webhook_due_at=retry_at)
+                .returning(tickets.c.id)
+            )
+            return sorted(int(r[0]) for r in (await conn.execute(stmt)).all())
+
+        return await self._run(work)
 
     async def mark_summary_failed(self, call_sid: str, error: str) -> int:
         """Count a failed summary attempt and keep its reason for the review page; the ticket id."""
@@ -188,12 +247,13 @@ class SqlTicketStore:
             "last_error": error[:MAX_ERROR_CHARS],
             "updated_at": _now(),
         }
-        return await self._update_unfinished(call_sid, values)
+        return (await self._update_unfinished(call_sid, values))[0]
 
-    async def _update_unfinished(self, call_sid: str, values: dict[str, Any]) -> int:
-        """Update the call's ticket unless it is already complete (the first summary wins); its id."""
+    async def _update_unfinished(self, call_sid: str, values: dict[str, Any]) -> tuple[int, bool]:
+        """Update the call's ticket unless it is already complete (the first summary wins); its
+        id, and whether it was updated."""
 
-        async def work(conn: AsyncConnection) -> int:
+        async def work(conn: AsyncConnection) -> tuple[int, bool]:
             stmt = (
                 sa.update(tickets)
                 .where(
@@ -204,11 +264,11 @@ class SqlTicketStore:
             )
             row = (await conn.execute(stmt)).first()
             if row is not None:
-                return int(row[0])
+                return int(row[0]), True
             found = await conn.scalar(sa.select(tickets.c.id).where(tickets.c.call_sid == call_sid))
             if found is None:
                 raise TicketNotFound(f"no ticket for call {call_sid}")
-            return int(found)
+            return int(found), False
 
         return await self._run(work)
 
@@ -498,6 +558,92 @@ class SqlTicketStore:
 
         return [_view(r) for r in await self._run(work)]
 
+    # ----- replica leases (callbot/core/leases.py holds the policy) -----
+
+    async def renew_lease(self, replica_id: str, now: datetime) -> None:
+        """Write this replica's heartbeat (creating its row on the first one)."""
+
+        async def work(conn: AsyncConnection) -> None:
+            insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+            stmt = insert(replicas).values(replica_id=replica_id, started_at=now, heartbeat_at=now)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[replicas.c.replica_id], set_={"heartbeat_at": stmt.excluded.heartbeat_at}
+            )
+            await conn.execute(stmt)
+
+        await self._run(work)
+
+    async def release_lease(self, replica_id: str) -> None:
+        """Forget this replica's lease (clean shutdown: its calls are all finished)."""
+
+        async def work(conn: AsyncConnection) -> None:
+            await conn.execute(sa.delete(replicas).where(replicas.c.replica_id == replica_id))
+
+        await self._run(work)
+
+    async def claim_lost_tickets(
+        self, replica_id: str, expired_before: datetime, now: datetime, limit: int = 50
+    ) -> builtins.list[TicketView]:
+        """Take over the `in_progress` tickets of replicas whose lease ran out before `expired_before`.
+
+        Each is moved to `pending_summary` with the end reason `replica lost`, owned by
+        `replica_id`, in one conditional UPDATE ... RETURNING: of several replicas racing for the
+        same dead replica's tickets each ticket goes to exactly one. On PostgreSQL the candidate
+        rows are locked with FOR UPDATE SKIP LOCKED, so a racer skips rows another is taking
+        instead of waiting for them; the `status = 'in_progress'` condition decides on SQLite
+        (one writer at a time) and on PostgreSQL alike. Tickets owned by a replica that has no
+        lease row at all (its row was released, or written by an older release) count as lost too,
+        once their last save is older than the lease.
+        """
+        in_progress = tickets.c.status == TicketStatus.IN_PROGRESS.value
+        dead = sa.select(replicas.c.replica_id).where(replicas.c.heartbeat_at < expired_before)
+        live = sa.select(replicas.c.replica_id).where(replicas.c.heartbeat_at >= expired_before)
+        orphan = sa.or_(
+            tickets.c.owner_replica.in_(dead),
+            sa.and_(tickets.c.owner_replica.not_in(live), tickets.c.updated_at < expired_before),
+        )
+        lost = sa.and_(
+            in_progress, tickets.c.owner_replica.is_not(None), tickets.c.owner_replica != replica_id, orphan
+        )
+
+        async def work(conn: AsyncConnection) -> builtins.list[Mapping[str, Any]]:
+            candidates = sa.select(tickets.c.id).where(lost).order_by(tickets.c.id).limit(limit)
+            if conn.dialect.name == "postgresql":
+                candidates = candidates.with_for_update(skip_locked=True)
+            stmt = (
+                sa.update(tickets)
+                .where(tickets.c.id.in_(candidates.scalar_subquery()), in_progress)
+                .values(
+                    status=TicketStatus.PENDING_SUMMARY.value,
+                    end_reason=REPLICA_LOST,
+                    owner_replica=replica_id,
+                    ended_at=sa.func.coalesce(tickets.c.ended_at, tickets.c.updated_at),
+                    updated_at=now,
+                )
+                .returning(tickets.c.id)
+            )
+            ids = [int(r[0]) for r in (await conn.execute(stmt)).all()]
+            if not ids:
+                return []
+            rows = await conn.execute(sa.select(tickets).where(tickets.c.id.in_(ids)).order_by(tickets.c.id))
+            return [dict(r) for r in rows.mappings().all()]
+
+        return [_view(r) for r in await self._run(work)]
+
+    async def forget_dead_replicas(self, expired_before: datetime) -> int:
+        """Delete lease rows expired before `expired_before` that own no unfinished call."""
+
+        async def work(conn: AsyncConnection) -> int:
+            busy = sa.select(tickets.c.owner_replica).where(
+                tickets.c.status == TicketStatus.IN_PROGRESS.value, tickets.c.owner_replica.is_not(None)
+            )
+            stmt = sa.delete(replicas).where(
+                replicas.c.heartbeat_at < expired_before, replicas.c.replica_id.not_in(busy)
+            )
+            return int((await conn.execute(stmt)).rowcount or 0)
+
+        return await self._run(work)
+
 
 # ----- engine -----
 
@@ -571,6 +717,26 @@ def _record_values(record: CallRecord) -> dict[str, Any]:
         "search_text": "\n".join(
             [info.call_sid, info.from_number, info.to_number, transcript_as_text(record)]
         ).lower(),
+    }
+
+
+def _complete_values(summary: StructuredSummary) -> dict[str, Any]:
+    """The columns a summary completes: `transferred` when the agent handed the caller to a person."""
+    return {
+        "status": sa.case(
+            (tickets.c.end_reason.startswith(TRANSFERRED_PREFIX), TicketStatus.TRANSFERRED.value),
+            else_=TicketStatus.COMPLETE.value,
+        ),
+        "summary": summary.to_dict(),
+        "title": summary.title[:300],
+        "category": summary.category[:32] or None,
+        "priority": summary.priority[:16] or None,
+        "sentiment": summary.sentiment[:16] or None,
+        "follow_up_needed": summary.follow_up_needed,
+        "summary_attempts": tickets.c.summary_attempts + 1,
+        "last_error": None,
+        "search_text": tickets.c.search_text + ("\n" + _summary_search_text(summary)),
+        "updated_at": _now(),
     }
 
 

@@ -1,0 +1,58 @@
+"""The fault soak's short version: bench/fault_soak.py with a few dozen calls and every fault.
+
+Two real `callbot serve` replicas on a fresh PostgreSQL database (behind the soak's TCP proxy),
+the Realtime sessions dropped and refused, the ticket model failing and slow, the database link
+cut, the webhook failing, replica "a" SIGKILLed and restarted, and the webhook and media
+websocket fuzzed alongside. Every call whose stream started must end with exactly one complete
+ticket, and no fuzz case may get a 5xx or break a check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import fault_soak
+
+pytestmark = pytest.mark.postgres
+
+
+async def _postgres_reachable() -> None:
+    try:
+        conn = await asyncpg.connect(fault_soak.PG_ADMIN, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        if os.environ.get("CALLBOT_SKIP_POSTGRES") == "1":
+            pytest.skip(f"PostgreSQL unreachable and CALLBOT_SKIP_POSTGRES=1: {exc}")
+        pytest.fail(f"PostgreSQL at {fault_soak.PG_ADMIN} is unreachable: {exc}", pytrace=False)
+    await conn.close()
+
+
+def test_the_short_fault_soak_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    import asyncio
+
+    asyncio.run(_postgres_reachable())
+    out = tmp_path / "soak.json"
+    argv = ["--calls", "40", "--concurrency", "8", "--lease-s", "4", "--db-cut-s", "6", "--slow-s", "4"]
+    argv += ["--webhook-fail-s", "4", "--fuzz-webhook", "150", "--fuzz-media", "50", "--json", str(out)]
+    argv += ["--final-timeout-s", "90"]
+    code = fault_soak.main(argv)
+    fig = json.loads(out.read_text())
+    assert code == 0, fig
+    assert fig["calls_placed"] >= 40
+    assert fig["calls_with_stream"] == fig["tickets_written"] == fig["tickets_complete"] >= 38
+    assert fig["duplicates"] == 0 and fig["tickets_lost"] == 0 and fig["lost_sids"] == []
+    assert fig["webhook_duplicates"] == 0
+    assert fig["replica_lost_tickets"] >= 1  # the killed replica's calls, finished by the other
+    assert fig["continued_after_realtime_fault"] >= 1
+    assert fig["split_calls"] >= 10
+    assert len(fig["faults"]) == 7
+    assert fig["fuzz_cases"] == 200 and fig["fuzz_failures"] == 0
+    assert fig["fuzz_answered_unfinished"] == 0 and fig["replicas_healthy_at_end"]
+    assert fig["all_final"] and fig["seconds_to_final_after_last_fault"] < 60
