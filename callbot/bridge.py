@@ -214,6 +214,7 @@ class CallBridge:
         self._tasks: list[asyncio.Task[None]] = []
         self._tg: asyncio.TaskGroup | None = None
         self._saving: asyncio.Task[None] | None = None
+        self._start_saved = False
         self._save_again = False
         self.ticket_id: int | None = None
 
@@ -385,8 +386,27 @@ class CallBridge:
             return
         self.session.set_memory(seed)
 
+    def _checkpoint_start(self) -> None:
+        """The call's first ticket save, once, as soon as its start is accepted: a replica killed
+        while Realtime or the memory lookup is still answering leaves an `in_progress` ticket that
+        a live replica finishes (ticketing.py, replica leases), not nothing. It runs beside the
+        connect, so the database never delays the greeting."""
+        if self._start_saved or self.observer is None or self.session.info is None:
+            return
+        self._start_saved = True
+        observer, record = self.observer, self.record()
+
+        async def save() -> None:
+            try:
+                await observer.call_started(record)
+            except Exception:
+                log.exception("ticket service failed at call start; the call goes on")
+
+        self._spawn(save(), "ticket-start")
+
     async def _connect_realtime(self, delay_ms: int = 0) -> None:
         self._start_recall()
+        self._checkpoint_start()
         if delay_ms:
             await asyncio.sleep(delay_ms / 1000)
         try:
@@ -401,12 +421,9 @@ class CallBridge:
         self.realtime = link
         self._spawn(self._realtime_pump(link), "realtime-in")
         first = self.pacer.add(self)
-        await self._take_memory()  # before the first save, so the ticket names its memory
+        await self._take_memory()
         if first and self.observer is not None and self.session.info is not None:
-            try:
-                await self.observer.call_started(self.record())
-            except Exception:
-                log.exception("ticket service failed at call start; the call goes on")
+            await self.observer.call_progress(self.record())  # names the memory that seeded the call
         await self._perform(self.session.realtime_connected(self.now_ms()))
 
     async def _reconnect(self, action: ReconnectRealtime) -> None:

@@ -96,9 +96,11 @@ async def test_a_killed_replicas_call_is_finished_by_the_other_within_the_lease(
                 assert "My order 771 never arrived." in texts
                 assert "Let me check order 771." in texts
                 assert ticket.item.summary is not None
-                # The bound: the lease, a heartbeat to notice, and a little for the fake summary.
+                # The bound: the lease, a heartbeat to notice, and time for the fake summary, which
+                # on a loaded 2-core machine has taken several seconds (the order of magnitude is
+                # the point: seconds after the crash, where it used to be two hours).
                 assert took_s + HEARTBEAT_S >= LEASE_S
-                assert took_s < LEASE_S + HEARTBEAT_S + 3.0, took_s
+                assert took_s < LEASE_S + HEARTBEAT_S + 10.0, took_s
             finally:
                 await store.close()
             result = await asyncio.wait_for(call, timeout=20)
