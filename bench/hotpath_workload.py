@@ -42,7 +42,7 @@ except ImportError:  # a core from before the typed Realtime events
 try:
     from callbot.core.actions import SendRealtime, SendTwilio
 except ImportError:  # a core from before core/actions.py
-    from callbot.core.call import SendRealtime, SendTwilio  # type: ignore[attr-defined]
+    from callbot.core.call import SendRealtime, SendTwilio  # type: ignore[attr-defined,no-redef]
 
 STREAM = "MZ" + "0" * 32
 CALL = "CA" + "0" * 32

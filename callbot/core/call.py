@@ -9,37 +9,37 @@ deterministic unit test.
 Phases: awaiting_start -> connecting (bridge opens Realtime) -> configuring (session.update
 sent, waiting for session.updated) -> active -> ended; active -> reconnecting -> configuring
 when the upstream session is lost or rolled over (`core/recovery.py`). The audio each way is in
-`core/inbound.py` and `core/outbound.py`, the summary lifecycle in `core/summary_coordinator.py`.
+`core/inbound.py` and `core/outbound.py`, the summary lifecycle in `core/summary_coordinator.py`;
+what each Twilio event does is in `core/call_twilio.py`, the larger Realtime event handlers in
+`core/call_realtime.py` (the `match` that dispatches them stays here).
 """
 
 from __future__ import annotations
 
-import binascii
 import logging
 from dataclasses import replace
 from typing import Literal
 
+from callbot.core import call_realtime, call_twilio
 from callbot.core import realtime as rt
 from callbot.core import realtime_events as ev
 from callbot.core import twilio as tw
 from callbot.core.actions import (
     Action,
     Checkpoint,
-    ConnectRealtime,
     EndCall,
     ReconnectRealtime,
     RequestSummary,
     SendRealtime,
-    SendTwilio,
 )
 from callbot.core.call_config import CallConfig, CallStats
 from callbot.core.conversation import ConversationState
 from callbot.core.inbound import CallerAudio
-from callbot.core.memory import GREETING_HINT, MEMORY_ITEM_ID, MemorySeed
+from callbot.core.memory import MemorySeed
 from callbot.core.outbound import OutboundAudio
 from callbot.core.playback import PlaybackTracker
 from callbot.core.record import CallInfo, ToolOutcome
-from callbot.core.recovery import Reconnects, restore_events
+from callbot.core.recovery import Reconnects
 from callbot.core.responses import Responses
 from callbot.core.summary_coordinator import SummaryCoordinator
 from callbot.core.tools import Moment, ToolCalls
@@ -77,12 +77,12 @@ class CallSession:
         self.upstream = Reconnects(config.recovery)
         self.responses = Responses()
         self.tools = ToolCalls(config.tools, self.conversation)  # core/tools.py: what the agent does
-        self._caller_speaking = False
-        self._ready_deadline_ms: int | None = None
-        self._last_twilio_ms = 0
+        self.caller_speaking = False
+        self.ready_deadline_ms: int | None = None
+        self.last_twilio_ms = 0
         self._unknown_logged: set[str] = set()
         self.memory: MemorySeed | None = None
-        self._configured = False  # a session has been configured at least once
+        self.configured = False  # a session has been configured at least once
 
     # ----- queries -----
     @property
@@ -132,81 +132,16 @@ class CallSession:
         self.info = None  # no ticket for a stream we did not accept
         return self.end(reason)
 
-    # ----- Twilio side -----
+    # ----- Twilio side (core/call_twilio.py) -----
     def receive_twilio(self, event: tw.TwilioEvent, now_ms: int) -> list[Action]:
-        self.stats.twilio_messages += 1
-        self._last_twilio_ms = now_ms
-        match event:
-            case tw.Media():
-                return self._on_media(event, now_ms)
-            case tw.Mark():
-                self.playback.mark_echoed(event.name, at_ms=now_ms)
-                return self.tools.poll(self._moment(now_ms)) if self.tools.ending else []
-            case tw.Start():
-                return self._on_start(event)
-            case tw.Stop():  # after callbot's own hang-up or transfer, the expected end of the stream
-                return self._flush_inbound() + self.end(self.tools.stop_reason or "caller hung up")
-            case tw.Dtmf():
-                return self._on_dtmf(event, now_ms)
-            case tw.Invalid():
-                self.stats.invalid_twilio += 1
-                log.warning("ignoring Twilio message: %s", event.reason)
-        return []
-
-    def _on_start(self, event: tw.Start) -> list[Action]:
-        if self.phase != "awaiting_start":
-            log.warning("ignoring a second Twilio start for stream %s", event.stream_sid)
-            return []
-        params = event.custom_parameters
-        self.custom_parameters = params
-        self.info = CallInfo(
-            call_sid=event.call_sid,
-            stream_sid=event.stream_sid,
-            account_sid=event.account_sid,
-            from_number=params.get("from", ""),
-            to_number=params.get("to", ""),
-            direction=self.direction,
-        )
-        self.tools.info = self.info
-        if event.encoding != "audio/x-mulaw" or event.sample_rate != 8000:
-            return self.end(f"unsupported Twilio media format {event.encoding} {event.sample_rate} Hz")
-        self.phase = "connecting"
-        return [ConnectRealtime()]
-
-    def _on_media(self, event: tw.Media, now_ms: int) -> list[Action]:
-        self.stats.inbound_frames += 1
-        if self.phase != "active":
-            # Nothing is relayed before the session confirmed our formats (issue: bridge).
-            self.stats.inbound_dropped_not_ready += 1
-            return []
-        append = self.caller_audio.push(event, now_ms)
-        return [SendRealtime(append)] if append is not None else []
-
-    def _flush_inbound(self) -> list[Action]:
-        """Append the caller frames held for a batch, if the session can take them."""
-        if self.phase != "active":
-            self.caller_audio.drop_held()
-            return []
-        append = self.caller_audio.flush()
-        return [SendRealtime(append)] if append is not None else []
-
-    def _on_dtmf(self, event: tw.Dtmf, now_ms: int) -> list[Action]:
-        """Keypad digits reach the model as a user text item (docs/protocols.md §4.6)."""
-        self.stats.dtmf_digits += event.digit
-        if self.phase != "active":
-            return []
-        item_id = f"dtmf_{len(self.stats.dtmf_digits):04d}_{now_ms}"
-        # the audio before the key press goes first, so the model's input stays in order
-        out = self._flush_inbound()
-        out.append(SendRealtime(rt.user_text(item_id, f"[The caller pressed the key {event.digit}]")))
-        return out
+        return call_twilio.receive(self, event, now_ms)
 
     def set_memory(self, seed: MemorySeed | None) -> None:
         """The returning caller's memory (core/memory.py), looked up by the bridge at call start.
 
         Only taken before the first session is configured: it goes in ahead of the greeting or
         not at all (a lookup that came too late is dropped, the call goes on without it)."""
-        if not self._configured:
+        if not self.configured:
             self.memory = seed
 
     @property
@@ -220,7 +155,7 @@ class CallSession:
             return []
         self.upstream.restoring = self.phase == "reconnecting"
         self.phase = "configuring"
-        self._ready_deadline_ms = now_ms + self.config.session_ready_timeout_ms
+        self.ready_deadline_ms = now_ms + self.config.session_ready_timeout_ms
         return [SendRealtime(rt.session_update(self.config.agent))]
 
     def realtime_closed(self, reason: str, now_ms: int) -> list[Action]:
@@ -249,7 +184,7 @@ class CallSession:
         self.phase = "reconnecting"
         self.responses.new_session()
         self.summaries.reset()
-        self._caller_speaking = False
+        self.caller_speaking = False
         self.caller_audio.drop_held()
         self.outbound.finish_item()
         return [ReconnectRealtime(delay_ms, reason)]
@@ -261,7 +196,7 @@ class CallSession:
             return []  # nothing goes to Twilio after stop (docs/protocols.md §4.5)
         match event:
             case ev.AudioDelta():
-                return self._on_audio_delta(event, now_ms)
+                return call_realtime.on_audio_delta(self, event, now_ms)
             case ev.AudioDone(item_id):
                 if not self.outbound.finish_item(item_id):
                     return []
@@ -271,18 +206,22 @@ class CallSession:
             case ev.TranscriptDone(item_id, transcript):
                 self.conversation.assistant_transcript_done(item_id, transcript)
             case ev.SpeechStarted():
-                return self._on_speech_started(event, now_ms)
+                return call_realtime.on_speech_started(self, event, now_ms)
             case ev.SpeechStopped(item_id, audio_end_ms):
-                self._caller_speaking = False
+                self.caller_speaking = False
                 self.tools.speech_stopped(now_ms)
                 # Taken as the end of the speech, as the fake's VAD reports it; the API reference
                 # says it "includes" the silence that ended the turn, without saying how much.
                 stopped = self.caller_audio.call_ms(audio_end_ms)
                 self.conversation.caller_speech(item_id, stopped_ms=stopped)
             case ev.ItemAdded():
-                return self._on_item_added(event, now_ms)
+                return call_realtime.on_item_added(self, event, now_ms)
             case ev.ItemDone(item_id, item):
-                out = self._on_item_added(event, now_ms) if self.conversation.get(item_id) is None else []
+                out = (
+                    call_realtime.on_item_added(self, event, now_ms)
+                    if self.conversation.get(item_id) is None
+                    else []
+                )
                 self.conversation.item_done(item)
                 self.summaries.item_done(item_id, now_ms)
                 return out
@@ -291,7 +230,7 @@ class CallSession:
                 self.conversation.item_deleted(item_id)
             case ev.TranscriptionCompleted(item_id, transcript):
                 self.conversation.user_transcript(item_id, transcript)
-                return [Checkpoint(), *self._maybe_summarise(now_ms)]
+                return [Checkpoint(), *self.maybe_summarise(now_ms)]
             case ev.TranscriptionFailed(item_id, message):
                 log.warning("caller transcription failed for %s: %s", item_id, message)
                 self.conversation.user_transcript_failed(item_id)
@@ -300,13 +239,13 @@ class CallSession:
                 self.summaries.response_created(response_id)
                 self.tools.response_created()
             case ev.ResponseDone(out_of_band=False):
-                return self._on_response_done(event, now_ms)
+                return call_realtime.on_response_done(self, event, now_ms)
             case ev.OutputItemDone(response_id, item):
                 self.tools.output_item_done(item, response_id, now_ms)
             case ev.SessionUpdated():
-                return self._on_session_updated(event, now_ms)
+                return call_realtime.on_session_updated(self, event, now_ms)
             case ev.ServerError():
-                return self._on_error(event, now_ms)
+                return call_realtime.on_error(self, event, now_ms)
             case ev.Unknown(kind):
                 self.stats.unknown_realtime += 1
                 if kind not in self._unknown_logged:
@@ -317,114 +256,8 @@ class CallSession:
                 log.warning("ignoring Realtime event %r: %s", kind, reason)
         return []  # Ignored (docs/protocols.md §9.2), out-of-band responses (§10.5), or done
 
-    def _on_session_updated(self, event: ev.SessionUpdated, now_ms: int) -> list[Action]:
-        if self.phase != "configuring":
-            return []
-        agent = self.config.agent
-        problem = rt.formats_problem(event.input_format, event.output_format, agent.audio_mode)
-        if problem:
-            log.error("%s", problem)
-            return self.end(problem)
-        self.phase = "active"
-        self._configured = True
-        self._ready_deadline_ms = None
-        self.upstream.session_ready(now_ms)
-        self.caller_audio.new_session(now_ms)
-        if self.upstream.restoring:
-            self.upstream.restoring = False
-            return [SendRealtime(restore) for restore in restore_events(self.conversation, self.memory)]
-        out: list[Action] = []
-        if self.memory is not None:
-            # One system item at the root, created before the greeting's response is asked for,
-            # so the greeting already sees it (docs/memory.md §2).
-            memory = rt.system_message(MEMORY_ITEM_ID, self.memory.text, previous_item_id="root")
-            out.append(SendRealtime(memory))
-        if not agent.greeting:
-            return out
-        greeting = f"{agent.greeting}\n\n{GREETING_HINT}" if self.memory is not None else agent.greeting
-        instructions = f"{agent.instructions}\n\n{greeting}".strip()
-        out.append(SendRealtime(rt.response_create(instructions, event_id="evt_greeting")))
-        return out
-
-    def _on_speech_started(self, event: ev.SpeechStarted, now_ms: int) -> list[Action]:
-        """Barge-in (docs/protocols.md §10.4): clear Twilio, cancel, truncate at what was heard."""
-        self._caller_speaking = True
-        started = self.caller_audio.speech_started_ms(event.audio_start_ms)
-        self.conversation.caller_speech(event.item_id, started_ms=min(started, now_ms))
-        if not self.outbound.is_audible(now_ms) and self.responses.active is None:
-            return []
-        self.stats.barge_ins += 1
-        cut = self.outbound.interrupt(now_ms)
-        out: list[Action] = [SendTwilio(tw.encode_clear(self.stream_sid))] if cut.twilio_had_audio else []
-        out.extend(self.tools.barge_in(now_ms))  # a goodbye cut short calls the hang-up off
-        cancel = self.responses.cancel_active()
-        if cancel is not None:
-            out.append(SendRealtime(rt.response_cancel(cancel)))
-        if cut.item_id is not None and cut.first:
-            heard = min(cut.heard_ms, cut.generated_ms)
-            if cut.generated_ms > 0:
-                out.append(SendRealtime(rt.truncate(cut.item_id, heard)))
-            self.conversation.interrupted(cut.item_id, heard, cut.generated_ms)
-        return out
-
-    def _on_audio_delta(self, event: ev.AudioDelta, now_ms: int) -> list[Action]:
-        item_id = event.item_id
-        if self.outbound.is_dropped(item_id) or self.responses.is_cancelled(event.response_id):
-            self.stats.late_deltas_dropped += 1
-            return []
-        try:
-            audio = binascii.a2b_base64(event.delta)
-        except binascii.Error:
-            log.warning("ignoring an audio delta with invalid base64 for item %s", item_id)
-            return []
-        self.outbound.push(item_id, audio)
-        return self.outbound.send_due(now_ms, self.stream_sid, [])
-
-    def _on_response_done(self, event: ev.ResponseDone, now_ms: int) -> list[Action]:
-        response_id, usage = event.response_id, event.usage
-        self.responses.done(response_id)
-        if usage is not None:
-            self.conversation.response_usage(usage, now_ms)
-            self.summaries.response_usage(self.conversation, response_id)
-        tools = self.tools.response_done(response_id, event.status, event.reason, self._moment(now_ms))
-        return [*tools, Checkpoint(), *self._maybe_summarise(now_ms)]
-
-    def _on_item_added(self, event: ev.ItemAdded | ev.ItemDone, now_ms: int) -> list[Action]:
-        item_id = event.item_id
-        is_summary = self.summaries.is_inserting(item_id)
-        is_memory = item_id == MEMORY_ITEM_ID and self.memory is not None
-        self.conversation.item_added(
-            event.item, event.previous_item_id, now_ms, is_summary=is_summary, is_memory=is_memory
-        )
-        if is_summary:
-            deletes = self.summaries.confirmed(self.conversation, item_id, now_ms, self.responses.active)
-            return [SendRealtime(delete) for delete in deletes]
-        return []
-
-    def _on_error(self, error: ev.ServerError, now_ms: int) -> list[Action]:
-        code = error.code
-        if self.tools.reply_refused(error.client_event_id):
-            return self.tools.poll(self._moment(now_ms))
-        if error.harmless_race:
-            log.info("Realtime reported %s (a harmless race)", code)
-            return []
-        summary_id = self.summaries.client_event_failed(error.client_event_id or "")
-        if summary_id is not None:
-            return self.summary_failed(summary_id, f"inserting the summary failed: {error.message}", now_ms)
-        self.stats.realtime_errors += 1
-        log.warning(
-            "Realtime error %s/%s for event %s: %s",
-            error.error_type,
-            code,
-            error.client_event_id,
-            error.message,
-        )
-        if code == "session_expired":
-            return self.realtime_closed("session expired", now_ms)
-        return []
-
     # ----- summaries (policy in core/summary.py, lifecycle in core/summary_coordinator.py) -----
-    def _maybe_summarise(self, now_ms: int) -> list[Action]:
+    def maybe_summarise(self, now_ms: int) -> list[Action]:
         if self.phase != "active":
             return []
         request = self.summaries.plan(self.conversation, now_ms)
@@ -449,13 +282,13 @@ class CallSession:
         """Send due audio and enforce deadlines: at `next_wake_ms`, and twice a second at least."""
         if (
             self.phase == "configuring"
-            and self._ready_deadline_ms is not None
-            and now_ms >= self._ready_deadline_ms
+            and self.ready_deadline_ms is not None
+            and now_ms >= self.ready_deadline_ms
         ):
             return self.end("Realtime session was not ready in time")
         if self.phase == "ended":
             return []
-        if now_ms - self._last_twilio_ms > self.config.recovery.twilio_idle_timeout_ms:
+        if now_ms - self.last_twilio_ms > self.config.recovery.twilio_idle_timeout_ms:
             return self.end("Twilio stream went silent")
         if self.phase == "active" and self._rollover_due(now_ms):
             self.stats.rollovers += 1
@@ -466,9 +299,9 @@ class CallSession:
             self.outbound.send_due(now_ms, self.stream_sid, out)
         held = self.caller_audio.held_until_ms()
         if held is not None and now_ms >= held:
-            out.extend(self._flush_inbound())  # Twilio's frames stopped mid-batch: do not hold them
+            out.extend(call_twilio.flush_inbound(self))  # Twilio's frames stopped mid-batch: do not hold them
         if self.summaries.check_due(now_ms):
-            out.extend(self._maybe_summarise(now_ms))
+            out.extend(self.maybe_summarise(now_ms))
         if self.phase == "active":
             out.extend(self.tools.poll(self._moment(now_ms)))
         return out
@@ -476,7 +309,7 @@ class CallSession:
     # ----- tools (decisions in core/tools.py; the bridge runs them) -----
     def _moment(self, now_ms: int) -> Moment:
         active = self.responses.active is not None
-        return Moment(now_ms, self._caller_speaking, active, self.outbound.drained())
+        return Moment(now_ms, self.caller_speaking, active, self.outbound.drained())
 
     def tool_result(
         self, call_id: str, output: str | None, error: str | None, outcome: ToolOutcome, now_ms: int
@@ -491,5 +324,5 @@ class CallSession:
         return out if self.phase != "ended" else []
 
     def _rollover_due(self, now_ms: int) -> bool:
-        busy = self._caller_speaking or self.responses.active is not None or self.playback.is_playing(now_ms)
+        busy = self.caller_speaking or self.responses.active is not None or self.playback.is_playing(now_ms)
         return self.upstream.rollover_due(now_ms, busy=busy)
