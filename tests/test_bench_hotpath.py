@@ -18,3 +18,11 @@ def test_the_workload_streams_both_ways_and_plays_every_reply() -> None:
     assert d.twilio_out == 2 * 2 * (6 + 10 + 1)
     assert not d.pending_marks or d.pending_marks[0][0] > 9_000  # every mark but the last echoed
     assert d.typed  # this checkout parses Realtime events into the typed events first
+
+
+def test_the_channel_workload_carries_every_frame_through_the_direct_channel() -> None:
+    import channel_workload
+
+    frames = channel_workload._media_frames(40)
+    # every frame fed arrives at the pump's loop as Twilio media; it exits if the channel is off
+    assert channel_workload._serve(frames) == 40

@@ -204,6 +204,41 @@ def test_invalid_reasons_say_what_was_wrong() -> None:
     assert len({not_json.reason, not_object.reason, unknown.reason, bad_b64.reason}) == 4
 
 
+# ----- the media fast branch of parse() is the general parser, only quicker ----------------------
+
+_field = st.one_of(
+    st.none(),
+    st.integers(min_value=-5, max_value=10**6),
+    st.sampled_from(["820", "0", "007", "-1", "", "²", "12a", " 5"]),
+    st.sampled_from([base64.b64encode(SPEECH).decode(), "abc", "", "////", "AAAA\n", "A===="]),
+    st.lists(st.integers(min_value=-1000, max_value=1000), max_size=2),  # within orjson's int range
+    st.booleans(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    sid=_field | st.just(STREAM_SID),
+    payload=_field,
+    timestamp=_field,
+    media_is_object=st.booleans(),
+)
+def test_media_fast_branch_gives_what_the_general_parser_gives(
+    sid: Any, payload: Any, timestamp: Any, media_is_object: bool
+) -> None:
+    media: Any = {"track": "inbound", "chunk": "2", "timestamp": timestamp, "payload": payload}
+    msg = {"event": "media", "sequenceNumber": "3", "media": media if media_is_object else [media]}
+    if sid is not None:
+        msg["streamSid"] = sid
+    raw = json.dumps(msg)
+    assert tw.parse(raw) == tw._parse_media(json.loads(raw), tw._str(msg.get("streamSid")))
+
+
+def test_well_formed_media_takes_every_field_from_the_message() -> None:
+    parsed = tw.parse(tw_media(SPEECH, timestamp_ms=1234))
+    assert parsed == tw.Media(STREAM_SID, base64.b64encode(SPEECH).decode(), SPEECH, 1234)
+
+
 # ----- never raises ----------------------------------------------------------------------------
 
 _json_leaf = (

@@ -212,20 +212,20 @@ class ChannelWebSocketProtocol(WebSocketsSansIOProtocol):
         """
         at, end = 0, len(buf)
         max_size = self.config.ws_max_size
+        channel = self.channel
         while end - at >= 2:
             first, second = buf[at], buf[at + 1]
             length, head = second & 0x7F, at + 2
-            if length == 126:
+            if length == 126:  # a Twilio media message (about 300 bytes): 16-bit length
                 if end - head < 2:
                     break
-                length, head = int.from_bytes(buf[head : head + 2], "big"), head + 2
+                length, head = (buf[head] << 8) | buf[head + 1], head + 2
             if length == 127 or not second & 0x80 or (max_size is not None and length > max_size):
                 self._fast_frames = False  # huge, or unmasked (a protocol error): the parser's call
                 return at
             stop = head + 4 + length
             if stop > end:
                 break
-            channel = self.channel
             if first != 0x81 or channel is None:  # not FIN + text with no RSV bits, or no channel yet
                 super().data_received(buf[at:stop])
                 if self.close_sent or self.transport.is_closing():
