@@ -170,28 +170,22 @@ class TwilioCaller:
 
     async def run(self, script: CallerScript | Iterable[Step]) -> CallResult:
         """Place the call, play `script`, and return everything observed."""
-        result = CallResult(call_sid=self.call_sid, account_sid=self.account_sid)
-        started = time.monotonic()
-        try:
-            stream_url = await self._webhook(result)
-            if stream_url is not None:
-                await self.run_stream(stream_url, script, result)
-        except _NETWORK_ERRORS as exc:
-            result.outcome = "error"
-            result.error = f"{type(exc).__name__}: {exc}"
-            self.emit("error", {"error": result.error})
-        finally:
-            result.wall_s = time.monotonic() - started
-        return result
+        return await self._play(script)
 
     async def run_twiml(self, twiml: str, script: CallerScript | Iterable[Step]) -> CallResult:
         """Play a call whose TwiML is already known (an outbound call's, given to `calls.create`):
         no webhook, straight to its `<Connect><Stream>`."""
+        return await self._play(script, twiml)
+
+    async def _play(self, script: CallerScript | Iterable[Step], twiml: str | None = None) -> CallResult:
         result = CallResult(call_sid=self.call_sid, account_sid=self.account_sid)
-        result.twiml = twiml
         started = time.monotonic()
         try:
-            stream_url = self._parse_twiml(result)
+            if twiml is None:
+                stream_url = await self._webhook(result)
+            else:
+                result.twiml = twiml
+                stream_url = self._parse_twiml(result)
             if stream_url is not None:
                 await self.run_stream(stream_url, script, result)
         except _NETWORK_ERRORS as exc:
