@@ -90,3 +90,29 @@ async def test_the_list_filters_by_number(store: SqlTicketStore) -> None:
     assert [t.call_sid for t in page.items] == ["CA2"]
     # the number called matches too (every make_record call goes to +15550199)
     assert (await store.list(TicketFilters.from_strings(number="+15550199"))).total == 2
+
+
+async def test_calls_placed_to_the_number_and_transferred_calls_count_as_its_history(
+    store: SqlTicketStore,
+) -> None:
+    inbound = await finished(store, "CA1", 3, "Router broken")
+    placed = make_record("CA2", started=BASE - timedelta(days=2), from_number="+15559990000")
+    placed = replace(placed, info=replace(placed.info, to_number=NUMBER, direction="outbound"))
+    await store.upsert_call(placed, TicketStatus.PENDING_SUMMARY)
+    callback = await store.complete("CA2", summary("Technician booked"))
+    # a call *from* our number to someone else, and someone else's inbound call to our line
+    other = make_record("CA3", started=BASE - timedelta(days=1), from_number=NUMBER)
+    other = replace(other, info=replace(other.info, to_number="+15550142", direction="outbound"))
+    await store.upsert_call(other, TicketStatus.PENDING_SUMMARY)
+    await store.complete("CA3", summary("Not this caller's"))
+    transferred = make_record("CA4", started=BASE - timedelta(hours=5))
+    transferred = replace(transferred, end_reason="transferred to a human (+15557654321): wants a person")
+    await store.upsert_call(transferred, TicketStatus.PENDING_SUMMARY)
+    handed_over = await store.complete("CA4", summary("Handed to billing"))
+    assert (await store.get(handed_over)).status == "transferred"  # type: ignore[union-attr]
+
+    calls = await store.earlier_calls(NUMBER, BASE - timedelta(days=30), 5)
+    assert [c.ticket_id for c in calls] == [handed_over, callback, inbound]
+    assert await store.count_number(NUMBER) == 3
+    assert await store.purge_number(NUMBER) == 3
+    assert [t.call_sid for t in (await store.list(TicketFilters())).items] == ["CA3"]

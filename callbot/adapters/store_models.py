@@ -106,6 +106,7 @@ tickets = sa.Table(
     sa.Index("ix_tickets_category", "category"),
     sa.Index("ix_tickets_priority", "priority"),
     sa.Index("ix_tickets_from_number_started_at", "from_number", "started_at"),
+    sa.Index("ix_tickets_to_number_started_at", "to_number", "started_at"),
     sa.Index("ix_tickets_owner_replica", "owner_replica"),
     sa.Index("ix_tickets_webhook_due_at", "webhook_due_at"),
 )

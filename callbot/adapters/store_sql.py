@@ -425,16 +425,19 @@ class SqlTicketStore:
     async def earlier_calls(self, number: str, since: datetime, limit: int) -> builtins.list[EarlierCall]:
         """The number's complete, not forgotten tickets started at or after `since`, newest first.
 
-        Walks `ix_tickets_from_number_started_at` backwards from the newest call of the number,
-        so it reads a handful of rows whatever the table's size (bench/memory_lookup.py)."""
+        The number's calls are its inbound calls (it was `From`) and the outbound calls placed to
+        it (it was `To`), whichever way the new call goes. Walks `ix_tickets_from_number_started_at`
+        and `ix_tickets_to_number_started_at` backwards from the number's newest call, so it reads
+        a handful of rows whatever the table's size (bench/memory_lookup.py). A transferred call
+        has its summary too and counts."""
 
         async def work(conn: AsyncConnection) -> builtins.list[Mapping[str, Any]]:
             stmt = (
                 sa.select(tickets.c.id, tickets.c.started_at, tickets.c.summary)
                 .where(
-                    tickets.c.from_number == number,
+                    _calls_of(number),
                     tickets.c.started_at >= since,
-                    tickets.c.status == TicketStatus.COMPLETE.value,
+                    tickets.c.status.in_([TicketStatus.COMPLETE.value, TicketStatus.TRANSFERRED.value]),
                     tickets.c.memory_excluded.is_(False),
                 )
                 .order_by(tickets.c.started_at.desc(), tickets.c.id.desc())
@@ -465,10 +468,10 @@ class SqlTicketStore:
         return await self._run(work)
 
     async def purge_number(self, number: str) -> int:
-        """Delete every ticket of calls from `number` (its whole history); how many were deleted."""
+        """Delete every ticket of calls from or placed to `number` (its whole history); how many."""
 
         async def work(conn: AsyncConnection) -> int:
-            result = await conn.execute(sa.delete(tickets).where(tickets.c.from_number == number))
+            result = await conn.execute(sa.delete(tickets).where(_calls_of(number)))
             return int(result.rowcount or 0)
 
         return await self._run(work)
@@ -477,7 +480,7 @@ class SqlTicketStore:
         """How many tickets `purge_number` would delete."""
 
         async def work(conn: AsyncConnection) -> int:
-            stmt = sa.select(sa.func.count()).select_from(tickets).where(tickets.c.from_number == number)
+            stmt = sa.select(sa.func.count()).select_from(tickets).where(_calls_of(number))
             return int(await conn.scalar(stmt) or 0)
 
         return await self._run(work)
@@ -718,6 +721,14 @@ def _record_values(record: CallRecord) -> dict[str, Any]:
             [info.call_sid, info.from_number, info.to_number, transcript_as_text(record)]
         ).lower(),
     }
+
+
+def _calls_of(number: str) -> sa.ColumnElement[bool]:
+    """A phone number's calls: the ones it made (inbound, `From`) and the ones placed to it."""
+    return sa.or_(
+        sa.and_(tickets.c.from_number == number, tickets.c.direction != "outbound"),
+        sa.and_(tickets.c.to_number == number, tickets.c.direction == "outbound"),
+    )
 
 
 def _complete_values(summary: StructuredSummary) -> dict[str, Any]:

@@ -23,11 +23,14 @@ def upgrade() -> None:
     with op.batch_alter_table("tickets") as batch:
         batch.add_column(sa.Column("memory_ticket_ids", _JSON, nullable=True))
         batch.add_column(sa.Column("memory_excluded", sa.Boolean, nullable=False, server_default=sa.false()))
-    # The lookup at call start: one number's tickets, newest first (bench/memory_lookup.py).
+    # The lookup at call start: one number's tickets, newest first, the calls it made and the
+    # calls placed to it (bench/memory_lookup.py).
     op.create_index("ix_tickets_from_number_started_at", "tickets", ["from_number", "started_at"])
+    op.create_index("ix_tickets_to_number_started_at", "tickets", ["to_number", "started_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_tickets_to_number_started_at", table_name="tickets")
     op.drop_index("ix_tickets_from_number_started_at", table_name="tickets")
     with op.batch_alter_table("tickets") as batch:
         batch.drop_column("memory_excluded")
