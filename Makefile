@@ -40,7 +40,7 @@ coverage:  ## branch coverage of callbot/core under the core tests; fails under 
 	$(PY) -m coverage report --include='callbot/core/*' --fail-under=$(CORE_COVERAGE_MIN)
 
 test:  ## the whole suite (README's test command, without the install)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 4
 
 drift:  ## the newest releases, without the lock: what a library's release would break
 	.ci/drift
