@@ -10,7 +10,9 @@ URL option; its documented way in is a custom HTTP client whose `request()` may 
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -88,12 +90,8 @@ class TwilioRestCalls:
             fields["status"] = update.status
         if update.twiml is not None:
             fields["twiml"] = update.twiml
-        try:
+        with _translated(f"updating call {call_sid}"):
             await self._twilio().calls(call_sid).update_async(**fields)
-        except TwilioRestException as exc:
-            raise _translated(exc, f"updating call {call_sid}") from exc
-        except (TwilioException, aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise TwilioRestError(f"updating call {call_sid}: Twilio unreachable: {exc!r}") from exc
 
     async def create_call(self, request: CallCreate) -> CreatedCall:
         fields: dict[str, Any] = {"to": request.to, "from_": request.from_, "twiml": request.twiml}
@@ -110,12 +108,8 @@ class TwilioRestCalls:
                 fields["async_amd_status_callback_method"] = "POST"
         if request.ring_timeout_s is not None:
             fields["timeout"] = request.ring_timeout_s
-        try:
+        with _translated(f"calling {request.to}"):
             call = await self._twilio().calls.create_async(**fields)
-        except TwilioRestException as exc:
-            raise _translated(exc, f"calling {request.to}") from exc
-        except (TwilioException, aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise TwilioRestError(f"calling {request.to}: Twilio unreachable: {exc!r}") from exc
         return CreatedCall(call_sid=str(call.sid), status=str(call.status or "queued"))
 
     async def aclose(self) -> None:
@@ -125,8 +119,15 @@ class TwilioRestCalls:
             self._client = None
 
 
-def _translated(exc: TwilioRestException, doing: str) -> TwilioRestError:
-    message = f"{doing}: Twilio answered {exc.status} (code {exc.code}): {exc.msg}"
-    if exc.status == 404 or exc.code == CALL_NOT_FOUND_CODE:
-        return CallGone(message, status=exc.status, code=exc.code)
-    return TwilioRestError(message, status=exc.status, code=exc.code)
+@contextlib.contextmanager
+def _translated(doing: str) -> Iterator[None]:
+    """The library's failures as `TwilioRestError` (`CallGone` for a call that has gone)."""
+    try:
+        yield
+    except TwilioRestException as exc:
+        message = f"{doing}: Twilio answered {exc.status} (code {exc.code}): {exc.msg}"
+        gone = exc.status == 404 or exc.code == CALL_NOT_FOUND_CODE
+        error = CallGone if gone else TwilioRestError
+        raise error(message, status=exc.status, code=exc.code) from exc
+    except (TwilioException, aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise TwilioRestError(f"{doing}: Twilio unreachable: {exc!r}") from exc
