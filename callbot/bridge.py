@@ -260,6 +260,8 @@ class CallBridge:
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         assert self._tg is not None
         task = self._tg.create_task(self._guard(coro, name), name=name)
+        # A task cancelled before its first step never awaits `coro`: close it (no-op once run).
+        task.add_done_callback(lambda _: coro.close())
         self._tasks = [t for t in self._tasks if not t.done()]  # long calls spawn many summaries
         self._tasks.append(task)
 

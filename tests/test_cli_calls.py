@@ -33,7 +33,9 @@ def campaign_csv(path: Path) -> Path:
 
 
 def prepared(rig: OutboundRig, *argv: str) -> tuple[Campaign, CallOptions]:
-    args = build_parser().parse_args(["call", *argv, "--server", rig.base_url, "--poll-interval", "0.1"])
+    # --timeout: a call whose outcome never comes fails its row within a minute, not 30 minutes.
+    argv_all = ["call", *argv, "--server", rig.base_url, "--poll-interval", "0.1", "--timeout", "60"]
+    args = build_parser().parse_args(argv_all)
     cli_settings = Settings(admin_password=ADMIN[1], _env_file=None)  # type: ignore[call-arg]
     return _prepare(args, cli_settings)
 
@@ -86,8 +88,10 @@ async def test_an_interrupted_campaign_resumes_without_calling_anyone_twice(tmp_
             rig, "--from-csv", str(csv_path), "--concurrency", "4", "--state", str(state_path)
         )
         run = asyncio.create_task(run_campaign(campaign, options, out=io.StringIO(), err=io.StringIO()))
-        while len(created_numbers(rig)) < 6:
-            await asyncio.sleep(0.02)
+        async with asyncio.timeout(60):
+            while len(created_numbers(rig)) < 6 and not run.done():
+                await asyncio.sleep(0.02)
+        assert not run.done(), f"the campaign ended before the interrupt: {run.result()}"
         run.cancel()  # what Ctrl-C does to the running calls
         with pytest.raises(asyncio.CancelledError):
             await run
