@@ -34,6 +34,7 @@ from callbot.adapters.twilio_rest import TwilioRestCalls
 from callbot.adapters.webhook import TicketWebhook
 from callbot.core import realtime as rt
 from callbot.core.call import CallConfig
+from callbot.core.call_lifecycle import streamless_after_s
 from callbot.core.leases import LeasePolicy
 from callbot.core.memory import MemoryPolicy
 from callbot.core.recovery import RecoveryPolicy
@@ -190,6 +191,7 @@ def build_ticket_service(
         redact_patterns=settings.redact_patterns,
         timeout_s=settings.ticket_timeout_s,
         webhook_redeliver_s=settings.ticket_webhook_redeliver_s,
+        streamless_after_s=streamless_after_s(settings.stream_token_ttl_s),
     )
 
 

@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from callbot.core.leases import REPLICA_LOST, LeasePolicy, LeaseState
@@ -132,6 +132,7 @@ class TicketService:
         remember_calls: int = 10_000,
         webhook_redeliver_s: float = 60.0,
         spool_slow_save_s: float = 1.0,
+        streamless_after_s: float | None = None,
     ) -> None:
         self._store = store
         self._summariser = summariser
@@ -144,6 +145,7 @@ class TicketService:
         self._remember_calls = remember_calls
         self._webhook_redeliver_s = webhook_redeliver_s
         self._spool_slow_save_s = spool_slow_save_s
+        self._streamless_after_s = streamless_after_s
         self._latest: dict[str, CallRecord] = {}  # newest unsaved progress per call
         self._savers: dict[str, asyncio.Task[None]] = {}  # the one progress writer per call
         self._endings: OrderedDict[str, asyncio.Task[int | None]] = OrderedDict()
@@ -398,7 +400,16 @@ class TicketService:
             return completed
 
     async def retry_ticket(self, view: TicketView) -> bool:
-        """Summarise one pending ticket now; True if it is complete afterwards."""
+        """Summarise one pending ticket now; True if it is complete afterwards.
+
+        An inbound call whose stream never started (its replica died between the webhook and
+        the stream) is completed as it stands: nobody spoke, there is nothing to summarise."""
+        if not view.stream_sid and not view.transcript and view.direction != "outbound":
+            try:
+                return bool(await self._store.finish_streamless(call_sids=[view.call_sid]))
+            except StoreUnavailable as exc:
+                log.warning("call %s: ticket left pending, database unavailable: %s", view.call_sid, exc)
+                return False
         outcome = await self._summarise(view.to_record())
         ticket_id = await self._store_outcome(view.call_sid, outcome, None)
         return isinstance(outcome, StructuredSummary) and ticket_id is not None
@@ -446,9 +457,26 @@ class TicketService:
                 await self.flush_spool()
                 await self.retry_pending()
                 await self.redeliver_webhooks()
+                await self.finish_streamless()
             except Exception:
                 log.exception("ticket maintenance pass failed; trying again in %g s", interval_s)
             await asyncio.sleep(interval_s)
+
+    async def finish_streamless(self, now: datetime | None = None) -> int:
+        """Complete the tickets of inbound calls whose webhook was answered (web/twilio_routes.py
+        writes the ticket then) but whose media stream never started, once their stream token
+        has run out (`streamless_after_s` before `now`); how many. No summary: nobody spoke."""
+        if self._streamless_after_s is None:
+            return 0
+        cutoff = (now or datetime.now(UTC)) - timedelta(seconds=self._streamless_after_s)
+        try:
+            done = await self._store.finish_streamless(started_before=cutoff)
+        except StoreUnavailable as exc:
+            log.warning("tickets of calls without a media stream not finished, database unavailable: %s", exc)
+            return 0
+        if done:
+            log.info("finished %d ticket(s) of calls whose media stream never started", len(done))
+        return len(done)
 
     # ----- replica leases: a dead replica's calls are finished here -----
 

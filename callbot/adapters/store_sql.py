@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -25,7 +25,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import StaticPool
 
 from callbot.adapters.store_models import replicas, tickets
-from callbot.core.call_lifecycle import Lifecycle, PlacedCall, StatusUpdate, call_outcome, merge_status
+from callbot.core.call_lifecycle import (
+    NO_MEDIA_STREAM,
+    Lifecycle,
+    PlacedCall,
+    StatusUpdate,
+    call_outcome,
+    merge_status,
+)
 from callbot.core.leases import REPLICA_LOST
 from callbot.core.memory import EarlierCall, earlier_call
 from callbot.core.record import TRANSFERRED_PREFIX, CallInfo, CallRecord, UsageTotals
@@ -304,6 +311,83 @@ class SqlTicketStore:
             if found is None:
                 raise StoreUnavailable(f"ticket for call {info.call_sid} vanished during the save")
             return int(found)
+
+        return await self._run(work)
+
+    async def record_arrival(self, info: CallInfo, arrived_at: datetime) -> int:
+        """The `in_progress` ticket of an inbound call whose webhook is being answered, before
+        its media stream starts: a replica killed in between leaves the call behind, owned by it
+        (claimed like any of its calls), instead of nothing. A call that has a ticket already
+        (Twilio asked again, or its stream's first save came first) keeps it as it is."""
+        values = _record_values(CallRecord(info=info, started_at=arrived_at))
+        if self.replica_id is not None:
+            values["owner_replica"] = self.replica_id
+        now = _now()
+
+        async def work(conn: AsyncConnection) -> int:
+            insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+            stmt = insert(tickets).values(
+                **values, status=TicketStatus.IN_PROGRESS.value, created_at=now, updated_at=now
+            )
+            await conn.execute(stmt.on_conflict_do_nothing(index_elements=[tickets.c.call_sid]))
+            found = await conn.scalar(sa.select(tickets.c.id).where(tickets.c.call_sid == info.call_sid))
+            if found is None:
+                raise StoreUnavailable(f"ticket for call {info.call_sid} vanished during the save")
+            return int(found)
+
+        return await self._run(work)
+
+    async def finish_streamless(
+        self,
+        *,
+        started_before: datetime | None = None,
+        call_sids: Sequence[str] = (),
+        limit: int = 200,
+    ) -> builtins.list[int]:
+        """Complete, without a summary, the inbound tickets whose media stream never started:
+        those still `in_progress` that started before `started_before` (end reason
+        `no media stream`), and those of `call_sids` (tickets claimed from a dead replica, which
+        keep their `replica lost`). Nobody spoke, so there is nothing to summarise and nothing
+        for caller memory. The ids of the tickets this call completed."""
+        no_stream = sa.or_(tickets.c.stream_sid == "", tickets.c.stream_sid.is_(None))
+        inbound = tickets.c.direction != "outbound"
+        which: list[sa.ColumnElement[bool]] = []
+        if started_before is not None:
+            which.append(
+                sa.and_(
+                    tickets.c.status == TicketStatus.IN_PROGRESS.value, tickets.c.started_at < started_before
+                )
+            )
+        if call_sids:
+            unfinished = [TicketStatus.IN_PROGRESS.value, TicketStatus.PENDING_SUMMARY.value]
+            which.append(sa.and_(tickets.c.call_sid.in_(list(call_sids)), tickets.c.status.in_(unfinished)))
+        if not which:
+            return []
+        now = _now()
+
+        async def work(conn: AsyncConnection) -> builtins.list[int]:
+            candidates = (
+                sa.select(tickets.c.id)
+                .where(no_stream, inbound, sa.or_(*which))
+                .order_by(tickets.c.id)
+                .limit(limit)
+            )
+            if conn.dialect.name == "postgresql":
+                candidates = candidates.with_for_update(skip_locked=True)
+            stmt = (
+                sa.update(tickets)
+                .where(tickets.c.id.in_(candidates.scalar_subquery()), no_stream, sa.or_(*which))
+                .values(
+                    status=TicketStatus.COMPLETE.value,
+                    ended_at=sa.func.coalesce(tickets.c.ended_at, now),
+                    duration_s=0.0,
+                    end_reason=sa.func.coalesce(sa.func.nullif(tickets.c.end_reason, ""), NO_MEDIA_STREAM),
+                    title="Inbound call: no media stream",
+                    updated_at=now,
+                )
+                .returning(tickets.c.id)
+            )
+            return [int(r[0]) for r in (await conn.execute(stmt)).all()]
 
         return await self._run(work)
 

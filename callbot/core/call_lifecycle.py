@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from callbot.core.call_control import FINAL_CALL_STATUSES
 from callbot.core.realtime import AgentConfig
+from callbot.core.record import CallInfo
 from callbot.errors import InvalidCallRequest
 
 E164 = re.compile(r"\+[1-9][0-9]{6,14}")
@@ -26,6 +27,14 @@ MAX_INSTRUCTIONS_CHARS = 4000
 MAX_CONTEXT_CHARS = 4000
 TRANSFER_SLACK_S = 5
 """A call that outlives its media stream by more than this was handed on (docs/call-control.md §7)."""
+
+NO_MEDIA_STREAM = "no media stream"
+"""The end reason of an inbound call whose webhook was answered but whose media stream never
+started (the caller hung up first, or the stream could not connect)."""
+STREAMLESS_SLACK_S = 30
+"""How long past its stream token's lifetime an inbound ticket without a stream is left open:
+the token refuses a later stream, and this covers clocks that differ between replicas."""
+_CALL_SID = re.compile(r"[A-Za-z0-9]{1,64}")
 
 CALL_STATUSES = ("queued", "initiated", "ringing", "in-progress", *sorted(FINAL_CALL_STATUSES))
 ANSWERED_BY = (
@@ -39,6 +48,30 @@ ANSWERED_BY = (
 )
 MachinePolicy = Literal["voicemail", "hangup"]
 AmdAction = Literal["talk", "voicemail", "hangup", "wait"]
+
+
+# ----- an inbound call arriving -----
+
+
+def arrival_info(params: Mapping[str, str]) -> CallInfo | None:
+    """Who calls whom, from the voice webhook's form; None when its `CallSid` is not one a ticket
+    can be keyed on (empty, too long, or not letters and digits: not Twilio's)."""
+    call_sid = params.get("CallSid", "")
+    if not _CALL_SID.fullmatch(call_sid):
+        return None
+    return CallInfo(
+        call_sid=call_sid,
+        stream_sid="",
+        account_sid=params.get("AccountSid", "")[:64],
+        from_number=params.get("From", "")[:64],
+        to_number=params.get("To", "")[:64],
+        direction="inbound",
+    )
+
+
+def streamless_after_s(stream_token_ttl_s: float) -> float:
+    """Age at which an inbound ticket whose stream never started is finished as `NO_MEDIA_STREAM`."""
+    return stream_token_ttl_s + STREAMLESS_SLACK_S
 
 
 # ----- placing a call -----

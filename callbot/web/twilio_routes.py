@@ -6,8 +6,10 @@ a proxy; the webhook mints a per-call stream token that the media stream's `star
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request, Response, WebSocket
 from starlette.formparsers import MultiPartException
@@ -20,8 +22,9 @@ from callbot.bridge import CallBridge
 from callbot.compose import call_config
 from callbot.core import stream_token
 from callbot.core import twilio as tw
-from callbot.core.call_lifecycle import placement_subject
+from callbot.core.call_lifecycle import arrival_info, placement_subject
 from callbot.core.tools import whisper_twiml
+from callbot.errors import StoreUnavailable
 from callbot.settings import Settings
 from callbot.web.calls import outbound_setup, stream_ended, stream_twiml
 from callbot.web.services import Services
@@ -44,7 +47,39 @@ async def voice(request: Request) -> Response:
     if not _signature_ok(services.settings, request, params):
         log.warning("rejecting a voice webhook with a bad or missing X-Twilio-Signature")
         return Response("invalid signature", status_code=403, media_type="text/plain")
-    return Response(_twiml(services, params), media_type="text/xml")
+    twiml, accepted = _twiml(services, params)
+    if accepted:
+        await _record_arrival(services, params)
+    return Response(twiml, media_type="text/xml")
+
+
+ARRIVAL_WAIT_S = 0.5
+"""How long the webhook's answer waits for the call's first ticket write; a slower database
+gets it in the background (and the stream's own first save follows)."""
+_arrivals: set[asyncio.Task[int]] = set()
+
+
+async def _record_arrival(services: Services, params: dict[str, str]) -> None:
+    """The call's ticket, written before Twilio has the TwiML: a replica killed before the
+    stream's first save still leaves the call behind (README "Reliability"). Never fails the webhook."""
+    info = arrival_info(params)
+    if services.calls is None or info is None:
+        return
+    write = asyncio.ensure_future(services.calls.record_arrival(info, datetime.now(UTC)))
+    _arrivals.add(write)
+    write.add_done_callback(_arrival_written)
+    await asyncio.wait({write}, timeout=ARRIVAL_WAIT_S)
+
+
+def _arrival_written(write: asyncio.Task[int]) -> None:
+    _arrivals.discard(write)
+    if write.cancelled():
+        return
+    exc = write.exception()
+    if isinstance(exc, StoreUnavailable):
+        log.warning("the arriving call's ticket was not written, database unavailable: %s", exc)
+    elif exc is not None:
+        log.error("the arriving call's ticket was not written", exc_info=exc)
 
 
 @router.websocket("/twilio/media")
@@ -140,23 +175,24 @@ def _upgrade_refusal(settings: Settings, signature: str | None) -> str | None:
     return None
 
 
-def _twiml(services: Services, params: dict[str, str]) -> str:
+def _twiml(services: Services, params: dict[str, str]) -> tuple[str, bool]:
+    """The TwiML that answers the webhook, and whether it takes the call (a stream) or turns it away."""
     settings = services.settings
     response = VoiceResponse()
     if not services.ready:
         services.metrics.rejected_calls.labels("draining").inc()
         response.say("Sorry, we are not taking calls right now. Please call again in a few minutes.")
         response.hangup()
-        return str(response)
+        return str(response), False
     if len(services.active_calls) >= settings.max_concurrent_calls:
         services.metrics.rejected_calls.labels("busy").inc()
         response.say("All our lines are busy right now. Please call again in a few minutes.")
         response.hangup()
-        return str(response)
+        return str(response), False
     call_sid = params.get("CallSid", "")
     token = stream_token.mint(services.stream_secret, call_sid, int(time.time()), settings.stream_token_ttl_s)
     parameters = {"token": token, "from": params.get("From", ""), "to": params.get("To", "")}
-    return stream_twiml(settings, f"callbot-{call_sid}", parameters, response)
+    return stream_twiml(settings, f"callbot-{call_sid}", parameters, response), True
 
 
 def _check_start(services: Services, start: tw.Start) -> str | None:
