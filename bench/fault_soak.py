@@ -452,6 +452,8 @@ class Soak:
                     "CALLBOT_DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:{proxy.port}/{db_name}",
                     "CALLBOT_REPLICA_LEASE_S": str(opts.lease_s),
                     "CALLBOT_TICKET_RETRY_INTERVAL_S": "3",
+                    # A call whose stream never reached a database is finished 30 s after this.
+                    "CALLBOT_STREAM_TOKEN_TTL_S": "20",
                     "CALLBOT_TICKET_TIMEOUT_S": "10",
                     "CALLBOT_TICKET_WEBHOOK_URL": sink_url + "/hook",
                     "CALLBOT_TICKET_WEBHOOK_REDELIVER_S": "15",
