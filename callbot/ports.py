@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from callbot.core.call_control import CallCreate, CallUpdate, CreatedCall
+from callbot.core.call_control import CallCreate, CallState, CallUpdate, CreatedCall
 from callbot.core.call_lifecycle import PlacedCall, StatusUpdate
 from callbot.core.memory import EarlierCall, MemorySeed
 from callbot.core.record import CallInfo, CallRecord
@@ -76,6 +76,7 @@ class CallControl(Protocol):
 
     async def update_call(self, call_sid: str, update: CallUpdate) -> None: ...
     async def create_call(self, request: CallCreate) -> CreatedCall: ...
+    async def fetch_call(self, call_sid: str) -> CallState: ...
     async def aclose(self) -> None: ...
 
 
@@ -90,6 +91,11 @@ class CallLog(Protocol):
     async def apply_status(self, update: StatusUpdate) -> int: ...
     async def apply_amd(self, call_sid: str, answered_by: str, *, voicemail_left: bool = False) -> int: ...
     async def refresh_outcome(self, call_sid: str) -> int | None: ...
+    async def calls_awaiting_status(
+        self, stream_ended_before: datetime, placed_before: datetime, limit: int = 50
+    ) -> Sequence[str]:
+        """Calls whose final status callback is overdue (callbot.call_status asks Twilio)."""
+        ...
 
 
 class ToolRunner(Protocol):

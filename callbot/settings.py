@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     outbound_ring_timeout_s: int = Field(
         default=30, ge=5, le=600, description="How long an outbound call rings."
     )
+    call_status_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often callbot asks Twilio about calls whose final status callback is overdue.",
+    )
     machine_policy: Literal["voicemail", "hangup"] = Field(
         default="voicemail",
         description="On an answering machine: leave CALLBOT_VOICEMAIL_MESSAGE (after the beep) or hang up.",

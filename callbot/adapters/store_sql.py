@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import StaticPool
 
 from callbot.adapters.store_models import replicas, tickets
+from callbot.core.call_control import FINAL_CALL_STATUSES
 from callbot.core.call_lifecycle import (
     NO_MEDIA_STREAM,
     Lifecycle,
@@ -431,6 +432,36 @@ class SqlTicketStore:
             return await self._change_lifecycle(call_sid, lambda life: life, None)
         except TicketNotFound:
             return None
+
+    async def calls_awaiting_status(
+        self, stream_ended_before: datetime, placed_before: datetime, limit: int = 50
+    ) -> builtins.list[str]:
+        """The calls whose final status callback is overdue, oldest first: outbound calls (and
+        inbound ones that get callbacks) with no outcome yet, whose stream ended before
+        `stream_ended_before` or, never streamed, that began before `placed_before`. A callback
+        lost on the way (callbot's database was down when it came) leaves such a ticket."""
+        final = sorted(FINAL_CALL_STATUSES)
+        streamed = sa.and_(
+            tickets.c.stream_sid != "",
+            tickets.c.ended_at.is_not(None),
+            tickets.c.ended_at < stream_ended_before,
+        )
+        unstreamed = sa.and_(
+            sa.or_(tickets.c.stream_sid == "", tickets.c.stream_sid.is_(None)),
+            tickets.c.started_at < placed_before,
+        )
+        overdue = sa.and_(
+            tickets.c.outcome.is_(None),
+            sa.or_(tickets.c.twilio_status.is_(None), tickets.c.twilio_status.not_in(final)),
+            sa.or_(tickets.c.direction == "outbound", tickets.c.twilio_status.is_not(None)),
+            sa.or_(streamed, unstreamed),
+        )
+
+        async def work(conn: AsyncConnection) -> builtins.list[str]:
+            stmt = sa.select(tickets.c.call_sid).where(overdue).order_by(tickets.c.started_at).limit(limit)
+            return [str(sid) for sid in (await conn.scalars(stmt)).all()]
+
+        return await self._run(work)
 
     async def _change_lifecycle(
         self, call_sid: str, change: Callable[[Lifecycle], Lifecycle], create: StatusUpdate | None

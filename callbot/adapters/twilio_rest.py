@@ -21,7 +21,7 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
-from callbot.core.call_control import CallCreate, CallUpdate, CreatedCall
+from callbot.core.call_control import CallCreate, CallState, CallUpdate, CreatedCall
 from callbot.errors import CallGone, SettingsError, TwilioRestError
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class _RebasedHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]  # twilio
 
 
 class TwilioRestCalls:
-    """Ends, redirects and places calls. Build it anywhere; the HTTP session opens on first use
+    """Ends, redirects, places and looks up calls. Build it anywhere; the HTTP session opens on first use
     (aiohttp needs a running loop), and `aclose()` closes it."""
 
     def __init__(
@@ -111,6 +111,14 @@ class TwilioRestCalls:
         with _translated(f"calling {request.to}"):
             call = await self._twilio().calls.create_async(**fields)
         return CreatedCall(call_sid=str(call.sid), status=str(call.status or "queued"))
+
+    async def fetch_call(self, call_sid: str) -> CallState:
+        with _translated(f"fetching call {call_sid}"):
+            call = await self._twilio().calls(call_sid).fetch_async()
+        duration = str(call.duration or "")
+        return CallState(
+            status=str(call.status or ""), duration_s=int(duration) if duration.isdigit() else None
+        )
 
     async def aclose(self) -> None:
         if self._http is not None:

@@ -60,3 +60,16 @@ class CreatedCall:
 
     call_sid: str
     status: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallState:
+    """What Twilio's call resource says of a call now (a fetch): its status, and its length in
+    seconds once it has ended. Asked when a final status callback has not arrived."""
+
+    status: str
+    duration_s: int | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_CALL_STATUSES

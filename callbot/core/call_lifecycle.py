@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from callbot.core.call_control import FINAL_CALL_STATUSES
+from callbot.core.call_control import FINAL_CALL_STATUSES, CallState
 from callbot.core.realtime import AgentConfig
 from callbot.core.record import CallInfo
 from callbot.errors import InvalidCallRequest
@@ -67,6 +67,25 @@ def arrival_info(params: Mapping[str, str]) -> CallInfo | None:
         to_number=params.get("To", "")[:64],
         direction="inbound",
     )
+
+
+STATUS_OVERDUE_S = 60
+"""How long after its stream ended (or, never streamed, after it stopped ringing and its token
+ran out) a call may go without Twilio's final status callback before callbot asks Twilio."""
+
+
+def status_overdue_s(ring_timeout_s: float, stream_token_ttl_s: float) -> tuple[float, float]:
+    """(after the stream ended, after the call was placed or arrived): the ages past which a
+    call still without its final status is looked up (`callbot.call_status`)."""
+    return STATUS_OVERDUE_S, ring_timeout_s + stream_token_ttl_s + STATUS_OVERDUE_S
+
+
+def fetched_status(call_sid: str, state: CallState) -> StatusUpdate | None:
+    """A final status read off Twilio's call resource, as the callback that was missed; None
+    while the call is not over (it is asked again later)."""
+    if not state.final:
+        return None
+    return StatusUpdate(call_sid=call_sid, status=state.status, duration_s=state.duration_s)
 
 
 def streamless_after_s(stream_token_ttl_s: float) -> float:

@@ -186,7 +186,7 @@ class FakeTwilioDialer:
                 call.status = "ringing"
                 await asyncio.sleep(self.ring_s / 2)
             if dialed.answer in ("busy", "no-answer", "failed"):
-                call.status = dialed.answer
+                call.status, call.duration_s = dialed.answer, 0
                 await self._status(dialed, dialed.answer, sequence, duration_s=0)
                 return
             call.status = "in-progress"
@@ -197,6 +197,7 @@ class FakeTwilioDialer:
             if call.status not in ("completed", "canceled"):
                 call.status = "completed"
             duration = round(time.monotonic() - answered_at)
+            call.duration_s = duration
             await self._status(dialed, "completed", sequence, duration_s=duration)
         finally:
             self.in_flight -= 1

@@ -59,6 +59,7 @@ class FakeCall:
     to: str = ""
     from_: str = ""
     status: str = "in-progress"
+    duration_s: int | None = None  # once it has ended, as Twilio's `duration`
     twiml: str | None = None
     direction: str = "inbound"
     create_fields: dict[str, list[str]] = field(default_factory=dict)
@@ -191,6 +192,7 @@ class FakeTwilioRest:
             "to": call.to,
             "from": call.from_,
             "status": call.status,
+            "duration": None if call.duration_s is None else str(call.duration_s),
             "direction": call.direction,
             "api_version": API_VERSION,
             "uri": f"/{API_VERSION}/Accounts/{self.account_sid}/Calls/{call.sid}.json",

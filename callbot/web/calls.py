@@ -314,10 +314,20 @@ async def status_callback(request: Request) -> Response:
     try:
         ticket_id = await services.calls.apply_status(update)
     except StoreUnavailable as exc:
+        # Twilio posts a callback once, whatever we answer: the status pass asks Twilio for it
+        # once the database is back (callbot/call_status.py), so the status is late, not lost.
         log.warning(
-            "call %s: status %s not recorded, database unavailable: %s", update.call_sid, update.status, exc
+            "call %s: status %s not recorded now, database unavailable (looked up later): %s",
+            update.call_sid,
+            update.status,
+            exc,
         )
-        return Response("ticket store unavailable", status_code=503, media_type="text/plain")
+        return Response(
+            "accepted, not recorded yet: the ticket store is unavailable; callbot asks Twilio for "
+            "the call's final status once it is back",
+            status_code=202,
+            media_type="text/plain",
+        )
     log.info("call %s: Twilio status %s (ticket %s)", update.call_sid, update.status, ticket_id)
     return Response(status_code=204)
 

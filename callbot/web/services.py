@@ -8,6 +8,7 @@ inject, and tears them down again at shutdown; `Services` is what the routes fin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -18,6 +19,8 @@ from callbot import compose
 from callbot.adapters.fastpaths import FastPaths, probe_fast_paths, summary_line
 from callbot.adapters.http_tools import HttpToolRunner
 from callbot.bridge import CallBridge, Pacer, Whispers
+from callbot.call_status import StatusReconciler
+from callbot.core.call_lifecycle import status_overdue_s
 from callbot.core.tool_config import ToolsConfig
 from callbot.metrics import Metrics
 from callbot.ports import (
@@ -162,10 +165,15 @@ async def open_services(
         services.observer, services.store = tickets.service, tickets.store
         services.memory = compose.caller_memory(settings, tickets.store)
         services.calls = tickets.store
+    reconciler = _call_status_pass(services)
     try:
         yield services
     finally:
         services.ready = False
+        if reconciler is not None:
+            reconciler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reconciler
         await services.pacer.stop()
         if tickets is not None:
             await tickets.close()
@@ -180,3 +188,20 @@ def _stream_secret(settings: Settings) -> bytes:
         return settings.twilio_auth_token.get_secret_value().encode()
     log.warning("no TWILIO_AUTH_TOKEN: stream tokens use a per-process secret (one replica only)")
     return secrets.token_bytes(32)
+
+
+def _call_status_pass(services: Services) -> asyncio.Task[None] | None:
+    """Where callbot places calls and keeps tickets: look up final statuses whose callback never
+    came (callbot/call_status.py)."""
+    if services.calls is None or services.call_control is None:
+        return None
+    settings = services.settings
+    after_stream_s, after_start_s = status_overdue_s(
+        settings.outbound_ring_timeout_s, settings.stream_token_ttl_s
+    )
+    reconciler = StatusReconciler(
+        services.calls, services.call_control, after_stream_s=after_stream_s, after_start_s=after_start_s
+    )
+    return asyncio.get_running_loop().create_task(
+        reconciler.run(settings.call_status_interval_s), name="call-status"
+    )
