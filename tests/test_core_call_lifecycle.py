@@ -7,17 +7,25 @@ import itertools
 import pytest
 
 from callbot.core.call import CallConfig, CallSession
+from callbot.core.call_control import CallState
 from callbot.core.call_lifecycle import (
+    NO_MEDIA_STREAM,
+    STATUS_OVERDUE_S,
+    STREAMLESS_SLACK_S,
     Lifecycle,
     StatusUpdate,
     amd_action,
+    arrival_info,
     call_outcome,
     call_request,
     check_e164,
+    fetched_status,
     machine_detection,
     merge_status,
     outbound_agent,
     parse_status_callback,
+    status_overdue_s,
+    streamless_after_s,
 )
 from callbot.core.campaign import CampaignState, RowState, outcome_counts, parse_campaign_csv
 from callbot.core.realtime import AgentConfig
@@ -146,6 +154,79 @@ def test_a_callback_parses_with_its_numbers() -> None:
         parse_status_callback({"CallSid": SID, "CallStatus": "exploded"})
     with pytest.raises(InvalidCallRequest, match="CallDuration"):
         parse_status_callback({"CallSid": SID, "CallStatus": "completed", "CallDuration": "4x"})
+
+
+@pytest.mark.parametrize(
+    ("fields", "bad"),
+    [
+        ({"CallSid": "CA" + "1" * 70}, "CallSid"),
+        ({"CallSid": "CA12;DROP"}, "CallSid"),
+        ({"CallSid": ""}, "CallSid"),
+        ({"SequenceNumber": "9" * 30}, "SequenceNumber"),
+        ({"CallDuration": "\uff11"}, "CallDuration"),
+    ],
+)
+def test_a_callback_with_a_field_no_ticket_could_hold_is_refused(fields: dict[str, str], bad: str) -> None:
+    with pytest.raises(InvalidCallRequest, match=bad):
+        parse_status_callback({"CallSid": SID, "CallStatus": "completed", **fields})
+
+
+def test_a_callbacks_numbers_are_cut_to_what_a_ticket_keeps() -> None:
+    update = parse_status_callback(
+        {"CallSid": SID, "CallStatus": "ringing", "From": "+1" + "5" * 100, "To": "x" * 65}
+    )
+    assert (len(update.from_number), len(update.to_number)) == (64, 64)
+    assert update.from_number.startswith("+1555")
+
+
+# ----- an inbound call arriving, and calls whose end never reached callbot -----
+
+
+def test_an_arriving_call_is_keyed_on_its_call_sid_and_keeps_its_numbers() -> None:
+    info = arrival_info({"CallSid": SID, "AccountSid": "AC1", "From": "+15550001111", "To": "+15557770001"})
+    assert info is not None
+    assert (info.call_sid, info.stream_sid, info.account_sid) == (SID, "", "AC1")
+    assert (info.from_number, info.to_number, info.direction) == ("+15550001111", "+15557770001", "inbound")
+    long = arrival_info({"CallSid": SID, "From": "f" * 99, "To": "t" * 99, "AccountSid": "a" * 99})
+    assert long is not None
+    assert {len(long.from_number), len(long.to_number), len(long.account_sid)} == {64}
+
+
+@pytest.mark.parametrize("call_sid", ["", "CA" + "0" * 63, "CA-1", "CA 1", "CAé"])
+def test_an_arrival_without_a_twilio_call_sid_gets_no_ticket(call_sid: str) -> None:
+    assert arrival_info({"CallSid": call_sid, "From": "+15550001111"}) is None
+    assert arrival_info({}) is None
+
+
+def test_a_streamless_ticket_waits_out_its_stream_token_and_the_slack() -> None:
+    assert streamless_after_s(20) == 20 + STREAMLESS_SLACK_S
+    assert streamless_after_s(0) == STREAMLESS_SLACK_S
+    assert NO_MEDIA_STREAM == "no media stream"
+
+
+def test_a_final_status_is_overdue_after_the_stream_or_after_ringing_and_the_token() -> None:
+    after_stream, after_placed = status_overdue_s(ring_timeout_s=30, stream_token_ttl_s=300)
+    assert after_stream == STATUS_OVERDUE_S
+    assert after_placed == 30 + 300 + STATUS_OVERDUE_S
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        (CallState("completed", 42), StatusUpdate(SID, "completed", duration_s=42)),
+        (CallState("no-answer"), StatusUpdate(SID, "no-answer")),
+        (CallState("in-progress", None), None),
+        (CallState("ringing"), None),
+    ],
+)
+def test_a_fetched_call_stands_in_for_its_final_callback_only_once_over(
+    state: CallState, expected: StatusUpdate | None
+) -> None:
+    update = fetched_status(SID, state)
+    assert update == expected
+    if update is not None:
+        merged = merge_status(Lifecycle(twilio_status="in-progress", sequence=2), update)
+        assert merged.final and merged.duration_s == state.duration_s
 
 
 CALLBACKS = [

@@ -10,7 +10,7 @@ import pytest
 
 from callbot.adapters.store_migrate import upgrade_database
 from callbot.adapters.store_sql import SqlTicketStore
-from callbot.core.call_lifecycle import PlacedCall, StatusUpdate
+from callbot.core.call_lifecycle import PlacedCall, StatusUpdate, parse_status_callback
 from callbot.core.record import CallInfo
 from callbot.core.ticket import TicketStatus
 from tests.test_store import BASE, database_url, make_record  # noqa: F401  (the fixture)
@@ -85,6 +85,18 @@ async def test_a_call_that_never_streamed_gets_a_complete_ticket_from_its_callba
     assert view.status == TicketStatus.COMPLETE and view.outcome == "no-answer"
     assert view.direction == "outbound" and view.item.title == "Outbound call: no-answer"
     assert await store.refresh_outcome("CA" + "0" * 32) is None
+
+
+async def test_a_callback_with_overlong_numbers_is_stored_cut_not_refused(store: SqlTicketStore) -> None:
+    # The fuzzer's find: a signed callback with a 100-character From was a 503 on PostgreSQL
+    # (the column holds 64); parsing cuts both numbers to what the ticket keeps.
+    update = parse_status_callback(
+        {"CallSid": SID, "CallStatus": "no-answer", "From": "+1" + "5" * 98, "To": "sip:" + "q" * 96}
+    )
+    ticket_id = await store.apply_status(update)
+    view = await store.get(ticket_id)
+    assert view is not None and view.outcome == "no-answer"
+    assert view.item.from_number == update.from_number and len(update.from_number) == 64
 
 
 async def test_a_placement_lands_on_a_row_a_callback_created_first(store: SqlTicketStore) -> None:

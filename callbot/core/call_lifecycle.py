@@ -240,17 +240,20 @@ class StatusUpdate:
 def _optional_int(value: str | None, name: str) -> int | None:
     if value is None or value == "":
         return None
-    if not (value.isascii() and value.isdigit()):
+    if not (value.isascii() and value.isdigit()) or len(value) > 9:
         raise InvalidCallRequest(f"status callback field {name} is not a number: {value[:20]!r}")
     return int(value)
 
 
 def parse_status_callback(params: Mapping[str, str]) -> StatusUpdate:
-    """Twilio's form fields as a `StatusUpdate`; InvalidCallRequest for a callback without a call."""
+    """Twilio's form fields as a `StatusUpdate`; InvalidCallRequest for a callback without a call
+    or with a number field that is not a count. Numbers are cut to the 64 characters a ticket keeps."""
     call_sid = params.get("CallSid", "")
     status = params.get("CallStatus", "")
-    if not call_sid or status not in CALL_STATUSES:
-        raise InvalidCallRequest(f"status callback without CallSid or with unknown CallStatus {status!r}")
+    if not _CALL_SID.fullmatch(call_sid) or status not in CALL_STATUSES:
+        raise InvalidCallRequest(
+            f"status callback without a valid CallSid or with unknown CallStatus {status[:20]!r}"
+        )
     answered_by = params.get("AnsweredBy") or None
     direction = "outbound" if params.get("Direction", "").startswith("outbound") else "inbound"
     return StatusUpdate(
@@ -259,8 +262,8 @@ def parse_status_callback(params: Mapping[str, str]) -> StatusUpdate:
         sequence=_optional_int(params.get("SequenceNumber"), "SequenceNumber"),
         duration_s=_optional_int(params.get("CallDuration"), "CallDuration"),
         answered_by=answered_by if answered_by in ANSWERED_BY else None,
-        from_number=params.get("From", ""),
-        to_number=params.get("To", ""),
+        from_number=params.get("From", "")[:64],
+        to_number=params.get("To", "")[:64],
         direction=direction,
     )
 
