@@ -44,15 +44,16 @@ def test_the_short_fault_soak_loses_and_duplicates_nothing(tmp_path: Path) -> No
     argv += ["--final-timeout-s", "90"]
     code = fault_soak.main(argv)
     fig = json.loads(out.read_text())
+    brief = {k: v for k, v in fig.items() if not isinstance(v, (list, dict)) or k in ("lost_sids", "faults")}
     assert code == 0, fig
-    assert fig["calls_placed"] >= 40
-    assert fig["calls_with_stream"] == fig["tickets_written"] == fig["tickets_complete"] >= 38
-    assert fig["duplicates"] == 0 and fig["tickets_lost"] == 0 and fig["lost_sids"] == []
-    assert fig["webhook_duplicates"] == 0
-    assert fig["replica_lost_tickets"] >= 1  # the killed replica's calls, finished by the other
-    assert fig["continued_after_realtime_fault"] >= 1
-    assert fig["split_calls"] >= 10
-    assert len(fig["faults"]) == 7
-    assert fig["fuzz_cases"] == 200 and fig["fuzz_failures"] == 0
-    assert fig["fuzz_answered_unfinished"] == 0 and fig["replicas_healthy_at_end"]
-    assert fig["all_final"] and fig["seconds_to_final_after_last_fault"] < 60
+    assert fig["calls_placed"] >= 40, brief
+    assert fig["calls_with_stream"] == fig["tickets_written"] == fig["tickets_complete"] >= 38, brief
+    assert fig["duplicates"] == 0 and fig["tickets_lost"] == 0 and fig["lost_sids"] == [], brief
+    assert fig["webhook_duplicates"] == 0, brief
+    assert fig["replica_lost_tickets"] >= 1, brief  # the killed replica's calls, finished by the other
+    assert fig["continued_after_realtime_fault"] >= 1, brief
+    assert fig["split_calls"] >= 10, brief
+    assert len(fig["faults"]) == 7, brief
+    assert fig["fuzz_cases"] == 200 and fig["fuzz_failures"] == 0, brief
+    assert fig["fuzz_answered_unfinished"] == 0 and fig["replicas_healthy_at_end"], brief
+    assert fig["all_final"] and fig["seconds_to_final_after_last_fault"] < 60, brief
