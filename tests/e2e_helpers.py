@@ -12,10 +12,13 @@ from openai import AsyncOpenAI
 
 from callbot.adapters.fastpaths import probe_fast_paths
 from callbot.adapters.realtime_openai import OpenAIRealtimeConnector
+from callbot.adapters.ticket_summariser_openai import OpenAITicketSummariser
 from callbot.caller.simulator import TwilioCaller
 from callbot.core.record import CallRecord
+from callbot.core.ticket import DEFAULT_TICKET_PROMPT, TICKET_SCHEMA
 from callbot.ports import Summariser
 from callbot.settings import Settings
+from callbot.testing.fake_openai_http import FakeOpenAIControl, serve_fake_openai
 from callbot.testing.fake_realtime import FakeRealtimeServer, Script
 from callbot.testing.serving import serve_app
 from callbot.testing.speech import synth_speech
@@ -101,3 +104,17 @@ async def running_rig(
         options = {"ws": server_ws} if server_ws else {}
         async with serve_app(app, **options) as base_url:
             yield Rig(fake, base_url, observer, settings)
+
+
+@contextlib.asynccontextmanager
+async def fake_ticket_model(
+    control: FakeOpenAIControl | None = None,
+) -> AsyncIterator[OpenAITicketSummariser]:
+    """The ticket summariser of production against the fake OpenAI HTTP API (`control` sees its
+    requests and can make it fail)."""
+    async with serve_fake_openai(control or FakeOpenAIControl()) as base_url:
+        client = AsyncOpenAI(api_key="k", base_url=base_url, max_retries=0)
+        try:
+            yield OpenAITicketSummariser(client, "m", TICKET_SCHEMA, DEFAULT_TICKET_PROMPT, 5.0)
+        finally:
+            await client.close()

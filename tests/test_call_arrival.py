@@ -10,27 +10,24 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-import openai
-import pytest
 from twilio.request_validator import RequestValidator
 
 from callbot.adapters.spool import Spool
-from callbot.adapters.store_migrate import upgrade_database
 from callbot.adapters.store_sql import SqlTicketStore
-from callbot.adapters.ticket_summariser_openai import OpenAITicketSummariser
 from callbot.caller.simulator import HangUp, Say, TwilioCaller, WaitForAssistant
 from callbot.core.call_lifecycle import NO_MEDIA_STREAM, PlacedCall, arrival_info, streamless_after_s
 from callbot.core.leases import REPLICA_LOST, LeasePolicy, LeaseState
 from callbot.core.record import CallInfo
-from callbot.core.ticket import DEFAULT_TICKET_PROMPT, TICKET_SCHEMA, TicketStatus
+from callbot.core.ticket import TicketStatus
 from callbot.core.ticket_views import TicketFilters
-from callbot.testing.fake_openai_http import FakeOpenAIControl, serve_fake_openai
+from callbot.testing.fake_openai_http import FakeOpenAIControl
 from callbot.ticketing import TicketService
-from tests.e2e_helpers import AUTH_TOKEN, PUBLIC_URL, speech
+from tests.e2e_helpers import AUTH_TOKEN, PUBLIC_URL, fake_ticket_model, speech
 from tests.outbound_rig import outbound_rig
+from tests.test_replica_leases import migrated
 from tests.test_store import BASE, database_url, make_record
 
-__all__ = ["database_url"]  # the fixture, re-used
+__all__ = ["database_url", "migrated"]  # the fixtures, re-used
 
 CALLER = "+15550100"
 
@@ -39,12 +36,6 @@ def arriving(sid: str, number: str = CALLER) -> CallInfo:
     info = arrival_info({"CallSid": sid, "From": number, "To": "+15550199", "AccountSid": "AC1"})
     assert info is not None
     return info
-
-
-@pytest.fixture
-async def migrated(database_url: str) -> str:
-    await upgrade_database(database_url)
-    return database_url
 
 
 # ----- the core: what a webhook's form gives -----
@@ -129,11 +120,8 @@ async def test_a_dead_replicas_call_that_never_streamed_is_finished_without_the_
 ) -> None:
     control = FakeOpenAIControl()
     policy = LeasePolicy(lease_ms=30_000, heartbeat_ms=10_000)
-    async with serve_fake_openai(control) as base_url:
-        client = openai.AsyncOpenAI(api_key="k", base_url=base_url, max_retries=0)
-        summariser = OpenAITicketSummariser(client, "m", TICKET_SCHEMA, DEFAULT_TICKET_PROMPT, 5.0)
-        a_store = await SqlTicketStore.open(migrated, replica_id="a")
-        b_store = await SqlTicketStore.open(migrated, replica_id="b")
+    async with fake_ticket_model(control) as summariser:
+        a_store, b_store = [await SqlTicketStore.open(migrated, replica_id=name) for name in ("a", "b")]
         b = TicketService(b_store, summariser, Spool(tmp_path / "spool-b"), timeout_s=5.0)
         try:
             t0 = int(datetime.now(UTC).timestamp() * 1000)
@@ -158,7 +146,6 @@ async def test_a_dead_replicas_call_that_never_streamed_is_finished_without_the_
             await b.aclose()
             await a_store.close()
             await b_store.close()
-            await client.close()
 
 
 # ----- the real server -----

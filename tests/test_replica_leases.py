@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import openai
 import pytest
 
 from callbot.adapters.spool import Spool
@@ -20,11 +19,11 @@ from callbot.adapters.store_sql import SqlTicketStore, create_engine
 from callbot.adapters.ticket_summariser_openai import OpenAITicketSummariser
 from callbot.core.leases import REPLICA_LOST, LeasePolicy, LeaseState
 from callbot.core.record import CallRecord
-from callbot.core.ticket import DEFAULT_TICKET_PROMPT, TICKET_SCHEMA, TicketStatus
+from callbot.core.ticket import TicketStatus
 from callbot.core.ticket_views import TicketFilters
 from callbot.errors import StoreUnavailable
-from callbot.testing.fake_openai_http import FakeOpenAIControl, serve_fake_openai
 from callbot.ticketing import TicketService
+from tests.e2e_helpers import fake_ticket_model
 from tests.test_store import database_url, make_record, summary
 
 __all__ = ["database_url"]  # the fixture, re-used
@@ -169,11 +168,8 @@ async def test_the_calls_final_record_arriving_late_replaces_the_replica_lost_ti
 async def test_a_live_replica_finishes_a_dead_replicas_call_and_the_returning_spool_adds_no_duplicate(
     migrated: str, tmp_path: Path
 ) -> None:
-    control = FakeOpenAIControl()
     policy = LeasePolicy(lease_ms=30_000, heartbeat_ms=10_000)
-    async with serve_fake_openai(control) as base_url:
-        client = openai.AsyncOpenAI(api_key="k", base_url=base_url, max_retries=0)
-        summariser = OpenAITicketSummariser(client, "m", TICKET_SCHEMA, DEFAULT_TICKET_PROMPT, 5.0)
+    async with fake_ticket_model() as summariser:
         a_store, b_store = await _stores(migrated, "a", "b")
         spool = Spool(tmp_path / "spool-a")
         a = TicketService(a_store, summariser, spool, timeout_s=5.0)
@@ -211,7 +207,6 @@ async def test_a_live_replica_finishes_a_dead_replicas_call_and_the_returning_sp
         finally:
             await a_store.close()
             await b_store.close()
-            await client.close()
 
 
 # ----- findings of the fault soak (bench/fault_soak.py), each fixed -----
@@ -242,10 +237,8 @@ class CountingNotifier:
 
 @pytest.fixture
 async def summariser() -> AsyncIterator[OpenAITicketSummariser]:
-    async with serve_fake_openai(FakeOpenAIControl()) as base_url:
-        client = openai.AsyncOpenAI(api_key="k", base_url=base_url, max_retries=0)
-        yield OpenAITicketSummariser(client, "m", TICKET_SCHEMA, DEFAULT_TICKET_PROMPT, 5.0)
-        await client.close()
+    async with fake_ticket_model() as model:
+        yield model
 
 
 async def test_a_replica_killed_during_a_database_outage_leaves_its_calls_in_the_spool(
