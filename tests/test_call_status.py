@@ -6,15 +6,11 @@ answered 202 while the database was down, then recorded from Twilio's answer."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from callbot.adapters.store_migrate import upgrade_database
 from callbot.adapters.store_sql import SqlTicketStore
 from callbot.adapters.twilio_rest import TwilioRestCalls
 from callbot.call_status import StatusReconciler
@@ -26,22 +22,14 @@ from callbot.errors import StoreUnavailable
 from callbot.testing.fake_twilio_rest import FakeTwilioRest
 from callbot.testing.serving import serve_app
 from tests.outbound_rig import outbound_rig
-from tests.test_store import BASE, database_url, make_record
+from tests.test_store import BASE, database_url, make_record, store
 
-__all__ = ["database_url"]  # the fixture, re-used
+__all__ = ["database_url", "store"]  # the fixtures, re-used
 
 ACCOUNT = "AC" + "3" * 32
 TOKEN = "status-token"
 STREAM_S, START_S = status_overdue_s(30, 120)
 NOW = BASE + timedelta(hours=1)
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[SqlTicketStore]:
-    await upgrade_database(database_url)
-    store = await SqlTicketStore.open(database_url)
-    yield store
-    await store.close()
 
 
 async def placed(store: SqlTicketStore, sid: str, at: datetime) -> int:

@@ -24,8 +24,6 @@ from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.formparsers import MultiPartException
-from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import VoiceResponse
 
 from callbot.bridge import CallBridge, CallSetup
@@ -46,6 +44,7 @@ from callbot.core.record import CallInfo
 from callbot.errors import CallGone, InvalidCallRequest, StoreUnavailable, TicketNotFound, TwilioRestError
 from callbot.settings import Settings
 from callbot.web.review import BasicAuth
+from callbot.web.twilio_forms import signed_form
 
 if TYPE_CHECKING:
     from callbot.web.services import Services
@@ -273,34 +272,10 @@ async def stream_ended(services: Services, bridge: CallBridge) -> None:
 # ----- Twilio's callbacks -----
 
 
-async def _signed_form(request: Request, path: str) -> dict[str, str] | Response:
-    services: Services = request.app.state.services
-    settings = services.settings
-    try:
-        form = await request.form()
-    except (MultiPartException, ValueError):
-        return Response("malformed form body", status_code=400, media_type="text/plain")
-    params = {key: str(value) for key, value in form.items()}
-    if settings.validate_twilio_signatures:
-        signature = request.headers.get("x-twilio-signature")
-        if not signature or settings.twilio_auth_token is None or not settings.public_url:
-            return _refused(path)
-        url = settings.public_url + path + (("?" + request.url.query) if request.url.query else "")
-        validator = RequestValidator(settings.twilio_auth_token.get_secret_value())
-        if not validator.validate(url, params, signature):
-            return _refused(path)
-    return params
-
-
-def _refused(path: str) -> Response:
-    log.warning("rejecting a %s callback with a bad or missing X-Twilio-Signature", path)
-    return Response("invalid signature", status_code=403, media_type="text/plain")
-
-
 async def status_callback(request: Request) -> Response:
     """Twilio's call progress, for inbound and outbound calls: onto the call's ticket."""
     services: Services = request.app.state.services
-    params = await _signed_form(request, STATUS_PATH)
+    params = await signed_form(request, services.settings, STATUS_PATH, "status callback")
     if isinstance(params, Response):
         return params
     try:
@@ -336,7 +311,7 @@ async def amd_callback(request: Request) -> Response:
     """The asynchronous answering-machine result: talk, leave the voicemail, or hang up."""
     services: Services = request.app.state.services
     settings = services.settings
-    params = await _signed_form(request, AMD_PATH)
+    params = await signed_form(request, settings, AMD_PATH, "AMD callback")
     if isinstance(params, Response):
         return params
     call_sid, answered_by = params.get("CallSid", ""), params.get("AnsweredBy", "")

@@ -12,7 +12,6 @@ import time
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request, Response, WebSocket
-from starlette.formparsers import MultiPartException
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import VoiceResponse
 
@@ -28,6 +27,7 @@ from callbot.errors import StoreUnavailable
 from callbot.settings import Settings
 from callbot.web.calls import outbound_setup, stream_ended, stream_twiml
 from callbot.web.services import Services
+from callbot.web.twilio_forms import signed_form
 
 log = logging.getLogger("callbot.web")
 
@@ -37,16 +37,9 @@ router = APIRouter()
 @router.post("/twilio/voice")
 async def voice(request: Request) -> Response:
     services: Services = request.app.state.services
-    try:
-        form = await request.form()
-    except (MultiPartException, ValueError):
-        # A body that does not parse is not Twilio's (it posts url-encoded forms). Starlette
-        # answers most of these itself; some releases let the parser's ValueError through.
-        return Response("malformed form body", status_code=400, media_type="text/plain")
-    params = {key: str(value) for key, value in form.items()}
-    if not _signature_ok(services.settings, request, params):
-        log.warning("rejecting a voice webhook with a bad or missing X-Twilio-Signature")
-        return Response("invalid signature", status_code=403, media_type="text/plain")
+    params = await signed_form(request, services.settings, "/twilio/voice", "voice webhook")
+    if isinstance(params, Response):
+        return params
     twiml, accepted = _twiml(services, params)
     if accepted:
         await _record_arrival(services, params)
@@ -129,36 +122,13 @@ async def media(ws: WebSocket) -> None:
 async def whisper(request: Request, token: str) -> Response:
     """What the person who answers a transfer hears first: the call's brief (docs/call-control.md §3)."""
     services: Services = request.app.state.services
-    try:
-        form = await request.form()
-    except (MultiPartException, ValueError):
-        return Response("malformed form body", status_code=400, media_type="text/plain")
-    params = {key: str(value) for key, value in form.items()}
-    url = services.settings.require_public_url() + f"/twilio/whisper/{token}"
-    if not _signature_ok(services.settings, request, params, url):
-        log.warning("rejecting a whisper request with a bad or missing X-Twilio-Signature")
-        return Response("invalid signature", status_code=403, media_type="text/plain")
+    params = await signed_form(request, services.settings, f"/twilio/whisper/{token}", "whisper request")
+    if isinstance(params, Response):
+        return params
     brief = services.whispers.get(token) if services.whispers is not None else None
     return Response(
         whisper_twiml(brief or "A caller transferred from the voice assistant."), media_type="text/xml"
     )
-
-
-def _signature_ok(
-    settings: Settings, request: Request, params: dict[str, str], url: str | None = None
-) -> bool:
-    """Validate against the public URL Twilio called, not the one we see behind a proxy
-    (docs/protocols.md §3.2)."""
-    if not settings.validate_twilio_signatures:
-        return True
-    signature = request.headers.get("x-twilio-signature")
-    if not signature or settings.twilio_auth_token is None:
-        return False
-    url = url or settings.voice_webhook_url
-    if request.url.query:
-        url += "?" + request.url.query
-    validator = RequestValidator(settings.twilio_auth_token.get_secret_value())
-    return bool(validator.validate(url, params, signature))
 
 
 def _upgrade_refusal(settings: Settings, signature: str | None) -> str | None:
