@@ -187,6 +187,13 @@ def test_an_amd_callback_keeps_only_twilios_answered_by_values() -> None:
     assert parse_amd_callback({"CallSid": SID}) == (SID, "")
 
 
+def _nested(depth: int) -> dict[str, object]:
+    value: dict[str, object] = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
@@ -194,6 +201,8 @@ def test_an_amd_callback_keeps_only_twilios_answered_by_values() -> None:
         ({"instructions": "\ud800 then"}, "'instructions' holds the character U\\+D800"),
         ({"context": {"order": "44\x0017"}}, "'context' holds the character U\\+0000"),
         ({"context": {"\udfff": 1}}, "'context' holds the character U\\+DFFF"),
+        ({"context": {"items": ["ok", 7, {"k": "a\x00"}]}}, "'context' holds the character U\\+0000"),
+        ({"context": _nested(5000)}, "'context' is not JSON callbot can store"),
         ({"context": '{"k": "\\u0000"}'}, "'context' holds the character U\\+0000"),
         ({"context": '{"n": ' + "9" * 5000 + "}"}, "'context' is not JSON callbot can read"),
         ({"context": "[" * 100_000 + "]" * 100_000}, "'context' is larger than"),
