@@ -9,7 +9,9 @@ What runs: a fresh PostgreSQL database (created here, dropped at the end), two r
 controls, the fake Realtime server and the fake OpenAI HTTP API (in this process, with their
 fault switches), a ticket webhook receiver, and simulated Twilio callers. Calls are spread over
 both replicas; every third call posts its webhook to one replica and opens its media stream on
-the other, as a load balancer may do.
+the other, as a load balancer may do. Alongside, the replicas' six surfaces are fuzzed (voice
+webhook, media websocket, status and AMD callbacks, `POST /api/calls` against a fake Twilio REST
+API, tools against a misbehaving tool server): 12,100 cases by default (--fuzz-* flags).
 
 Faults, each while calls are in flight, at fixed fractions of the calls placed:
   10 %  every open Realtime session dropped (code 1011): the calls reconnect and go on
@@ -58,6 +60,7 @@ from callbot.caller.result import CallResult
 from callbot.caller.simulator import HangUp, Say, Silence, TwilioCaller, WaitForAssistant
 from callbot.testing.fake_openai_http import FakeOpenAIControl, create_fake_openai_app, serve_app
 from callbot.testing.fake_realtime import FakeRealtimeServer, Script
+from callbot.testing.fake_twilio_rest import FakeTwilioRest
 from callbot.testing.speech import synth_speech
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +68,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # with the e2e helpers' token and public URL: the replicas use the same two.
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"
 PUBLIC_URL = "https://bot.example.test"
+ACCOUNT = "AC" + "7" * 32
+FUZZ_ADMIN = ("admin", "fuzz-secret")  # tests/fuzz_callbacks.py's ADMIN
 PG_ADMIN = os.environ.get("CALLBOT_SOAK_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
@@ -242,25 +247,56 @@ class SplitCaller(TwilioCaller):
 
 
 class Fuzzer:
-    """Hypothesis-generated webhook requests and media websocket sessions against the replicas.
+    """Hypothesis-generated cases against the replicas, one thread per surface: the voice
+    webhook, the media websocket, the status and AMD callbacks, the call API and tools.
 
-    The strategies and the per-case checks are the test suite's (tests/test_fuzz_server.py):
-    no 5xx, a signed webhook always gets well-formed TwiML, a bad upgrade signature is refused.
+    The strategies and the per-case checks are the test suite's (tests/test_fuzz_server.py,
+    tests/fuzz_callbacks.py, tests/fuzz_tools.py): no 5xx, a signed webhook always gets
+    well-formed TwiML, a bad signature is refused, a signed callback is refused exactly when it
+    is unusable, a call is placed (on the fake Twilio REST API) exactly when the request is valid,
+    and a fuzzed tool's every output reaches the model and the call goes on.
     Runs on threads (sync clients) while the soak's calls go on; each failed check is recorded
     (not raised), so the soak reports them all. Fuzzed streams that began as real calls must end
     with a final ticket like any other call (the soak's verdict includes them).
     """
 
-    def __init__(self, replicas: list[Replica], webhook_cases: int, media_cases: int) -> None:
+    def __init__(
+        self,
+        replicas: list[Replica],
+        targets: dict[str, int],
+        fake: FakeRealtimeServer | None = None,
+        tool_server: Any = None,
+    ) -> None:
         sys.path.insert(0, str(ROOT))
         self.mod: Any = importlib.import_module("tests.test_fuzz_server")
+        self.cb: Any = importlib.import_module("tests.fuzz_callbacks")
+        self.ft: Any = importlib.import_module("tests.fuzz_tools")
         self.replicas = replicas
-        self.webhook_target = webhook_cases
-        self.media_target = media_cases
+        self.targets = targets
+        self.webhook_target = targets.get("webhook", 0)
+        self.media_target = targets.get("media", 0)
+        self.fake = fake
+        self.tool_server = tool_server
         self.counts: Counter[str] = Counter()
         self.failures: list[str] = []
         self.answered: list[str] = []
         self.stop = threading.Event()
+        self._sessions_seen: set[int] = set()
+
+    def runners(self) -> list[Any]:
+        """One function per surface, each to run on its own thread."""
+        return [
+            self.run_webhooks,
+            self.run_media,
+            self.run_status,
+            self.run_amd,
+            self.run_calls,
+            self.run_tools,
+        ]
+
+    @property
+    def cases(self) -> int:
+        return sum(self.counts[s] for s in SURFACES)
 
     def _base(self, n: int) -> str:
         live = [r for r in self.replicas if r.alive] or self.replicas
@@ -334,6 +370,97 @@ class Fuzzer:
 
         fuzz()
 
+    def _run_http(self, surface: str, cases: Any, send: Any, check: Any, **client: Any) -> None:
+        """A surface fuzzed with plain requests: status and AMD callbacks, the call API."""
+        from hypothesis import HealthCheck, given, settings
+
+        n = iter(range(10**9))
+
+        @settings(max_examples=self.targets.get(surface, 0), deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))  # fmt: skip
+        @given(case=cases)
+        def fuzz(case: Any) -> None:
+            if self.stop.is_set():
+                return
+            with httpx.Client(base_url=self._base(next(n)), timeout=30, trust_env=False, **client) as http:
+                try:
+                    # the database is cut for a while: a status callback is then a 202 (looked up
+                    # later) and a placement a 503 (canceled), neither a 5xx of a legitimate request
+                    check(case, send(http, case), db_up=False)
+                except httpx.TransportError:
+                    self.counts[f"{surface} transport errors (replica restarting)"] += 1
+                except AssertionError as exc:
+                    self.failures.append(f"{surface} {case.label()[:300]}: {str(exc)[:300]}")
+            self.counts[surface] += 1
+
+        if self.targets.get(surface, 0):
+            fuzz()
+
+    def run_status(self) -> None:
+        self._run_http("status", self.cb.status_cases, self.cb.send_callback, self.cb.check_callback_answer)
+
+    def run_amd(self) -> None:
+        self._run_http("amd", self.cb.amd_cases, self.cb.send_callback, self.cb.check_callback_answer)
+
+    def run_calls(self) -> None:
+        self._run_http("calls", self.cb.calls_cases, self.cb.send_calls, self.cb.check_calls_answer)
+
+    def run_tools(self) -> None:
+        """Whole calls whose fake model calls the fuzzed tool with fuzzed arguments while the tool
+        server answers a fuzzed way; each output must reach the model and the call go on."""
+        from hypothesis import HealthCheck, Phase, given, settings
+        from hypothesis import strategies as st
+
+        ft = self.ft
+        per_call = 2
+        calls = -(-self.targets.get("tools", 0) // per_call)
+        if not calls or self.fake is None or self.tool_server is None:
+            return
+        counter = iter(range(1, 10**9))
+
+        @settings(max_examples=calls, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
+                  suppress_health_check=list(HealthCheck))  # fmt: skip
+        @given(arguments=st.lists(ft.argument_texts, min_size=per_call, max_size=per_call), answer=ft.answers)
+        def fuzz(arguments: list[str], answer: Any) -> None:
+            if self.stop.is_set():
+                return
+            assert self.fake is not None
+            k = next(counter)
+            base = self._base(k)
+            replica = next(r for r in self.replicas if r.base_url == base)
+            generation = replica.generation
+            cases = [ft.ToolCase(a, answer) for a in arguments]
+            self.tool_server.answer = answer
+            ft.script_tool_cases(self.fake.script, cases)
+            sid = f"CAfuzztool{k:022d}"
+            caller = TwilioCaller(base, auth_token=AUTH_TOKEN, public_base_url=PUBLIC_URL, call_sid=sid)
+            label = " | ".join(c.label()[:150] for c in cases)
+            try:
+                result = asyncio.run(caller.run(ft.tool_call_steps(per_call)))
+            finally:
+                self.fake.script.function_calls.clear()
+            outputs = ft.function_call_outputs(self.fake, self._sessions_seen)
+            self.counts["tools"] += per_call
+            if replica.generation != generation or not replica.alive:
+                self.counts["tool calls cut by the SIGKILL"] += 1
+                return
+            if result.http_status is None or not result.stream_sid:
+                self.counts["tool calls no replica answered"] += 1
+                return
+            self.answered.append(sid)  # its ticket must end final, as every call's
+            errors = [o for o in outputs if o["output"].startswith('{"error"')]
+            bad = [o for o in errors if not isinstance(json.loads(o["output"]).get("error"), str)]
+            if result.outcome != "completed" or result.violations or bad:
+                self.failures.append(f"tools {label}: {result.summary()[:200]} bad outputs {bad[:2]}")
+            elif len(outputs) < per_call:
+                # a Realtime fault (session dropped or refused) cut the call's model session short
+                self.counts["tool calls that met a Realtime fault"] += 1
+
+        fuzz()
+
+
+SURFACES = ("webhook", "media", "status", "amd", "calls", "tools")
+
 
 def pytest_failed() -> type[BaseException]:
     """`pytest.fail` raises this (the fuzz helpers use it for a check that failed)."""
@@ -361,6 +488,10 @@ class Options:
     seed: int = 19
     fuzz_webhook: int = 8000
     fuzz_media: int = 2000
+    fuzz_status: int = 1000
+    fuzz_amd: int = 500
+    fuzz_calls: int = 500
+    fuzz_tools: int = 100
 
 
 @dataclass
@@ -423,6 +554,7 @@ class Soak:
         self.model = FakeOpenAIControl(keep_requests=10)
         self.sink = WebhookSink()
         self.speech = synth_speech(700, 8000, seed=3)
+        self.tool_server: Any = None
 
     async def run(self) -> Figures:
         opts = self.opts
@@ -437,11 +569,20 @@ class Soak:
         started = time.monotonic()
         replicas: list[Replica] = []
         try:
+            sys.path.insert(0, str(ROOT))
+            ft: Any = importlib.import_module("tests.fuzz_tools")
+            self.fake.script.after_tool = ft.AFTER_TOOL  # the tool fuzzer's calls; no soak call uses tools
+            rest = FakeTwilioRest(account_sid=ACCOUNT, auth_token=AUTH_TOKEN)
             async with (
                 self.fake,
                 serve_app(create_fake_openai_app(self.model)) as openai_url,
                 serve_app(self.sink.app()) as sink_url,
+                serve_app(rest.app) as rest_url,
+                ft.misbehaving_tool_server() as tool_server,
             ):
+                self.tool_server = tool_server
+                tools_file = self.workdir / "fuzz-tools.yaml"
+                tools_file.write_text(ft.tools_yaml(tool_server.base_url))
                 env = {
                     **os.environ,
                     "OPENAI_API_KEY": "fake",
@@ -462,6 +603,16 @@ class Soak:
                     "CALLBOT_LOG_LEVEL": "WARNING",
                     "CALLBOT_MAX_CONCURRENT_CALLS": "500",
                     "CALLBOT_MAX_MESSAGE_BYTES": "16384",  # the fuzz strategies' oversize frames
+                    # POST /api/calls (fuzzed) places its calls on the fake Twilio REST API, which
+                    # the AMD callbacks' voicemail and hang-up updates reach too
+                    "TWILIO_ACCOUNT_SID": ACCOUNT,
+                    "CALLBOT_TWILIO_API_URL": rest_url,
+                    "CALLBOT_OUTBOUND_FROM_NUMBER": "+15550001111",
+                    "CALLBOT_VOICEMAIL_MESSAGE": "Hello, this is Acme calling. Please call us back.",
+                    "CALLBOT_ADMIN_USER": FUZZ_ADMIN[0],
+                    "CALLBOT_ADMIN_PASSWORD": FUZZ_ADMIN[1],
+                    # the tool fuzzer's function calls go to its misbehaving tool server
+                    "CALLBOT_TOOLS_FILE": str(tools_file),
                 }
                 replicas = [Replica(n, env, self.workdir / f"spool-{n}", self.workdir) for n in ("a", "b")]
                 await asyncio.gather(*(r.start() for r in replicas))
@@ -546,11 +697,16 @@ class Soak:
         fault_tasks: list[asyncio.Task[None]] = []
         tasks: list[asyncio.Task[None]] = []
         last_report = time.monotonic()
-        self.fuzzer = Fuzzer(replicas, opts.fuzz_webhook, opts.fuzz_media)
-        fuzzing = [
-            asyncio.create_task(asyncio.to_thread(self.fuzzer.run_webhooks)),
-            asyncio.create_task(asyncio.to_thread(self.fuzzer.run_media)),
-        ]
+        targets = {
+            "webhook": opts.fuzz_webhook,
+            "media": opts.fuzz_media,
+            "status": opts.fuzz_status,
+            "amd": opts.fuzz_amd,
+            "calls": opts.fuzz_calls,
+            "tools": opts.fuzz_tools,
+        }
+        self.fuzzer = Fuzzer(replicas, targets, fake=self.fake, tool_server=self.tool_server)
+        fuzzing = [asyncio.create_task(asyncio.to_thread(run)) for run in self.fuzzer.runners()]
 
         async def guarded(n: int) -> None:
             try:
@@ -586,8 +742,8 @@ class Soak:
         self.figures.replicas_healthy_at_end = all(a.status_code == 200 for a in answers)
 
     def _fuzz_progress(self) -> str:
-        c = self.fuzzer.counts
-        return f"{c['webhook']}/{self.opts.fuzz_webhook} webhook, {c['media']}/{self.opts.fuzz_media} media"
+        c, t = self.fuzzer.counts, self.fuzzer.targets
+        return ", ".join(f"{c[s]}/{t.get(s, 0)} {s}" for s in SURFACES)
 
     # ----- faults -----
 
@@ -690,7 +846,7 @@ class Soak:
             if (r := results.get(sid)) is not None and r.closed_by == "caller" and r.outcome == "completed"
         )
         fuzz = self.fuzzer
-        fig.fuzz_cases = fuzz.counts["webhook"] + fuzz.counts["media"]
+        fig.fuzz_cases = fuzz.cases
         fig.fuzz_failures = len(fuzz.failures)
         fig.fuzz_failure_samples = fuzz.failures[:10]
         fig.fuzz_notes = dict(fuzz.counts)
@@ -763,7 +919,10 @@ def table(fig: Figures) -> str:
             f"(the {fig.calls_in_final_measure} calls begun by then)",
         ),
         ("every ticket final at the end", "yes" if fig.all_final else "NO"),
-        ("fuzz cases (webhook + media websocket) / failed checks", f"{fig.fuzz_cases} / {fig.fuzz_failures}"),
+        (
+            "fuzz cases (webhook, media websocket, status, AMD, call API, tools) / failed checks",
+            f"{fig.fuzz_cases} / {fig.fuzz_failures}",
+        ),
         (
             "fuzzed streams that began as real calls / without a final ticket",
             f"{fig.fuzz_answered_calls} / {fig.fuzz_answered_unfinished}",
@@ -792,6 +951,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--fuzz-webhook", type=int, default=d.fuzz_webhook, help="webhook fuzz cases")
     p.add_argument("--fuzz-media", type=int, default=d.fuzz_media, help="media websocket fuzz cases")
+    p.add_argument("--fuzz-status", type=int, default=d.fuzz_status, help="status callback fuzz cases")
+    p.add_argument("--fuzz-amd", type=int, default=d.fuzz_amd, help="AMD callback fuzz cases")
+    p.add_argument("--fuzz-calls", type=int, default=d.fuzz_calls, help="POST /api/calls fuzz cases")
+    p.add_argument(
+        "--fuzz-tools",
+        type=int,
+        default=d.fuzz_tools,
+        help="tool fuzz cases (2 function calls per fuzzed call)",
+    )
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--keep-logs", type=Path, help="keep the replicas' logs in this directory")
     args = p.parse_args(argv)

@@ -23,6 +23,7 @@ from callbot.core.call_lifecycle import (
     machine_detection,
     merge_status,
     outbound_agent,
+    parse_amd_callback,
     parse_status_callback,
     status_overdue_s,
     streamless_after_s,
@@ -164,11 +165,57 @@ def test_a_callback_parses_with_its_numbers() -> None:
         ({"CallSid": ""}, "CallSid"),
         ({"SequenceNumber": "9" * 30}, "SequenceNumber"),
         ({"CallDuration": "\uff11"}, "CallDuration"),
+        ({"From": "+1555\x00"}, "From"),  # PostgreSQL keeps no NUL (a 202 "database down" before)
+        ({"To": "a\x00b"}, "To"),
     ],
 )
 def test_a_callback_with_a_field_no_ticket_could_hold_is_refused(fields: dict[str, str], bad: str) -> None:
     with pytest.raises(InvalidCallRequest, match=bad):
         parse_status_callback({"CallSid": SID, "CallStatus": "completed", **fields})
+
+
+@pytest.mark.parametrize("call_sid", ["", "CA" + "1" * 70, "CA/../x", "CA?x=1", "CA\x00", "Z" * 65])
+def test_an_amd_callback_without_a_twilio_call_sid_is_refused(call_sid: str) -> None:
+    """The sid goes into a REST URL and a ticket query: it was taken as it came (fuzzer)."""
+    with pytest.raises(InvalidCallRequest, match="CallSid"):
+        parse_amd_callback({"CallSid": call_sid, "AnsweredBy": "machine_end_beep"})
+
+
+def test_an_amd_callback_keeps_only_twilios_answered_by_values() -> None:
+    assert parse_amd_callback({"CallSid": SID, "AnsweredBy": "machine_end_beep"}) == (SID, "machine_end_beep")
+    assert parse_amd_callback({"CallSid": SID, "AnsweredBy": "robot\x00"}) == (SID, "")
+    assert parse_amd_callback({"CallSid": SID}) == (SID, "")
+
+
+def _nested(depth: int) -> dict[str, object]:
+    value: dict[str, object] = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"instructions": "Say hi\x00"}, "'instructions' holds the character U\\+0000"),
+        ({"instructions": "\ud800 then"}, "'instructions' holds the character U\\+D800"),
+        ({"context": {"order": "44\x0017"}}, "'context' holds the character U\\+0000"),
+        ({"context": {"\udfff": 1}}, "'context' holds the character U\\+DFFF"),
+        ({"context": {"items": ["ok", 7, {"k": "a\x00"}]}}, "'context' holds the character U\\+0000"),
+        ({"context": _nested(5000)}, "'context' is not JSON callbot can store"),
+        ({"context": '{"k": "\\u0000"}'}, "'context' holds the character U\\+0000"),
+        ({"context": '{"n": ' + "9" * 5000 + "}"}, "'context' is not JSON callbot can read"),
+        ({"context": "[" * 100_000 + "]" * 100_000}, "'context' is larger than"),
+        ({"context": '{"a":' * 1200 + "1" + "}" * 1200}, "'context' is not JSON callbot can read"),
+    ],
+)
+def test_a_call_request_with_text_no_ticket_could_keep_is_refused(
+    fields: dict[str, object], message: str
+) -> None:
+    """NUL and lone surrogates were a 503 (PostgreSQL refused the placement's row, after the call
+    was placed: it was then canceled), too long a number or too deep a nesting a 500 (fuzzer)."""
+    with pytest.raises(InvalidCallRequest, match=message):
+        call_request("+15551234567", **fields)  # type: ignore[arg-type]
 
 
 def test_a_callbacks_numbers_are_cut_to_what_a_ticket_keeps() -> None:

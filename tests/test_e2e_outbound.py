@@ -162,6 +162,29 @@ async def test_bad_requests_place_no_call(tmp_path: Path) -> None:
     assert placed == []
 
 
+async def test_bodies_python_cannot_read_and_unstorable_text_are_400s_that_place_no_call(
+    tmp_path: Path,
+) -> None:
+    """Found by the call API fuzzer: a number of more than 4,300 digits and nesting deeper than the
+    recursion limit were 500s, a NUL in the instructions a 503 after the call had been placed."""
+    bodies = [
+        b'{"to": ' + b"9" * 5000 + b"}",
+        b'{"to": "+15551230001", "context": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+        b'{"to": "+15551230001", "instructions": "\\u0000"}',
+        b'{"to": "+15551230001", "instructions": "\\ud800"}',
+        b'{"to": "+15551230001", "context": {"k": "\\u0000"}}',
+    ]
+    async with outbound_rig(tmp_path) as rig:
+        answers = [
+            await rig.http.post("/api/calls", content=body, headers={"content-type": "application/json"})
+            for body in bodies
+        ]
+        placed = rig.rest.requests
+    assert [a.status_code for a in answers] == [400] * len(bodies), [a.text[:200] for a in answers]
+    assert all(a.json()["error"] for a in answers)
+    assert placed == []
+
+
 async def test_a_server_without_twilio_credentials_says_which_are_missing(tmp_path: Path) -> None:
     async with outbound_rig(tmp_path, twilio_account_sid=None, outbound_from_number=None) as rig:
         reply = await rig.place(HUMAN)

@@ -2,9 +2,10 @@
 
 Two real `callbot serve` replicas on a fresh PostgreSQL database (behind the soak's TCP proxy),
 the Realtime sessions dropped and refused, the ticket model failing and slow, the database link
-cut, the webhook failing, replica "a" SIGKILLed and restarted, and the webhook and media
-websocket fuzzed alongside. Every call whose stream started must end with exactly one complete
-ticket, and no fuzz case may get a 5xx or break a check.
+cut, the webhook failing, replica "a" SIGKILLed and restarted, and the webhook, media
+websocket, status and AMD callbacks, call API and tools fuzzed alongside. Every call whose
+stream started must end with exactly one complete ticket, and no fuzz case may get a 5xx or
+break a check.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def test_the_short_fault_soak_loses_and_duplicates_nothing(tmp_path: Path) -> No
     out = tmp_path / "soak.json"
     argv = ["--calls", "40", "--concurrency", "8", "--lease-s", "4", "--db-cut-s", "6", "--slow-s", "4"]
     argv += ["--webhook-fail-s", "4", "--fuzz-webhook", "150", "--fuzz-media", "50", "--json", str(out)]
+    argv += ["--fuzz-status", "60", "--fuzz-amd", "30", "--fuzz-calls", "30", "--fuzz-tools", "4"]
     argv += ["--final-timeout-s", "90"]
     code = fault_soak.main(argv)
     fig = json.loads(out.read_text())
@@ -54,6 +56,8 @@ def test_the_short_fault_soak_loses_and_duplicates_nothing(tmp_path: Path) -> No
     assert fig["continued_after_realtime_fault"] >= 1, brief
     assert fig["split_calls"] >= 10, brief
     assert len(fig["faults"]) == 7, brief
-    assert fig["fuzz_cases"] == 200 and fig["fuzz_failures"] == 0, brief
+    assert fig["fuzz_cases"] == 150 + 50 + 60 + 30 + 30 + 4 and fig["fuzz_failures"] == 0, fig["fuzz_notes"]
+    notes = fig["fuzz_notes"]
+    assert (notes["status"], notes["amd"], notes["calls"], notes["tools"]) == (60, 30, 30, 4), notes
     assert fig["fuzz_answered_unfinished"] == 0 and fig["replicas_healthy_at_end"], brief
     assert fig["all_final"] and fig["seconds_to_final_after_last_fault"] < 60, brief

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import contextlib
 import json
 import logging
 import os
@@ -26,8 +27,7 @@ import re
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections import Counter
-from collections.abc import Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,22 +52,20 @@ from callbot.testing.fake_realtime import FakeRealtimeServer, Script
 from callbot.testing.serving import serve_app
 from callbot.web.app import Services, create_app
 from tests.e2e_helpers import AUTH_TOKEN, PUBLIC_URL, make_settings, speech
+from tests.fuzz_counts import CASES, KINDS, report
 
 T = TypeVar("T")
 # Huge generated strings are the point here; hypothesis only warns that printing them is costly.
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
 
 MAX_MESSAGE_BYTES = 16_384  # small, so "oversized" frames stay cheap to generate
-MEDIA_EXAMPLES = int(os.environ.get("CALLBOT_FUZZ_MEDIA_EXAMPLES", "400"))
-WEBHOOK_EXAMPLES = int(os.environ.get("CALLBOT_FUZZ_WEBHOOK_EXAMPLES", "600"))
+MEDIA_EXAMPLES = int(os.environ.get("CALLBOT_FUZZ_MEDIA_EXAMPLES", "200"))
+WEBHOOK_EXAMPLES = int(os.environ.get("CALLBOT_FUZZ_WEBHOOK_EXAMPLES", "400"))
 LEGIT_TEXTS = ["Hello there.", "Fine, thanks.", "Glad to hear it."]
 # The server under test logs through these; `websockets` is left out because only the fake
 # Realtime server uses that library's server (it logs a handshake the bridge abandoned when a
 # call ended while its Realtime connection was still opening: the fake's noise, not the app's).
 WATCHED_LOGGERS = ("callbot", "uvicorn", "starlette", "fastapi", "asyncio", "sqlalchemy", "openai", "httpx")
-
-CASES: Counter[str] = Counter()  # how many generated cases each fuzzer ran
-KINDS: Counter[str] = Counter()  # what they were: openings, signatures, HTTP answers
 
 
 # ----------------------------------------------------------------------------- the server
@@ -100,8 +98,22 @@ class ErrorLog(logging.Handler):
 class ServerThread:
     """The real app and its fakes, served from a thread with its own event loop."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        script: Script | None = None,
+        fakes: Callable[[contextlib.AsyncExitStack], Awaitable[dict[str, Any]]] | None = None,
+        **overrides: Any,
+    ) -> None:
+        """`fakes` starts more fakes on the server's loop (a fake Twilio REST API, a tool server)
+        and returns the settings that point the app at them; `overrides` are more settings."""
         self.workdir = workdir
+        self.script = script or Script(
+            greeting=LEGIT_TEXTS[0], user_transcripts=[LEGIT_TEXTS[1]], replies=[LEGIT_TEXTS[2]]
+        )
+        self.fakes = fakes
+        self.overrides = overrides
         self.ready = threading.Event()
         self.failure: BaseException | None = None
         self.thread = threading.Thread(target=self._thread_main, name="fuzz-server", daemon=True)
@@ -130,18 +142,21 @@ class ServerThread:
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        script = Script(greeting=LEGIT_TEXTS[0], user_transcripts=[LEGIT_TEXTS[1]], replies=[LEGIT_TEXTS[2]])
-        async with FakeRealtimeServer(script) as fake, serve_fake_openai() as openai_url:
-            self.settings = make_settings(
-                openai_base_url=openai_url,
-                database_url=f"sqlite+aiosqlite:///{self.workdir}/fuzz.db",
-                spool_dir=self.workdir / "spool",
-                max_message_bytes=MAX_MESSAGE_BYTES,
-                session_ready_timeout_s=5,
+        async with contextlib.AsyncExitStack() as stack:
+            fake = await stack.enter_async_context(FakeRealtimeServer(self.script))
+            openai_url = await stack.enter_async_context(serve_fake_openai())
+            extra = await self.fakes(stack) if self.fakes is not None else {}
+            values: dict[str, Any] = {
+                "openai_base_url": openai_url,
+                "database_url": f"sqlite+aiosqlite:///{self.workdir}/fuzz.db",
+                "spool_dir": self.workdir / "spool",
+                "max_message_bytes": MAX_MESSAGE_BYTES,
+                "session_ready_timeout_s": 5,
                 # the legitimate calls all come from one number and are checked word for word: a
                 # returning caller's memory would change their greeting (tests/test_e2e_memory.py)
-                memory_enabled=False,
-            )
+                "memory_enabled": False,
+            }
+            self.settings = make_settings(**{**values, **extra, **self.overrides})
             connector = OpenAIRealtimeConnector(
                 AsyncOpenAI(api_key="fake", base_url=fake.base_url), self.settings.model
             )
@@ -221,9 +236,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
         yield srv
     finally:
         srv.stop()
-        print(f"\nfuzz cases run: {dict(CASES)} (total {sum(CASES.values())})")
-        for kind, count in sorted(KINDS.items()):
-            print(f"  {count:4d}  {kind}")
+        report(("media", "webhook"))
 
 
 @pytest.fixture

@@ -415,6 +415,38 @@ async def test_concurrent_upgrades_from_several_processes_agree(database_url: st
     assert await current_revision(database_url) == "0006"
 
 
+async def test_a_record_with_nul_and_lone_surrogates_in_its_text_is_saved(store: SqlTicketStore) -> None:
+    """A model's function call arguments (or a transcript) may hold NUL, which PostgreSQL keeps in
+    no text or JSON, or a lone surrogate, which has no UTF-8: the ticket is saved with U+FFFD in
+    their place instead of failing as "database unavailable" forever (found by the tool fuzzer)."""
+    calls = (
+        ToolCallEvent(
+            call_id="call_\x00",
+            item_id="item_1",
+            name="lookup_order",
+            arguments='{"order_number": "44\x0017 \ud800"}',
+            output=None,
+            error="lookup_order answered HTTP 500: \x00",
+            outcome="error",
+            started_ms=4200,
+            ended_ms=4650,
+        ),
+    )
+    record = replace(
+        make_record("CANUL", lines=("Hello \x00 there", "\udfff")),
+        tool_calls=calls,
+        end_reason="caller hung up \x00",
+    )
+    ticket_id = await store.upsert_call(record, TicketStatus.PENDING_SUMMARY)
+    view = await store.get(ticket_id)
+    assert view is not None
+    (call,) = view.tool_calls
+    assert call.arguments == '{"order_number": "44\ufffd17 \ufffd"}'
+    assert call.error == "lookup_order answered HTTP 500: \ufffd" and call.call_id == "call_\ufffd"
+    assert [e.text for e in view.transcript] == ["Hello \ufffd there", "\ufffd"]
+    assert view.end_reason == "caller hung up \ufffd"
+
+
 async def test_tool_calls_round_trip_and_a_transferred_call_ends_transferred(store: SqlTicketStore) -> None:
     calls = (
         ToolCallEvent(

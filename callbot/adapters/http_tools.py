@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from typing import Any
 
 import httpx
@@ -35,10 +36,19 @@ class HttpToolRunner:
     async def run(self, tool: HttpTool, arguments: str) -> str:
         try:
             args = json.loads(arguments or "{}")
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nesting too deep to read
             raise ToolFailed(f"the arguments for {tool.name} are not valid JSON") from exc
         if not isinstance(args, dict):
             raise ToolFailed(f"the arguments for {tool.name} must be a JSON object")
+        try:
+            json.dumps(args, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            # a lone surrogate ("\ud800" in the model's JSON) has no UTF-8: nothing could send it
+            raise ToolFailed(
+                f"the arguments for {tool.name} hold text that is not valid Unicode (a lone surrogate)"
+            ) from exc
+        except (ValueError, RecursionError) as exc:  # 1e999 or NaN: JSON has no such number
+            raise ToolFailed(f"the arguments for {tool.name} hold a number JSON cannot carry") from exc
         try:
             async with asyncio.timeout(tool.timeout_s):
                 response = await self._send(tool, args)
@@ -48,14 +58,24 @@ class HttpToolRunner:
             ) from exc
         except httpx.HTTPError as exc:
             raise ToolFailed(f"{tool.name} could not be reached ({type(exc).__name__})") from exc
+        except httpx.InvalidURL as exc:  # a GET whose arguments make too long a query
+            raise ToolFailed(f"the arguments for {tool.name} do not fit in its URL ({exc})") from exc
         if not 200 <= response.status_code < 300:
-            body = response.text[:200].strip()
+            body = _printable(_text(response)[:200]).strip()
             raise ToolFailed(f"{tool.name} answered HTTP {response.status_code}: {body}")
         try:
-            answer = response.json()
-        except ValueError as exc:
+            answer = json.loads(response.content)
+        except (ValueError, RecursionError) as exc:
+            # not JSON, not in a Unicode encoding, a number too long for int(), nesting too deep
             raise ToolFailed(f"{tool.name} answered something that is not JSON") from exc
-        text = json.dumps(answer, ensure_ascii=False, separators=(",", ":"))
+        try:
+            text = json.dumps(answer, ensure_ascii=False, separators=(",", ":"))
+            if _UNSAFE.search(text):
+                # NUL (PostgreSQL keeps none in a ticket) or a lone surrogate (no UTF-8 for the
+                # model): as JSON escapes instead, which say the same
+                text = json.dumps(answer, separators=(",", ":"))
+        except (ValueError, RecursionError) as exc:
+            raise ToolFailed(f"{tool.name} answered JSON nested too deeply to pass on") from exc
         if len(text) > MAX_OUTPUT_CHARS:
             log.warning("tool %s answered %d characters; cut to %d", tool.name, len(text), MAX_OUTPUT_CHARS)
             text = text[:MAX_OUTPUT_CHARS]
@@ -72,3 +92,19 @@ class HttpToolRunner:
     async def aclose(self) -> None:
         if self._owns_client:
             await self._client.aclose()
+
+
+_UNSAFE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _text(response: httpx.Response) -> str:
+    """The body as text in its declared charset, else as UTF-8 with replacements."""
+    try:
+        return response.text
+    except (LookupError, ValueError):  # a charset Python does not know, or bytes it cannot decode
+        return response.content.decode("utf-8", "replace")
+
+
+def _printable(text: str) -> str:
+    """For a message the model reads and a ticket keeps: no NUL, no lone surrogate, no controls."""
+    return "".join(c if c.isprintable() and not _UNSAFE.match(c) else "\ufffd" for c in text)

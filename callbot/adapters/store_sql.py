@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -802,7 +803,27 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 # ----- row mapping -----
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _storable(value: Any) -> Any:
+    """`value` with NUL and lone surrogates in its text as U+FFFD: PostgreSQL keeps NUL in no text
+    or JSON, and a surrogate has no UTF-8 (a model's function call arguments, a tool's error or a
+    transcript may hold either); without this such a ticket could never be saved."""
+    if isinstance(value, str):
+        return _UNSTORABLE.sub("\ufffd", value) if _UNSTORABLE.search(value) else value
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    return value
+
+
 def _record_values(record: CallRecord) -> dict[str, Any]:
+    return {key: _storable(value) for key, value in _raw_record_values(record).items()}
+
+
+def _raw_record_values(record: CallRecord) -> dict[str, Any]:
     info, usage = record.info, record.usage
     return {
         "call_sid": info.call_sid,

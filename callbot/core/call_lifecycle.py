@@ -137,22 +137,58 @@ def call_request(
         raise InvalidCallRequest("'instructions' must be text")
     if len(instructions) > MAX_INSTRUCTIONS_CHARS:
         raise InvalidCallRequest(f"'instructions' is longer than {MAX_INSTRUCTIONS_CHARS} characters")
+    _check_storable(instructions, "'instructions'")
     return CallRequest(number, sender, instructions.strip(), _context(context))
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _check_storable(text: str, what: str) -> None:
+    """A NUL or a lone surrogate cannot be stored (PostgreSQL refuses NUL in text and JSON; a
+    surrogate has no UTF-8) nor sent to the model: the request is refused, naming the field."""
+    found = _UNSTORABLE.search(text)
+    if found is not None:
+        raise InvalidCallRequest(
+            f"{what} holds the character U+{ord(found.group()):04X} (a NUL or a lone surrogate), "
+            "which cannot be stored"
+        )
 
 
 def _context(context: object) -> Mapping[str, Any] | None:
     if context is None or context == "":
         return None
     if isinstance(context, str):
+        if len(context) > 4 * MAX_CONTEXT_CHARS:
+            raise InvalidCallRequest(f"'context' is larger than {MAX_CONTEXT_CHARS} characters of JSON")
         try:
             context = json.loads(context)
         except json.JSONDecodeError as exc:
             raise InvalidCallRequest(f"'context' is not valid JSON: {exc.msg} at column {exc.colno}") from exc
+        except (ValueError, RecursionError) as exc:  # a number too long for int(), nesting too deep
+            raise InvalidCallRequest(f"'context' is not JSON callbot can read: {str(exc)[:80]}") from exc
     if not isinstance(context, dict):
         raise InvalidCallRequest('\'context\' must be a JSON object, e.g. {"order": "4417"}')
-    if len(json.dumps(context)) > MAX_CONTEXT_CHARS:
+    try:
+        size = len(json.dumps(context))
+    except (ValueError, RecursionError) as exc:
+        raise InvalidCallRequest(f"'context' is not JSON callbot can store: {str(exc)[:80]}") from exc
+    if size > MAX_CONTEXT_CHARS:
         raise InvalidCallRequest(f"'context' is larger than {MAX_CONTEXT_CHARS} characters of JSON")
+    for text in _strings(context):
+        _check_storable(text, "'context'")
     return context
+
+
+def _strings(value: object) -> list[str]:
+    """Every key and string in a JSON value (small: it passed the size check)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
 
 
 def outbound_agent(agent: AgentConfig, instructions: str, context: Mapping[str, Any] | None) -> AgentConfig:
@@ -247,7 +283,8 @@ def _optional_int(value: str | None, name: str) -> int | None:
 
 def parse_status_callback(params: Mapping[str, str]) -> StatusUpdate:
     """Twilio's form fields as a `StatusUpdate`; InvalidCallRequest for a callback without a call
-    or with a number field that is not a count. Numbers are cut to the 64 characters a ticket keeps."""
+    or with a number field that is not a count, or a From/To holding a NUL (PostgreSQL refuses it in
+    text). Numbers are cut to the 64 characters a ticket keeps."""
     call_sid = params.get("CallSid", "")
     status = params.get("CallStatus", "")
     if not _CALL_SID.fullmatch(call_sid) or status not in CALL_STATUSES:
@@ -256,16 +293,30 @@ def parse_status_callback(params: Mapping[str, str]) -> StatusUpdate:
         )
     answered_by = params.get("AnsweredBy") or None
     direction = "outbound" if params.get("Direction", "").startswith("outbound") else "inbound"
+    from_number, to_number = params.get("From", "")[:64], params.get("To", "")[:64]
+    _check_storable(from_number, "status callback field From")
+    _check_storable(to_number, "status callback field To")
     return StatusUpdate(
         call_sid=call_sid,
         status=status,
         sequence=_optional_int(params.get("SequenceNumber"), "SequenceNumber"),
         duration_s=_optional_int(params.get("CallDuration"), "CallDuration"),
         answered_by=answered_by if answered_by in ANSWERED_BY else None,
-        from_number=params.get("From", "")[:64],
-        to_number=params.get("To", "")[:64],
+        from_number=from_number,
+        to_number=to_number,
         direction=direction,
     )
+
+
+def parse_amd_callback(params: Mapping[str, str]) -> tuple[str, str]:
+    """The asynchronous AMD callback's call sid and `AnsweredBy` (empty when it is not one of
+    Twilio's values, which `amd_action` treats as a person); InvalidCallRequest for a callback
+    without a valid CallSid (letters and digits, at most 64: it goes into a REST URL and a query)."""
+    call_sid = params.get("CallSid", "")
+    if not _CALL_SID.fullmatch(call_sid):
+        raise InvalidCallRequest(f"AMD callback without a valid CallSid: {call_sid[:20]!r}")
+    answered_by = params.get("AnsweredBy", "")
+    return call_sid, answered_by if answered_by in ANSWERED_BY else ""
 
 
 @dataclass(frozen=True, slots=True)

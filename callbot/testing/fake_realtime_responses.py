@@ -386,7 +386,8 @@ class Responder:
         A cut-short response's call item ends `incomplete` (unless the script makes it say
         `completed` anyway); either way only `response.done`'s status says whether it counts."""
         assert resp.call is not None
-        arguments = json.dumps(resp.call.arguments)
+        raw = resp.call.raw_arguments
+        arguments = raw if raw is not None else json.dumps(resp.call.arguments)
         complete = status == "completed" or self.core.script.cancelled_calls_complete
         data: dict[str, Any] = {
             "id": self.core.new_id("item"),

@@ -38,6 +38,9 @@ class ScriptedCall:
     arguments: dict[str, Any] = field(default_factory=dict)
     say: str = ""
     """Speech in the same response, before the call ("Let me look that up.")."""
+    raw_arguments: str | None = None
+    """Sent as the call's `arguments` text instead of `arguments` as JSON: a model's malformed or
+    adversarial arguments (not JSON, not an object, lone surrogates, deep nesting)."""
 
 
 @dataclass

@@ -37,6 +37,7 @@ from callbot.core.call_lifecycle import (
     call_request,
     machine_detection,
     outbound_agent,
+    parse_amd_callback,
     parse_status_callback,
     placement_subject,
 )
@@ -119,7 +120,9 @@ async def place_call(request: Request) -> Response:
     services: Services = request.app.state.services
     try:
         body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
+        # not JSON, not UTF-8, or JSON Python cannot hold (a number of more than 4,300 digits,
+        # nesting deeper than the recursion limit): a 400 like any other body that is not an object
         return _error(400, 'the body must be a JSON object: {"to": "+15551234567", ...}')
     if not isinstance(body, dict):
         return _error(400, 'the body must be a JSON object: {"to": "+15551234567", ...}')
@@ -314,9 +317,10 @@ async def amd_callback(request: Request) -> Response:
     params = await signed_form(request, settings, AMD_PATH, "AMD callback")
     if isinstance(params, Response):
         return params
-    call_sid, answered_by = params.get("CallSid", ""), params.get("AnsweredBy", "")
-    if not call_sid:
-        return Response("AMD callback without CallSid", status_code=400, media_type="text/plain")
+    try:
+        call_sid, answered_by = parse_amd_callback(params)
+    except InvalidCallRequest as exc:
+        return Response(str(exc), status_code=400, media_type="text/plain")
     action = amd_action(answered_by, settings.machine_policy, settings.voicemail_message)
     log.info("call %s: answered by %s -> %s", call_sid, answered_by or "?", action)
     await _record_amd(services, call_sid, answered_by, voicemail_left=False)  # before acting on it
