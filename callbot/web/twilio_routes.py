@@ -46,9 +46,11 @@ async def voice(request: Request) -> Response:
     return Response(twiml, media_type="text/xml")
 
 
-ARRIVAL_WAIT_S = 0.5
-"""How long the webhook's answer waits for the call's first ticket write; a slower database
-gets it in the background (and the stream's own first save follows)."""
+ARRIVAL_WAIT_S = 2.0
+"""How long the webhook's answer waits for the call's first ticket write (it takes milliseconds
+on a healthy database; Twilio waits 15 s for the answer). A slower database gets it in the
+background and the stream's own first save follows, but a replica killed meanwhile then leaves
+no ticket: the soak lost calls begun on a loaded machine with 0.5 s here."""
 _arrivals: set[asyncio.Task[int]] = set()
 
 
