@@ -234,7 +234,7 @@ def _describe_stats(stats: CallStats) -> str:
         f"{secs(stats.longest_duration_s)} longest",
         f"Status: {mix(stats.status_mix)}",
         f"Category: {mix(stats.category_mix)}",
-        f"Ended: {mix(stats.end_reason_mix)}",
+        f"Outcome: {mix(stats.outcome_mix)}",
         f"Open follow-ups: {stats.open_follow_ups}",
         f"Cost: ${stats.total_cost_usd:.4f} total, {average_cost} average "
         f"({stats.priced_calls} priced calls)",

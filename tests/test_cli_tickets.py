@@ -319,8 +319,13 @@ def test_stats_prints_the_dashboards_figures(
     assert f"Cost: ${total:.4f} total" in result.out
     assert "Open follow-ups: 1" in result.out and "Summary failures: 1 failed attempts" in result.out
     assert "  2026-12-01     3 ###" in result.out
+    # by the tickets' outcomes (the third call's final status never came), not their end reasons
+    assert "Outcome: talked 1, transferred 1, unknown 1" in result.out
+    assert "Status: complete 1, transferred 1, pending_summary 1" in result.out
     data = json.loads(run(capsys, "tickets", "stats", "--json").out)
     assert data["calls"] == 3 and data["total_cost_usd"] == pytest.approx(total)
+    assert data["outcome_mix"] == {"talked": 1, "transferred": 1, "unknown": 1}
+    assert data["category_mix"] == {"billing": 1, "technical": 1, "uncategorised": 1}
     assert data["tokens_saved"] == sum(call_cost(r, table).tokens_saved for r in long_calls)
     assert json.loads(run(capsys, "tickets", "stats", "--json", "--since", "2027-01-01").out)["calls"] == 0
     assert run(capsys, "tickets", "stats", "--since", "nope").code == 2

@@ -5,8 +5,11 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 
+import pytest
+
 from callbot.core.charts import Mark, Point, bar_chart_svg, call_marks, call_points, context_chart_svg
 from callbot.core.record import CallInfo, CallRecord, ResponseUsage, SummaryEvent, TranscriptEntry
+from tests.pictures_helpers import long_call
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -110,3 +113,47 @@ def test_a_barge_in_without_speech_times_is_marked_when_the_turn_ended_or_arrive
     root = parse(svg)
     assert root.find(f".//{SVG}circle[@class='before']") is not None
     assert root.find(f".//{SVG}circle[@class='after']") is None
+
+
+@pytest.mark.parametrize("turns", [6, 9, 15, 21])
+def test_the_long_call_fixtures_summary_marks_sit_on_the_plotted_line(turns: int) -> None:
+    """The pictures' fixture (tests/pictures_helpers.long_call) is a record a real call could have
+    left: a summary's size before is the context when it was requested, the total of the
+    response that triggered it (plan_summary's `conv.context_tokens`, tests/test_summary_policy.py
+    checks 1,200 for a response of 1,140 in + 60 out), so it sits on the plotted input line at that
+    response, above it by that response's output only; its size after is the first response after
+    it, likewise. (It was once 3,000 tokens above the line for the second summary.)"""
+    record = long_call("CA1", datetime(2026, 12, 1, tzinfo=UTC), turns=turns)
+    points = call_points(record.response_usage)
+    by_time = {u.at_ms: u for u in record.response_usage}
+    summary_marks = [m for m in call_marks(record) if m.kind == "summary"]
+    assert len(summary_marks) == 2
+    for mark in summary_marks:
+        line = [p for p in points if p.at_ms <= mark.at_ms][-1]  # the line's level at the mark
+        after = next(p for p in points if p.at_ms > mark.at_ms)
+        assert mark.tokens_before == line.input_tokens + by_time[line.at_ms].output_tokens
+        assert 0 <= (mark.tokens_before or 0) - line.input_tokens <= 120
+        assert mark.tokens_after == after.input_tokens + by_time[after.at_ms].output_tokens
+        assert (mark.tokens_after or 0) < (mark.tokens_before or 0)  # the summary cut the context
+    # drawn: each summary's "before" dot within 3 px of the line's point for that response (its
+    # 120 output tokens; the old 3,000-token gap was some 60 px on this chart)
+    root = parse(context_chart_svg(points, call_marks(record), 5000, duration_ms=turns * 10_000))
+    cy = {int(c.get("data-at-ms") or -1): float(c.get("cy") or 0) for c in root.iter(f"{SVG}circle")}
+    for mark, g in zip(
+        summary_marks, [g for g in root.iter(f"{SVG}g") if g.get("data-kind") == "summary"], strict=True
+    ):
+        before = next(c for c in g.iter(f"{SVG}circle") if c.get("class") == "before")
+        line = [p for p in points if p.at_ms <= mark.at_ms][-1]
+        assert abs(float(before.get("cy") or 0) - cy[line.at_ms]) <= 3.0
+
+
+def test_the_long_call_fixture_has_a_tool_call_as_the_tools_code_records_it() -> None:
+    record = long_call("CA1", datetime(2026, 12, 1, tzinfo=UTC), turns=15)
+    (tool,) = record.tool_calls
+    assert (tool.kind, tool.outcome, tool.name) == ("http", "ok", "lookup_order")
+    assert tool.ended_ms is not None and tool.started_ms < tool.ended_ms
+    # the response that made the function call ended when the tool started, and the reply after it
+    assert tool.started_ms in {u.at_ms for u in record.response_usage}
+    assert [m for m in call_marks(record) if m.kind == "tool"] == [
+        Mark("tool", tool.started_ms, "tool lookup_order: ok in 0.4 s")
+    ]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 import re
 import wave
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from callbot.adapters.store_sql import SqlTicketStore
 from callbot.caller.wavio import read_wav
@@ -17,6 +19,9 @@ from callbot.core.ticket_views import TicketFilters
 from callbot.demo import CALLER_LINES, run_demo
 from callbot.testing import tts
 from tests.speech_measure import spectra
+
+SVG = "{http://www.w3.org/2000/svg}"
+GLYPHS = {"summary": "S", "barge_in": "B", "tool": "T"}
 
 
 async def test_demo_runs_a_whole_call_offline_and_prints_transcript_summaries_and_ticket(
@@ -82,7 +87,35 @@ async def check_the_chart_shows_the_calls_events(db: Path) -> None:
     assert kinds.count("tool") == 2 == len(record.tool_calls)  # the line check and end_call
     svg = context_chart_svg(call_points(record.response_usage), marks, 350)
     assert svg.count('class="point"') == len(record.response_usage)
-    assert svg.count('data-kind="summary"') == len(record.summaries)
+    # every mark drawn, each where its event was: the summaries, the barge-in at the moment the
+    # caller cut in (the turn's start plus what was heard), each tool call when it started
+    root = ET.fromstring(svg)
+    drawn = [
+        (g.get("data-kind"), int(g.get("data-at-ms") or -1))
+        for g in root.iter(f"{SVG}g")
+        if (g.get("class") or "").startswith("mark ")
+    ]
+    assert drawn == [(m.kind, m.at_ms) for m in marks]
+    (cut,) = [e for e in record.transcript if e.interrupted]
+    assert cut.started_ms is not None and cut.heard_ms is not None
+    expected = {
+        *(("summary", s.at_ms) for s in record.summaries),
+        ("barge_in", cut.started_ms + cut.heard_ms),
+        *(("tool", t.started_ms) for t in record.tool_calls),
+    }
+    assert sorted(drawn) == sorted(expected) and len(drawn) == len(record.summaries) + 1 + 2
+    end_ms = int(root.get("data-end-ms") or 0)
+    for g in root.iter(f"{SVG}g"):
+        if (g.get("class") or "").startswith("mark "):
+            line = g.find(f"{SVG}line")
+            assert line is not None
+            at_ms = int(g.get("data-at-ms") or -1)
+            assert float(line.get("x1") or 0) == pytest.approx(64 + 680 * at_ms / end_ms, abs=0.05)
+            glyph = g.find(f"{SVG}text")
+            assert (
+                glyph is not None
+                and glyph.text == {"summary": "S", "barge_in": "B", "tool": "T"}[g.get("data-kind") or ""]
+            )
     cost = call_cost(record, price_table(DEFAULT_PRICE_TABLE))
     assert cost.cost_usd is not None and cost.cost_usd > 0 and cost.tokens_saved > 0
 

@@ -55,7 +55,7 @@ def test_the_chart_renders_and_its_marks_match_the_tickets_events(
     day_of_calls: tuple[str, list[CallRecord]],
 ) -> None:
     base_url, records = day_of_calls
-    rec = records[3]  # two summaries and a barge-in
+    rec = records[3]  # two summaries, a barge-in and a tool call
     browser.get(f"{base_url}/tickets/4")
     WebDriverWait(browser, 10).until(
         expected_conditions.presence_of_element_located((By.ID, "context-chart"))
@@ -73,9 +73,29 @@ def test_the_chart_renders_and_its_marks_match_the_tickets_events(
     assert [(m.get_attribute("data-kind"), int(m.get_attribute("data-at-ms") or -1)) for m in marks] == [
         (m.kind, m.at_ms) for m in call_marks(rec)
     ]
+    kinds = sorted(m.get_attribute("data-kind") or "" for m in marks)
+    assert kinds == ["barge_in", "summary", "summary", "tool"]
+    # each mark drawn at its time: where the browser put its line is the time's place on the axis
+    # (the chart is scaled to the card's width; its plot starts 64 and ends 16 viewBox units in)
+    end_ms, scale = int(svg.get_attribute("data-end-ms") or 0), svg.rect["width"] / 760
     for mark in marks:
         line = mark.find_element(By.TAG_NAME, "line")
         assert line.size["height"] > 150  # drawn across the plot
+        at_ms = int(mark.get_attribute("data-at-ms") or -1)
+        centre = line.rect["x"] + line.rect["width"] / 2 - svg.rect["x"]
+        assert abs(centre - scale * (64 + 680 * at_ms / end_ms)) < 2, (mark.get_attribute("data-kind"), at_ms)
+    (tool,) = rec.tool_calls
+    (tool_mark,) = [m for m in marks if m.get_attribute("data-kind") == "tool"]
+    assert int(tool_mark.get_attribute("data-at-ms") or -1) == tool.started_ms
+    assert tool_mark.find_element(By.TAG_NAME, "text").text == "T"
+    # between the two responses around it: the one that made the function call and the next
+    tool_x = tool_mark.find_element(By.TAG_NAME, "line").rect["x"]
+    at = [int(p.get_attribute("data-at-ms") or -1) for p in points]
+    made_it = max(i for i, ms in enumerate(at) if ms <= tool.started_ms)
+    assert points[made_it].rect["x"] <= tool_x + 2 and tool_x < points[made_it + 1].rect["x"]
+    (barge_in,) = [m for m in marks if m.get_attribute("data-kind") == "barge_in"]
+    (cut,) = [e for e in rec.transcript if e.interrupted]
+    assert int(barge_in.get_attribute("data-at-ms") or -1) == (cut.started_ms or 0) + (cut.heard_ms or 0)
     summary_marks = [m for m in marks if m.get_attribute("data-kind") == "summary"]
     for mark, event in zip(summary_marks, rec.summaries, strict=True):
         before = mark.find_element(By.CSS_SELECTOR, "circle.before").rect["y"]
@@ -119,6 +139,10 @@ def test_the_dashboard_shows_a_day_of_simulated_calls(
     categories = browser.find_elements(By.CSS_SELECTOR, "#chart-category g.bar")
     assert {c.get_attribute("data-label"): c.get_attribute("data-value") for c in categories} == {
         "billing": "3", "technical": "2", "uncategorised": "1"
+    }  # fmt: skip
+    outcomes = browser.find_elements(By.CSS_SELECTOR, "#chart-outcome g.bar")
+    assert {c.get_attribute("data-label"): c.get_attribute("data-value") for c in outcomes} == {
+        "talked": "4", "transferred": "1", "unknown": "1"
     }  # fmt: skip
     total = sum(call_cost(r, TABLE).cost_usd or 0 for r in records)
     assert browser.find_element(By.ID, "stat-total-cost").text.startswith(f"${total:.4f}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,9 +46,9 @@ def chart(html: str) -> ET.Element:
     return ET.fromstring(svg.group(0))
 
 
-async def test_the_ticket_page_charts_every_response_summary_and_barge_in(seeded) -> None:  # type: ignore[no-untyped-def]
+async def test_the_ticket_page_charts_every_response_summary_barge_in_and_tool_call(seeded) -> None:  # type: ignore[no-untyped-def]
     client, records = seeded
-    rec = records[3]  # 15 turns: two summaries, one barge-in
+    rec = records[3]  # 15 turns: two summaries, one barge-in, one tool call
     response = await client.get("/tickets/4")
     assert response.status_code == 200
     assert "script" not in response.headers["content-security-policy"]
@@ -63,13 +64,35 @@ async def test_the_ticket_page_charts_every_response_summary_and_barge_in(seeded
     ]
     expected = [(m.kind, m.at_ms) for m in call_marks(rec)]
     assert marks == expected
-    assert sorted(k for k, _ in marks) == ["barge_in", "summary", "summary"]
+    assert sorted(k for k, _ in marks) == ["barge_in", "summary", "summary", "tool"]
+    # each mark drawn at its time: its line's x is the time's place on the call-time axis
+    end_ms, width = int(root.get("data-end-ms")), int(root.get("width"))
+    drawn = {
+        (g.get("data-kind"), int(g.get("data-at-ms"))): float(g.find(f"{SVG}line").get("x1"))
+        for g in root.iter(f"{SVG}g")
+        if g.get("data-kind")
+    }
+    (tool,) = rec.tool_calls
+    (barge_in,) = [e for e in rec.transcript if e.interrupted]
+    times = {
+        ("tool", tool.started_ms),
+        ("barge_in", barge_in.started_ms + barge_in.heard_ms),
+        *(("summary", s.at_ms) for s in rec.summaries),
+    }
+    assert set(drawn) == times
+    for (_, at_ms), x in drawn.items():
+        assert x == pytest.approx(64 + (width - 64 - 16) * at_ms / end_ms, abs=0.05)
+    tool_mark = next(g for g in root.iter(f"{SVG}g") if g.get("data-kind") == "tool")
+    assert (
+        tool_mark.find(f"{SVG}title").text
+        == f"00:12 tool lookup_order: ok in {tool.duration_ms / 1000:.1f} s"
+    )
     assert next(g for g in root.iter(f"{SVG}g") if g.get("class") == "trigger").get("data-tokens") == "5000"
     # the text alternative: the same events in a table, and the SVG's title/desc
     rows = re.findall(r'<tr class="event" data-kind="(\w+)" data-at-ms="(\d+)">', response.text)
     assert [(k, int(ms)) for k, ms in rows] == expected
     assert root.find(f"{SVG}desc").text.startswith(f"{len(points)} responses")
-    assert "2 summaries, 1 barge-ins, 0 tool calls" in root.find(f"{SVG}desc").text
+    assert "2 summaries, 1 barge-ins, 1 tool calls" in root.find(f"{SVG}desc").text
 
 
 async def test_cost_on_the_page_and_in_the_json_match_the_core(seeded) -> None:  # type: ignore[no-untyped-def]
@@ -103,6 +126,18 @@ async def test_the_dashboard_shows_the_day(seeded) -> None:  # type: ignore[no-u
     assert data["calls"] == 6 and data["calls_per_day"] == [{"day": "2026-12-01", "calls": 6}]
     assert data["total_cost_usd"] == pytest.approx(total)
     assert data["tokens_saved"] == saved and data["open_follow_ups"] == 3
+    # the outcome mix is the tickets' outcomes (talked, transferred; none for the call whose final
+    # status never came), not their end reasons ("caller hung up", "transferred to a human (...)")
+    outcomes: Counter[str] = Counter()
+    for n in range(1, 7):
+        outcomes[(await client.get(f"/api/tickets/{n}")).json()["outcome"] or "unknown"] += 1
+    assert outcomes == {"talked": 4, "transferred": 1, "unknown": 1}
+    assert data["outcome_mix"] == outcomes and "end_reason_mix" not in data
+    svg = re.search(r'<svg [^>]*id="chart-outcome".*?</svg>', html, re.S)
+    assert svg is not None
+    bars = re.findall(r'<g class="bar" data-label="([^"]+)" data-value="(\d+)">', svg.group(0))
+    assert {label: int(n) for label, n in bars} == outcomes
+    assert "caller hung up" not in svg.group(0)
     other_day = (await client.get("/api/tickets/stats", params={"since": "2026-12-02"})).json()
     assert other_day["calls"] == 0
 

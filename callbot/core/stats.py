@@ -2,6 +2,12 @@
 
 Plain aggregation (no database functions), so SQLite and PostgreSQL give the same answer and the
 figures are tested without a database. Costs come from `callbot.core.cost`, per call, then summed.
+
+The outcome mix counts each ticket's call outcome (`core/call_lifecycle.call_outcome`: talked,
+busy, no-answer, voicemail_left, transferred, ...), not its end reason, which is free text
+("agent ended the call: <reason>"). A ticket gets its outcome once Twilio's final status is
+known; one without (no status callback for the number, or the call is still going) counts
+under `NO_OUTCOME`.
 """
 
 from __future__ import annotations
@@ -13,7 +19,11 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from callbot.core.cost import Prices, call_cost
+from callbot.core.ticket import FINAL_STATUSES
 from callbot.core.ticket_views import TicketView
+
+NO_OUTCOME = "unknown"
+"""The outcome mix's label for a ticket without an outcome (Twilio's final status never came)."""
 
 MAX_FILLED_DAYS = 366
 """Days without calls are shown as zeros between the first and last day, up to a year."""
@@ -30,7 +40,7 @@ class CallStats:
     longest_duration_s: float | None = None
     status_mix: dict[str, int] = field(default_factory=dict)
     category_mix: dict[str, int] = field(default_factory=dict)
-    end_reason_mix: dict[str, int] = field(default_factory=dict)
+    outcome_mix: dict[str, int] = field(default_factory=dict)
     open_follow_ups: int = 0
     priced_calls: int = 0
     total_cost_usd: float = 0.0
@@ -57,7 +67,7 @@ class CallStats:
             "longest_duration_s": _round(self.longest_duration_s, 3),
             "status_mix": self.status_mix,
             "category_mix": self.category_mix,
-            "end_reason_mix": self.end_reason_mix,
+            "outcome_mix": self.outcome_mix,
             "open_follow_ups": self.open_follow_ups,
             "priced_calls": self.priced_calls,
             "total_cost_usd": round(self.total_cost_usd, 6),
@@ -107,7 +117,7 @@ def compute_stats(
     per_day: Counter[date] = Counter()
     status: Counter[str] = Counter()
     category: Counter[str] = Counter()
-    end_reason: Counter[str] = Counter()
+    outcome: Counter[str] = Counter()
     durations: list[float] = []
     calls = follow_ups = priced = summaries = failures = failed_tickets = 0
     cost = without = 0.0
@@ -118,14 +128,14 @@ def compute_stats(
         per_day[item.started_at.date()] += 1
         status[item.status] += 1
         category[item.category or "uncategorised"] += 1
-        end_reason[view.end_reason or "unknown"] += 1
+        outcome[view.outcome or NO_OUTCOME] += 1
         if item.duration_s is not None:
             durations.append(item.duration_s)
         if item.follow_up_needed:
             follow_ups += 1
         summaries += len(view.summaries)
-        # every attempt that did not complete the ticket failed
-        failures += max(0, item.summary_attempts - (1 if item.status == "complete" else 0))
+        # every attempt that did not complete the ticket failed (a transferred ticket is complete too)
+        failures += max(0, item.summary_attempts - (1 if item.status in FINAL_STATUSES else 0))
         if item.last_error is not None:
             failed_tickets += 1
         figures = call_cost(view.to_record(), table)
@@ -145,7 +155,7 @@ def compute_stats(
         longest_duration_s=max(durations) if durations else None,
         status_mix=dict(status.most_common()),
         category_mix=dict(category.most_common()),
-        end_reason_mix=dict(end_reason.most_common()),
+        outcome_mix=dict(outcome.most_common()),
         open_follow_ups=follow_ups,
         priced_calls=priced,
         total_cost_usd=cost,

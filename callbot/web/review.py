@@ -455,8 +455,8 @@ def _stats_charts(stats: CallStats) -> dict[str, Markup]:
         "category": _safe(
             bar_chart_svg(bars(stats.category_mix), chart_id="chart-category", title="Calls by category")
         ),
-        "end_reason": _safe(
-            bar_chart_svg(bars(stats.end_reason_mix), chart_id="chart-end-reason", title="How calls ended")
+        "outcome": _safe(
+            bar_chart_svg(bars(stats.outcome_mix), chart_id="chart-outcome", title="Calls by outcome")
         ),
     }
 
