@@ -2,10 +2,11 @@
 
     python bench/memory_lookup.py [--sizes 10000,1000000] [--lookups 200] [--skip-postgres]
 
-Builds a fresh database per size through the real migrations (so the index of migration 0004 is
-the one measured), fills it with generated tickets in bulk (the database generates the rows
+Builds a fresh database per size through the real migrations (so the indexes of migration 0004
+are the ones measured), fills it with generated tickets in bulk (the database generates the rows
 itself: a recursive CTE on SQLite, generate_series on PostgreSQL), then times
-`SqlTicketStore.earlier_calls` for random numbers that have history, the way a call start does.
+the real `SqlTicketStore.earlier_calls` for random numbers that have history, the way a call start
+does, and prints the plan of the statement it issues (`earlier_calls_statement`).
 Not part of the test run; the figures are in the README ("Returning callers").
 """
 
@@ -29,7 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from callbot.adapters.store_migrate import upgrade_database
-from callbot.adapters.store_sql import SqlTicketStore
+from callbot.adapters.store_sql import SqlTicketStore, earlier_calls_statement, explain_plan
 
 PG_URL = os.environ.get("CALLBOT_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 NOW = datetime(2026, 12, 7, tzinfo=UTC)
@@ -45,18 +46,23 @@ SUMMARY = (
     '"due": null}], "facts": [], "follow_up_needed": true, "language": "en"}'
 )
 
-# One row per n: number n % numbers, started n minutes-ish apart over 90 days, all complete.
+# One row per n: number n % numbers, started n minutes-ish apart over 90 days, all complete;
+# every fifth is an outbound call placed to the number (callbot's number is From), so the
+# lookup's both halves (the calls the number made, the calls placed to it) find rows.
 _COLUMNS = (
-    "call_sid, from_number, to_number, started_at, status, summary, title, transcript, "
+    "call_sid, direction, from_number, to_number, started_at, status, summary, title, transcript, "
     "in_call_summaries, created_at, updated_at"
 )
+_BOT = "'+15559870000'"
 
 
 def _sqlite_fill(n: int, numbers: int) -> str:
     return f"""
     WITH RECURSIVE seq(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM seq WHERE i + 1 < {n})
     INSERT INTO tickets ({_COLUMNS})
-    SELECT 'CA' || i, '+1555' || printf('%07d', i % {numbers}), '+15559870000',
+    SELECT 'CA' || i, CASE WHEN i % 5 = 0 THEN 'outbound' ELSE 'inbound' END,
+           CASE WHEN i % 5 = 0 THEN {_BOT} ELSE '+1555' || printf('%07d', i % {numbers}) END,
+           CASE WHEN i % 5 = 0 THEN '+1555' || printf('%07d', i % {numbers}) ELSE {_BOT} END,
            datetime('{NOW:%Y-%m-%d %H:%M:%S}', '-' || ((i * 7919) % 129600) || ' minutes'),
            'complete', json('{SUMMARY}'), 'Router drops the connection', '[]', '[]',
            datetime('now'), datetime('now')
@@ -67,7 +73,9 @@ def _sqlite_fill(n: int, numbers: int) -> str:
 def _pg_fill(n: int, numbers: int) -> str:
     return f"""
     INSERT INTO tickets ({_COLUMNS})
-    SELECT 'CA' || i, '+1555' || lpad((i % {numbers})::text, 7, '0'), '+15559870000',
+    SELECT 'CA' || i, CASE WHEN i % 5 = 0 THEN 'outbound' ELSE 'inbound' END,
+           CASE WHEN i % 5 = 0 THEN {_BOT} ELSE '+1555' || lpad((i % {numbers})::text, 7, '0') END,
+           CASE WHEN i % 5 = 0 THEN '+1555' || lpad((i % {numbers})::text, 7, '0') ELSE {_BOT} END,
            timestamptz '{NOW.isoformat()}' - ((i * 7919) % 129600) * interval '1 minute',
            'complete', '{SUMMARY}'::jsonb, 'Router drops the connection', '[]', '[]', now(), now()
     FROM generate_series(0::bigint, {n - 1}) AS i
@@ -88,25 +96,14 @@ async def _fill(url: str, n: int) -> float:
     return time.perf_counter() - started
 
 
-# The lookup as SqlTicketStore.earlier_calls issues it, to show which index the planner takes.
-_LOOKUP = (
-    "SELECT id, started_at, summary FROM tickets WHERE from_number = '+15550000042' "
-    "AND started_at >= {since} AND status = 'complete' AND memory_excluded = false "
-    "ORDER BY started_at DESC, id DESC LIMIT 3"
-)
-
-
 async def _plan(url: str) -> str:
+    """The planner's plan for the statement `SqlTicketStore.earlier_calls` issues (built by the
+    store's own `earlier_calls_statement`, so it cannot drift from the real lookup)."""
     engine = create_async_engine(url)
     try:
         async with engine.connect() as conn:
-            if conn.dialect.name == "postgresql":
-                sql = "EXPLAIN " + _LOOKUP.format(since="now() - interval '30 days'")
-                rows = (await conn.execute(sa.text(sql))).all()
-                return " / ".join(str(r[0]).strip() for r in rows)
-            sql = "EXPLAIN QUERY PLAN " + _LOOKUP.format(since="'2026-11-07'")
-            rows = (await conn.execute(sa.text(sql))).all()
-            return " / ".join(str(r[-1]) for r in rows)
+            stmt = earlier_calls_statement("+15550000042", NOW - timedelta(days=30), 3)
+            return " / ".join(await explain_plan(conn, stmt))
     finally:
         await engine.dispose()
 
@@ -137,6 +134,7 @@ async def _drop_index(url: str) -> None:
     try:
         async with engine.begin() as conn:
             await conn.execute(sa.text("DROP INDEX ix_tickets_from_number_started_at"))
+            await conn.execute(sa.text("DROP INDEX ix_tickets_to_number_started_at"))
     finally:
         await engine.dispose()
 
@@ -146,7 +144,7 @@ async def _run_one(label: str, url: str, n: int, lookups: int) -> None:
     fill_s = await _fill(url, n)
     if WITHOUT_INDEX:
         await _drop_index(url)
-        label += " without the 0004 index"
+        label += " without the 0004 indexes"
     p50, p99, worst, found = await _measure(url, n, lookups)
     plans.append(f"{label} {n:,}: {await _plan(url)}")
     print(
@@ -162,7 +160,7 @@ async def main() -> int:
     parser.add_argument("--lookups", type=int, default=200, help="lookups timed per database and size")
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument(
-        "--without-index", action="store_true", help="drop the lookup's index first, for comparison"
+        "--without-index", action="store_true", help="drop the lookup's two indexes first, for comparison"
     )
     args = parser.parse_args()
     global WITHOUT_INDEX

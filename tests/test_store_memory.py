@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import timedelta
 
+import sqlalchemy as sa
 import test_store
 from test_store import BASE, make_record, summary
 
-from callbot.adapters.store_sql import SqlTicketStore
+from callbot.adapters.store_models import tickets
+from callbot.adapters.store_sql import SqlTicketStore, create_engine, earlier_calls_statement, explain_plan
 from callbot.core.ticket import TicketStatus
 from callbot.core.ticket_views import TicketFilters
 
@@ -116,3 +118,56 @@ async def test_calls_placed_to_the_number_and_transferred_calls_count_as_its_his
     assert await store.count_number(NUMBER) == 3
     assert await store.purge_number(NUMBER) == 3
     assert [t.call_sid for t in (await store.list(TicketFilters())).items] == ["CA3"]
+
+
+async def test_the_lookup_walks_the_two_number_indexes_not_the_window(
+    store: SqlTicketStore, database_url: str
+) -> None:
+    """The plan of the statement `earlier_calls` issues (the store's own builder): one range of
+    each number index, never a scan of the table or of `ix_tickets_started_at` (the `OR` of both
+    numbers made SQLite walk every ticket of the window: 147 ms at 300k tickets)."""
+    # 2,000 recent tickets of 200 numbers, nearly all of them calls to our line (every 50th is
+    # placed to the number), then the planner's statistics. With these, the `OR` statement's plan
+    # was `SEARCH tickets USING INDEX ix_tickets_started_at (started_at>?)` on SQLite.
+    rows = [
+        {
+            "call_sid": f"CA{i}",
+            "direction": "outbound" if i % 50 == 0 else "inbound",
+            "from_number": "+15559870000" if i % 50 == 0 else f"+1555{i % 200:07d}",
+            "to_number": f"+1555{i % 200:07d}" if i % 50 == 0 else "+15559870000",
+            "started_at": BASE - timedelta(minutes=i),
+            "status": TicketStatus.COMPLETE.value,
+            "transcript": [],
+            "in_call_summaries": [],
+            "created_at": BASE,
+            "updated_at": BASE,
+        }
+        for i in range(2000)
+    ]
+    engine = create_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(sa.insert(tickets), rows)
+            await conn.exec_driver_sql("ANALYZE")
+        async with engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                # a small table is cheaper to read whole; the point is which indexes fit
+                await conn.exec_driver_sql("SET enable_seqscan = off")
+            plan = await explain_plan(conn, earlier_calls_statement(NUMBER, BASE - timedelta(days=30), 3))
+    finally:
+        await engine.dispose()
+    text = "\n".join(plan)
+    assert "ix_tickets_from_number_started_at" in text and "ix_tickets_to_number_started_at" in text, text
+    assert "ix_tickets_started_at " not in text + " ", text
+    assert "ix_tickets_status" not in text, text
+    if "sqlite" in database_url:
+        searches = [line for line in plan if line.startswith(("SEARCH", "SCAN"))]
+        assert sorted(searches) == [
+            "SCAN made",
+            "SCAN placed",
+            "SEARCH tickets USING INDEX ix_tickets_from_number_started_at (from_number=? AND started_at>?)",
+            "SEARCH tickets USING INDEX ix_tickets_to_number_started_at (to_number=? AND started_at>?)",
+        ], text
+    else:
+        assert "Seq Scan" not in text and "Bitmap" not in text, text
+        assert text.count("Index Scan Backward") == 2, text

@@ -542,23 +542,12 @@ class SqlTicketStore:
         """The number's complete, not forgotten tickets started at or after `since`, newest first.
 
         The number's calls are its inbound calls (it was `From`) and the outbound calls placed to
-        it (it was `To`), whichever way the new call goes. Walks `ix_tickets_from_number_started_at`
-        and `ix_tickets_to_number_started_at` backwards from the number's newest call, so it reads
-        a handful of rows whatever the table's size (bench/memory_lookup.py). A transferred call
-        has its summary too and counts."""
+        it (it was `To`), whichever way the new call goes. A transferred call has its summary too
+        and counts. The statement is `earlier_calls_statement`: one index range per direction, so
+        it reads a handful of rows whatever the table's size (bench/memory_lookup.py)."""
 
         async def work(conn: AsyncConnection) -> builtins.list[Mapping[str, Any]]:
-            stmt = (
-                sa.select(tickets.c.id, tickets.c.started_at, tickets.c.summary)
-                .where(
-                    _calls_of(number),
-                    tickets.c.started_at >= since,
-                    tickets.c.status.in_([TicketStatus.COMPLETE.value, TicketStatus.TRANSFERRED.value]),
-                    tickets.c.memory_excluded.is_(False),
-                )
-                .order_by(tickets.c.started_at.desc(), tickets.c.id.desc())
-                .limit(limit)
-            )
+            stmt = earlier_calls_statement(number, since, limit)
             return [dict(r) for r in (await conn.execute(stmt)).mappings().all()]
 
         calls = []
@@ -865,6 +854,54 @@ def _calls_of(number: str) -> sa.ColumnElement[bool]:
         sa.and_(tickets.c.from_number == number, tickets.c.direction != "outbound"),
         sa.and_(tickets.c.to_number == number, tickets.c.direction == "outbound"),
     )
+
+
+def earlier_calls_statement(number: str, since: datetime, limit: int) -> sa.Select[Any]:
+    """The select `SqlTicketStore.earlier_calls` issues (also what bench/memory_lookup.py explains).
+
+    The same tickets as `_calls_of(number)` with the memory filters, but as two index ranges
+    merged: the calls the number made walk `ix_tickets_from_number_started_at` and the calls
+    placed to it walk `ix_tickets_to_number_started_at`, each backwards from `limit` newest,
+    then the at most 2 * `limit` rows are merged and cut to `limit`. One `OR` of the two made
+    SQLite walk `ix_tickets_started_at` over every ticket of the window instead (63 ms at 100k
+    tickets, 147 ms at 300k). The two halves are disjoint (`direction` is outbound or not), so
+    UNION ALL never counts a ticket twice."""
+    remembered = (
+        tickets.c.started_at >= since,
+        tickets.c.status.in_([TicketStatus.COMPLETE.value, TicketStatus.TRANSFERRED.value]),
+        tickets.c.memory_excluded.is_(False),
+    )
+    columns = (tickets.c.id, tickets.c.started_at, tickets.c.summary)
+    newest = (tickets.c.started_at.desc(), tickets.c.id.desc())
+    made = (
+        sa.select(*columns)
+        .where(tickets.c.from_number == number, tickets.c.direction != "outbound", *remembered)
+        .order_by(*newest)
+        .limit(limit)
+        .subquery("made")
+    )
+    placed = (
+        sa.select(*columns)
+        .where(tickets.c.to_number == number, tickets.c.direction == "outbound", *remembered)
+        .order_by(*newest)
+        .limit(limit)
+        .subquery("placed")
+    )
+    both = sa.union_all(sa.select(made), sa.select(placed)).subquery("calls")
+    return sa.select(both).order_by(both.c.started_at.desc(), both.c.id.desc()).limit(limit)
+
+
+async def explain_plan(conn: AsyncConnection, stmt: sa.Select[Any]) -> builtins.list[str]:
+    """The planner's plan for `stmt` on this connection, one line per step (bench and plan test).
+
+    `EXPLAIN QUERY PLAN` on SQLite (the detail column), `EXPLAIN` on PostgreSQL."""
+    compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+    params = tuple(compiled.params[name] for name in compiled.positiontup or ())
+    if conn.dialect.name == "sqlite":
+        rows = await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", params)
+        return [str(row[-1]) for row in rows]
+    rows = await conn.exec_driver_sql(f"EXPLAIN {compiled}", params)
+    return [str(row[0]).strip() for row in rows]
 
 
 def _complete_values(summary: StructuredSummary) -> dict[str, Any]:
