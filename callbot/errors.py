@@ -12,12 +12,21 @@
     │   ├── SettingsError          a setting is missing or wrong
     │   ├── TicketSchemaError      a custom ticket schema or prompt file is unusable
     │   ├── ToolsFileError         the tools file (CALLBOT_TOOLS_FILE) is unusable
-    │   └── FilterError            a ticket filter a person typed is unusable
+    │   ├── FilterError            a ticket filter a person typed is unusable
+    │   ├── InvalidCallRequest     a call to place (number, context, CSV row) is unusable
+    │   ├── AudioDeviceError       (callbot.phone.devices) live audio cannot work on this machine
+    │   └── ScriptError            (callbot.phone.script) a softphone script line or WAV is unusable
     └── StorageError           where tickets are kept: the database, the spool, what they hold
         ├── StoreUnavailable       the database cannot be reached or used right now
         ├── TicketNotFound         no ticket for that call sid
         ├── SpoolError             the spool directory cannot be written
         └── RecordJsonError        a stored record cannot be read back
+
+Two exceptions stay outside on purpose (tests/test_errors.py walks the package to check that
+no other does): `callbot.testing.protocol_check.ProtocolViolation`, the test doubles' assertion
+that an event breaks the Realtime protocol (a bug in the code under test, never a condition to
+handle), and `callbot.cli_calls._Fatal`, the campaign runner's private signal that cancels every
+row; it never leaves `run_campaign`.
 
 As in h11 (LocalProtocolError / RemoteProtocolError) and httpx, the class tells a handler what it
 can do: retry later (remote, storage), or tell a person what to fix (local). Library exceptions

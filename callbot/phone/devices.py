@@ -23,6 +23,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from callbot.errors import LocalError
+
 PHONE_RATE = 8000
 FRAME_SAMPLES = 160  # 20 ms at 8 kHz
 FALLBACK_RATE = 48000
@@ -34,7 +36,7 @@ PORTAUDIO_HINT = (
 )
 
 
-class AudioDeviceError(Exception):
+class AudioDeviceError(LocalError):
     """Live audio cannot work here; the message says why in one line (exit code 2)."""
 
 

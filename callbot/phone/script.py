@@ -23,6 +23,7 @@ from callbot.caller.simulator import (
     speech_intervals,
 )
 from callbot.caller.wavio import read_wav, resample_to
+from callbot.errors import LocalError
 
 PHONE_RATE = 8000
 SPLIT_GAP_MS = 700
@@ -41,7 +42,7 @@ script's folder:
   hangup            hang up (the end of the script hangs up too)"""
 
 
-class ScriptError(ValueError):
+class ScriptError(LocalError, ValueError):
     """The call plan cannot be built (a bad script line, an unreadable WAV)."""
 
 
