@@ -409,9 +409,9 @@ def test_response_usage_accumulates_and_tracks_the_last_context_size() -> None:
     assert conv.context_tokens == 0
     first = usage(1000, 200, input_text=300, input_audio=700, cached=100, output_text=50, output_audio=150)
     second = usage(1500, 300, input_text=400, input_audio=1100, cached=900, output_text=60, output_audio=240)
-    conv.response_usage(first)
+    conv.response_usage(first, 1_000)
     assert conv.context_tokens == 1200
-    conv.response_usage(second)
+    conv.response_usage(second, 2_500)
     assert conv.usage == UsageTotals(
         responses=2,
         input_tokens=2500,
@@ -426,13 +426,40 @@ def test_response_usage_accumulates_and_tracks_the_last_context_size() -> None:
     assert conv.usage.total_tokens == 3000
     assert conv.context_tokens == 1800
     assert conv.last_usage == second
+    assert [u.at_ms for u in conv.response_usages] == [1_000, 2_500]
 
 
 def test_response_usage_tolerates_missing_details() -> None:
     conv = ConversationState()
-    conv.response_usage({"total_tokens": 42, "input_tokens": 40, "output_tokens": 2})
-    conv.response_usage({"input_token_details": None, "output_token_details": None})
+    conv.response_usage({"total_tokens": 42, "input_tokens": 40, "output_tokens": 2}, 1_000)
+    conv.response_usage({"input_token_details": None, "output_token_details": None}, 2_000)
     assert conv.usage.responses == 2
     assert conv.usage.input_tokens == 40
     assert conv.usage.input_audio_tokens == 0
     assert conv.context_tokens == 0  # the last response reported no total
+
+
+def test_no_core_function_defaults_a_time() -> None:
+    """Issue #13, "no time defaults": no method of the core makes up a time (`now_ms`/`at_ms` = 0).
+
+    `None` defaults ("no time known", as in `PlaybackTracker.mark_echoed`) and dataclass fields
+    are not made-up times and are left alone."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import callbot.core
+
+    defaulted = []
+    for info in pkgutil.walk_packages(callbot.core.__path__, "callbot.core."):
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if not inspect.isclass(obj) or obj.__module__ != module.__name__:
+                continue
+            for meth_name, meth in vars(obj).items():
+                if not inspect.isfunction(meth) or meth_name == "__init__":
+                    continue
+                for param in inspect.signature(meth).parameters.values():
+                    if param.name in {"now_ms", "at_ms"} and isinstance(param.default, int):
+                        defaulted.append(f"{info.name}.{name}.{meth_name}({param.name})")
+    assert defaulted == []

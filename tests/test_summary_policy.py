@@ -421,9 +421,9 @@ def test_plan_summary_thresholds_on_a_bare_conversation() -> None:
     conv.item_added(assistant_item("a1", "Yes?", "completed"), "u1", 20)
     conv.item_done(assistant_item("a1", "Yes?", "completed"))
     policy = SummaryPolicy(trigger_tokens=500, keep_last_turns=2)
-    conv.response_usage(usage(499))
+    conv.response_usage(usage(499), 30)
     assert plan_summary(conv, policy, 100, {}, 1) is None
-    conv.response_usage(usage(500))
+    conv.response_usage(usage(500), 40)
     req = plan_summary(conv, policy, 100, {}, 1)
     assert req is not None and req.folded_item_ids == ("a0",) and req.summary_id == "summary_0001"
     assert plan_summary(conv, SummaryPolicy(trigger_tokens=500, keep_last_turns=3), 100, {}, 1) is None
@@ -566,7 +566,7 @@ def test_plan_summary_wait_boundary_is_transcript_wait_ms_after_item_done() -> N
     conv.item_done(user_audio_item("u1"))
     conv.item_added(assistant_item("a1", "Sure.", "completed"), "u1", 10)
     conv.item_done(assistant_item("a1", "Sure.", "completed"))
-    conv.response_usage(usage(2_000))
+    conv.response_usage(usage(2_000), 20)
     policy = SummaryPolicy(trigger_tokens=100, keep_last_turns=0, transcript_wait_ms=3_000)
     done_at = {"u1": 1_000, "a1": 1_010}
     assert conv.get("u1").transcript_status == "pending"  # type: ignore[union-attr]
@@ -617,7 +617,7 @@ def test_plan_summary_skips_items_without_item_done() -> None:
         conv.item_added(assistant_item(item_id, None, "in_progress"), None, i)
         if item_id != "a1":
             conv.item_done(assistant_item(item_id, f"text {item_id}", "completed"))
-    conv.response_usage(usage(5_000))
+    conv.response_usage(usage(5_000), 10)
     req = plan_summary(conv, SummaryPolicy(trigger_tokens=100, keep_last_turns=0), 10, {}, 7)
     assert req is not None
     assert req.folded_item_ids == ("a0", "a2", "a3")

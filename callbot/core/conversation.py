@@ -317,7 +317,7 @@ class ConversationState:
         turn.text = _cut_to_heard(turn.text or "", heard_ms, generated_ms)
 
     # ----- usage -----
-    def response_usage(self, usage: dict[str, Any], at_ms: int = 0) -> None:
+    def response_usage(self, usage: dict[str, Any], at_ms: int) -> None:
         """Add an in-conversation `response.done` usage; its total is the current context size.
 
         Each one is also kept on its own (`response_usages`), for the ticket's context chart and
