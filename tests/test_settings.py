@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,30 @@ def test_json_log_lines_carry_the_call_sid(capsys: pytest.CaptureFixture[str]) -
     assert lines[0]["call_sid"] == "CA0123" and lines[0]["msg"] == "ending call: caller hung up"
     assert lines[0]["level"] == "INFO" and lines[0]["logger"] == "callbot.bridge"
     assert lines[1]["call_sid"] == "-"
+
+
+def _readme_settings_table() -> set[str]:
+    """The names in README's settings table (section Settings).
+
+    `_X` after `CALLBOT_Y` in one cell is `CALLBOT_X`."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = text[text.index("| setting | default | meaning |", text.index("\n## Settings\n")) :]
+    table = table[: table.index("\n\n")]
+    names: set[str] = set()
+    for line in table.splitlines()[2:]:
+        prefix = ""
+        for token in re.findall(r"`([A-Z_][A-Z0-9_]*)`", line.split("|")[1]):
+            if token.startswith("_"):
+                names.add(prefix + token)
+            else:
+                names.add(token)
+                prefix = token.split("_", 1)[0]
+    return names
+
+
+def test_readme_settings_table_lists_every_setting() -> None:
+    settings = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", env_example(), re.MULTILINE))
+    assert len(settings) > 70  # the env example parsed
+    table = _readme_settings_table()
+    assert sorted(settings - table) == []
+    assert sorted(table - settings) == []
