@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,46 @@ async def test_a_server_that_cannot_place_calls_stops_the_campaign_with_its_reas
     assert code == 2
     assert "TWILIO_ACCOUNT_SID" in err.getvalue()
     assert creates == []
+
+
+class _Terminal(io.StringIO):
+    """A stream that says it is a terminal, as stderr is when a person runs `callbot call`."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_the_progress_bar_shows_per_outcome_counts_on_a_terminal_and_leaves_json_alone(
+    tmp_path: Path,
+) -> None:
+    numbers = [f"+1555777{n:04d}" for n in range(4)]
+    csv_path = tmp_path / "four.csv"
+    csv_path.write_text("number\n" + "\n".join(numbers) + "\n", encoding="utf-8")
+    answers = {numbers[0]: "busy", numbers[1]: "busy"}
+    async with outbound_rig(
+        tmp_path, dialer_options={"answers": answers, "default_answer": "no-answer"}
+    ) as rig:
+        campaign, options = prepared(rig, "--from-csv", str(csv_path), "--concurrency", "2", "--json")
+        assert options.show_progress is False  # pytest's stderr is not a terminal: no bar
+        plain_out, plain_err = io.StringIO(), io.StringIO()
+        assert await run_campaign(campaign, options, out=plain_out, err=plain_err) == 0
+        await rig.settle()
+        again, options = prepared(
+            rig, "--from-csv", str(csv_path), "--concurrency", "2", "--json", "--state", str(tmp_path / "s")
+        )
+        tty_out, tty_err = io.StringIO(), _Terminal()
+        code = await run_campaign(again, replace(options, show_progress=True), out=tty_out, err=tty_err)
+        await rig.settle()
+    assert code == 0
+    bar = tty_err.getvalue()
+    assert "4/4" in bar
+    assert "busy: 2  no-answer: 2" in bar  # the counts after the last call, in the bar's description
+    assert "calls" not in plain_err.getvalue() and "4/4" not in plain_err.getvalue()
+    # the JSON report is the same document with or without the bar, and carries no bar text
+    plain, shown = json.loads(plain_out.getvalue()), json.loads(tty_out.getvalue())
+    assert plain["counts"] == shown["counts"] == {"busy": 2, "no-answer": 2}
+    assert (
+        sorted(r["number"] for r in plain["results"])
+        == sorted(r["number"] for r in shown["results"])
+        == numbers
+    )
