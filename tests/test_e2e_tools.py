@@ -420,3 +420,41 @@ async def test_without_twilio_credentials_the_call_control_tools_are_not_offered
     with pytest.raises(ToolsFileError, match="CALLBOT_TRANSFER_TO must be"):
         async with open_services(make_settings(transfer_to="desk"), connector=object(), observer=object()):  # type: ignore[arg-type]
             pass
+
+
+def test_a_json_tools_file_loads_as_the_yaml_one_and_a_bad_entry_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    import yaml
+
+    from callbot import compose
+    from callbot.errors import ToolsFileError
+    from tests.e2e_helpers import make_settings
+
+    monkeypatch.setenv("ORDERS_API_TOKEN", "s3cret-json")
+    document = yaml.safe_load(tools_yaml("http://127.0.0.1:9", timeout_s=2.5))
+    as_yaml = tmp_path / "tools.yaml"
+    as_yaml.write_text(tools_yaml("http://127.0.0.1:9", timeout_s=2.5))
+    as_json = tmp_path / "tools.json"
+    as_json.write_text(json.dumps(document))
+    from_json = compose.load_tools(make_settings(tools_file=as_json))
+    assert from_json == compose.load_tools(make_settings(tools_file=as_yaml))
+    (tool,) = from_json.http
+    assert tool.name == "lookup_order" and tool.timeout_s == 2.5
+    assert dict(tool.headers) == {"Authorization": "Bearer s3cret-json"}
+
+    second = dict(document["tools"][0], name="cancel_order", url="ftp://example.com/cancel")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"tools": [document["tools"][0], second]}))
+    with pytest.raises(ToolsFileError) as refused:
+        compose.load_tools(make_settings(tools_file=bad))
+    message = str(refused.value)
+    assert message.startswith(f"CALLBOT_TOOLS_FILE {bad}: tools entry 'cancel_order': ")
+    assert "url" in message
+
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"tools": [')
+    with pytest.raises(ToolsFileError, match="not valid YAML or JSON"):
+        compose.load_tools(make_settings(tools_file=broken))
