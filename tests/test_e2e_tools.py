@@ -458,3 +458,69 @@ def test_a_json_tools_file_loads_as_the_yaml_one_and_a_bad_entry_is_named(
     broken.write_text('{"tools": [')
     with pytest.raises(ToolsFileError, match="not valid YAML or JSON"):
         compose.load_tools(make_settings(tools_file=broken))
+
+
+async def test_a_transfer_ticket_is_transferred_and_the_tool_header_secret_is_never_stored_served_or_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same call as the transfer test, through the real ticket service (database, ticket
+    model, JSON API): the ticket's status is `transferred`, and the value the tool's
+    `Authorization` header takes from ORDERS_API_TOKEN appears in no ticket, answer or log line."""
+    import logging
+
+    from tests.test_e2e_ticket import read_ticket, ticket_rig
+
+    secret = "orders-secret-token-5b7f"
+    monkeypatch.setenv("ORDERS_API_TOKEN", secret)
+    caplog.set_level(logging.DEBUG)
+    tools = FakeToolServer()
+    twilio = FakeTwilioRest(auth_token=AUTH_TOKEN)
+    async with serve_app(tools.app) as tools_url, serve_app(twilio.app) as twilio_url:
+        tools_file = tmp_path / "tools.yaml"
+        tools_file.write_text(tools_yaml(tools_url))
+        overrides: dict[str, Any] = {
+            "tools_file": tools_file,
+            "transfer_to": TRANSFER_TO,
+            "twilio_account_sid": twilio.account_sid,
+            "twilio_api_url": twilio_url,
+            "admin_password": "review-pw",
+        }
+        async with ticket_rig(tmp_path, order_then_transfer_script(), **overrides) as rig:
+            caller = rig.caller()
+            twilio.register_call(caller.call_sid, from_=caller.from_number, to=caller.to_number)
+
+            async def on_update(call: FakeCall, update: CallUpdate) -> None:
+                caller.twilio_ends("completed" if update.status == "completed" else "redirected")
+
+            twilio.on_update = on_update
+            result = await caller.run(
+                [
+                    WaitForAssistant(timeout_s=10),
+                    Say(speech(1200, seed=1)),
+                    Silence(100),
+                    WaitForAssistant(timeout_s=30, quiet_ms=2500),
+                    Say(speech(1000, seed=2)),
+                    Silence(100),
+                    Silence(15_000),
+                    HangUp(),
+                ]
+            )
+            await rig.settle()
+            view = await read_ticket(rig.settings.database_url, caller.call_sid)
+            assert view is not None
+            async with httpx.AsyncClient(base_url=rig.base_url, trust_env=False) as http:
+                api = await http.get(f"/api/tickets/{view.id}", auth=("admin", "review-pw"))
+                listed = await http.get("/api/tickets", auth=("admin", "review-pw"))
+    assert result.twilio_ended == "redirected"
+    (request,) = tools.requests
+    assert request.headers["authorization"] == f"Bearer {secret}"  # the tool did get it
+    assert view.status == "transferred"
+    assert api.status_code == 200 and api.json()["status"] == "transferred"
+    assert [call["name"] for call in api.json()["tool_calls"]] == ["lookup_order", "transfer_to_human"]
+    assert secret not in json.dumps(view.to_json())
+    assert secret not in api.text and secret not in listed.text
+    assert "ORDERS_API_TOKEN" not in api.text  # not even the variable's name
+    logged = {r.name for r in caplog.records}
+    assert "callbot.bridge" in logged, logged  # the call's own log lines were captured
+    assert secret not in caplog.text
+    assert all(secret not in str(r.args) for r in caplog.records)
