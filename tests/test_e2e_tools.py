@@ -3,6 +3,7 @@ fake Realtime (scripted to call functions), an HTTP tool server and the fake Twi
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -343,6 +344,60 @@ async def test_a_slow_tool_blocks_nothing_and_its_answer_waits_for_the_caller(
     (call,) = record.tool_calls
     assert call.outcome == "ok" and call.duration_ms is not None and call.duration_ms >= 1400
     assert result.late_frames <= result.frames_played // 20
+
+
+async def test_a_slow_tool_in_one_call_holds_up_no_other_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Call A's tool is held unanswered; call B, on the same server meanwhile, is greeted and ends
+    with its ticket record. Only then is A's tool let go, and A's turn finishes with the answer.
+    The order is read from events (the tool server's counts, the order records end), not a clock."""
+    script = Script(
+        greeting="Hello, Acme support.",
+        user_transcripts=[ORDER_LINE],
+        function_calls={0: ScriptedCall("lookup_order", {"order_number": "4417"}, say="One moment.")},
+        after_tool="Found it: {output}",
+    )
+    async with tool_rig(script, tmp_path, monkeypatch) as t:
+        hold = t.tools.hold = asyncio.Event()
+        first = asyncio.create_task(
+            t.caller.run(
+                [
+                    WaitForAssistant(timeout_s=10),
+                    Say(speech(1000, seed=8)),
+                    Silence(100),
+                    WaitForAssistant(timeout_s=10, quiet_ms=100),  # "One moment."
+                    WaitForAssistant(timeout_s=60),  # the read-back, once the tool answers
+                    HangUp(),
+                ]
+            )
+        )
+        async with asyncio.timeout(30):
+            while not t.tools.requests:  # A's tool call has reached the tool server
+                await asyncio.sleep(0.02)
+        other = t.rig.caller()
+        second = await other.run([WaitForAssistant(timeout_s=10), HangUp()])
+        async with asyncio.timeout(10):
+            while not t.rig.observer.ended:
+                await asyncio.sleep(0.02)
+        answered_during_b = t.tools.answered
+        a_done_during_b = first.done()
+        hold.set()
+        result = await first
+        async with asyncio.timeout(10):
+            while len(t.rig.observer.ended) < 2:
+                await asyncio.sleep(0.02)
+        assert t.rig.fake.violations == []
+    assert answered_during_b == 0 and not a_done_during_b  # A's tool was in flight all through B
+    assert second.violations == [] and result.violations == []
+    b_record, a_record = t.rig.observer.ended  # B's call ended first
+    assert b_record.info.call_sid == other.call_sid and a_record.info.call_sid == t.caller.call_sid
+    assert [e.text for e in b_record.transcript if e.role == "assistant"] == ["Hello, Acme support."]
+    assert b_record.end_reason == "caller hung up" and b_record.tool_calls == ()
+    (call,) = a_record.tool_calls
+    assert call.outcome == "ok" and "shipped" in (call.output or "")
+    said = [e.text or "" for e in a_record.transcript if e.role == "assistant"]
+    assert any(s.startswith("Found it:") and "shipped" in s for s in said)
 
 
 async def test_a_caller_hanging_up_mid_tool_loses_nothing(

@@ -4,7 +4,8 @@
 company's own API would behind an HTTP tool (README "Tools"); `POST /lines/status` with
 `{"customer_number": "4471-2290"}` a broadband line's (the demo's story). It records every request (the
 headers included, so a test can check the token reached it) and can be told to misbehave:
-`delay_s` (a slow tool), `fail_status` (an HTTP error) or `bad_json` (an answer that is not JSON).
+`delay_s` (a slow tool), `hold` (an event every answer waits for: a tool as slow as a test
+wants), `fail_status` (an HTTP error) or `bad_json` (an answer that is not JSON).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class FakeToolServer:
     orders: dict[str, dict[str, str]] = field(default_factory=lambda: dict(ORDERS))
     lines: dict[str, dict[str, str]] = field(default_factory=lambda: dict(LINES))
     delay_s: float = 0.0
+    hold: asyncio.Event | None = None
     fail_status: int | None = None
     bad_json: bool = False
     requests: list[ToolRequest] = field(default_factory=list)
@@ -72,6 +74,8 @@ class FakeToolServer:
         self.requests.append(ToolRequest(request.url.path, dict(request.headers), body))
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
+        if self.hold is not None:
+            await self.hold.wait()
         self.answered += 1
         if self.fail_status is not None:
             return body, PlainTextResponse("orders database unavailable", status_code=self.fail_status)
