@@ -24,8 +24,10 @@ Faults, each while calls are in flight, at fixed fractions of the calls placed:
 
 At the end it waits until every ticket is final (`complete`) and prints: calls placed, tickets
 written, tickets complete, duplicates, tickets lost, calls that went on after a Realtime fault,
-and the time from the last fault to the moment every ticket was final. Exit code 0 when nothing
-was lost or duplicated and every ticket became final within --final-timeout-s, 1 otherwise.
+the webhook's deliveries (ticket ids sent twice are counted: delivery is at least once) and
+the time from the last fault to the moment every ticket was final. Exit code 0 when no ticket
+was lost or duplicated, every ticket became final and reached the webhook within
+--final-timeout-s, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -510,6 +512,7 @@ class Figures:
     webhook_failovers: int = 0
     webhook_deliveries: int = 0
     webhook_duplicates: int = 0
+    webhook_undelivered: int = 0
     webhook_refused: int = 0
     webhook_duplicate_samples: list[str] = field(default_factory=list)
     seconds_to_final_after_last_fault: float | None = None
@@ -868,16 +871,22 @@ class Soak:
                 fig.fuzz_answered_unfinished = len(fuzz_open)
                 fig.fuzz_unfinished_sids = sorted(fuzz_open)[:20]
                 measured = self._measuring is None or self._measuring.done()
+                # At least once: every complete ticket reaches the receiver (the last ones'
+                # deliveries may still be on their way when the tickets are all final).
+                undelivered = complete - set(self.sink.delivered)
+                fig.webhook_undelivered = len(undelivered)
                 if not missing and not unfinished and not fuzz_open and measured:
                     fig.all_final = True
-                    break
+                    if not undelivered:
+                        break
                 if time.monotonic() > deadline:
                     break
                 if time.monotonic() - last_log > 5:
                     last_log = time.monotonic()
                     log(
                         f"waiting for tickets: {len(missing)} missing, {len(unfinished)} not final yet, "
-                        f"{len(fuzz_open)} fuzzed calls without a final ticket"
+                        f"{len(fuzz_open)} fuzzed calls without a final ticket, "
+                        f"{len(undelivered)} complete not yet delivered to the webhook"
                     )
                 await asyncio.sleep(0.5)
             fig.tickets_written = len(by_sid)
@@ -913,6 +922,7 @@ def table(fig: Figures) -> str:
             f"{fig.continued_after_realtime_fault} of {fig.in_flight_at_realtime_fault} in flight",
         ),
         ("webhook deliveries (duplicates)", f"{fig.webhook_deliveries} ({fig.webhook_duplicates})"),
+        ("complete tickets the webhook never delivered", str(fig.webhook_undelivered)),
         (
             "time until every ticket final, after the last fault",
             f"{fig.seconds_to_final_after_last_fault} s "
@@ -985,6 +995,7 @@ async def main_async(opts: Options, args: argparse.Namespace) -> int:
         and fig.seconds_to_final_after_last_fault is not None
         and fig.all_final
         and fig.fuzz_failures == 0
+        and fig.webhook_undelivered == 0
         and fig.replicas_healthy_at_end
     )
     return 0 if ok else 1

@@ -51,7 +51,11 @@ def test_the_short_fault_soak_loses_and_duplicates_nothing(tmp_path: Path) -> No
     assert fig["calls_placed"] >= 40, brief
     assert fig["calls_with_stream"] == fig["tickets_written"] == fig["tickets_complete"] >= 38, brief
     assert fig["duplicates"] == 0 and fig["tickets_lost"] == 0 and fig["lost_sids"] == [], brief
-    assert fig["webhook_duplicates"] == 0, brief
+    # The ticket webhook is at least once (README "Reliability"): every complete ticket reaches
+    # the receiver; one whose delivery was taken but not recorded (a SIGKILL, a database cut, a
+    # receiver slow past the timeout) is sent again, so duplicates are counted, not forbidden.
+    assert fig["webhook_undelivered"] == 0, brief
+    assert fig["webhook_deliveries"] - fig["webhook_duplicates"] >= fig["tickets_complete"], brief
     assert fig["replica_lost_tickets"] >= 1, brief  # the killed replica's calls, finished by the other
     assert fig["continued_after_realtime_fault"] >= 1, brief
     assert fig["split_calls"] >= 10, brief
