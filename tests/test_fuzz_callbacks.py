@@ -27,7 +27,7 @@ from callbot.testing.serving import serve_app
 from tests import fuzz_callbacks as fc
 from tests.e2e_helpers import AUTH_TOKEN
 from tests.fuzz_counts import CASES, KINDS, report
-from tests.test_fuzz_server import ErrorLog, LegitCalls, ServerThread, settle_and_check
+from tests.test_fuzz_server import ErrorLog, LegitCalls, ServerThread, error_log, legit, settle_and_check
 
 pytestmark = [
     pytest.mark.postgres,
@@ -43,6 +43,9 @@ FUZZ_SETTINGS = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
 )
+
+
+__all__ = ["error_log", "legit"]  # the fixtures, re-used (their `server` is this module's)
 
 
 @pytest.fixture(scope="module")
@@ -73,29 +76,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
         srv.stop()
         asyncio.run(fc.drop_database(db_name))
         report(("status", "amd", "calls"))
-
-
-@pytest.fixture
-def legit(server: ServerThread) -> Iterator[LegitCalls]:
-    calls = LegitCalls(server)
-    calls.start()
-    try:
-        yield calls
-    finally:
-        calls.abandon()
-
-
-@pytest.fixture
-def error_log() -> Iterator[ErrorLog]:
-    import logging
-
-    handler = ErrorLog()
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        root.removeHandler(handler)
 
 
 def _fuzz_callbacks(

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import time
 from collections.abc import Iterator
@@ -49,8 +48,12 @@ from tests.test_fuzz_server import (
     ErrorLog,
     LegitCalls,
     ServerThread,
+    error_log,
+    legit,
     settle_and_check,
 )
+
+__all__ = ["error_log", "legit"]  # the fixtures, re-used (their `server` is this module's)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
 postgres = pytest.mark.postgres
@@ -63,17 +66,6 @@ FUZZ_SETTINGS = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
 )
-
-
-@pytest.fixture
-def error_log() -> Iterator[ErrorLog]:
-    handler = ErrorLog()
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        root.removeHandler(handler)
 
 
 # ----------------------------------------------------------------------------- the runner
@@ -149,16 +141,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
         srv.stop()
         asyncio.run(fc.drop_database(db_name))
         report(("tools",))
-
-
-@pytest.fixture
-def legit(server: ServerThread) -> Iterator[LegitCalls]:
-    calls = LegitCalls(server)
-    calls.start()
-    try:
-        yield calls
-    finally:
-        calls.abandon()
 
 
 def check_tool_call(
