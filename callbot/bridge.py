@@ -113,6 +113,10 @@ class Pacer:
         self._metrics = metrics
         self.max_lag_ms = 0.0
 
+    def __len__(self) -> int:
+        """How many calls it paces now (bench/load_server.py reports it)."""
+        return len(self._calls)
+
     def add(self, bridge: CallBridge) -> bool:
         """Start ticking for `bridge`; True the first time it is added."""
         if bridge in self._calls:
