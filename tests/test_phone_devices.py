@@ -421,6 +421,10 @@ async def pulse_server(root: Path) -> AsyncIterator[dict[str, str]]:
     }
     env.pop("PULSE_SINK", None)
     env.pop("PULSE_SOURCE", None)
+    # Its log goes to a file: a pipe nobody reads fills up (pulseaudio complains on a loaded
+    # machine), and a daemon blocked on its stderr stalls every client, which hung CI once.
+    log_path = root / "pulseaudio.log"
+    log_file = log_path.open("wb")
     daemon = await asyncio.create_subprocess_exec(
         "pulseaudio",
         "-n",
@@ -433,8 +437,9 @@ async def pulse_server(root: Path) -> AsyncIterator[dict[str, str]]:
         "--load=module-null-sink sink_name=phone_speaker",
         env=env,
         stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+        stderr=log_file,
     )
+    log_file.close()  # the daemon has its own copy
     try:
         for _ in range(100):
             if socket.exists():
@@ -443,8 +448,7 @@ async def pulse_server(root: Path) -> AsyncIterator[dict[str, str]]:
                 break
             await asyncio.sleep(0.05)
         if not socket.exists():
-            assert daemon.stderr is not None
-            pytest.skip(f"pulseaudio did not start: {(await daemon.stderr.read()).decode()[-300:]}")
+            pytest.skip(f"pulseaudio did not start: {log_path.read_text(errors='replace')[-300:]}")
         yield env
     finally:
         if daemon.returncode is None:
@@ -483,7 +487,7 @@ async def test_live_call_through_portaudio_and_pulseaudio_null_sinks(tmp_path: P
             )  # fmt: skip
             assert talk.stdin is not None
             talk.stdin.write(raw_speech + bytes(44100))  # speech, then half a second of silence
-            await talk.stdin.drain()
+            await asyncio.wait_for(talk.stdin.drain(), 20)
             talk.stdin.close()
             await asyncio.wait_for(talk.wait(), 10)
             await asyncio.sleep(3.0)  # the reply plays
@@ -495,7 +499,7 @@ async def test_live_call_through_portaudio_and_pulseaudio_null_sinks(tmp_path: P
                     process.kill()
                     await process.wait()
         assert listen.stdout is not None
-        heard = np.frombuffer(await listen.stdout.read(), dtype="<i2")
+        heard = np.frombuffer(await asyncio.wait_for(listen.stdout.read(), 10), dtype="<i2")
     text = stdout.decode()
     assert phone.returncode == 0, text + stderr.decode()
     assert "speaker: pulse" in text and "hanging up" in text and "(you hung up)" in text
