@@ -14,12 +14,16 @@ replicas (both with the shared e2e token, public URL and admin password).
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 import os
 import re
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -31,6 +35,8 @@ from twilio.request_validator import RequestValidator
 from callbot.core.call_lifecycle import ANSWERED_BY, CALL_STATUSES, call_request, parse_status_callback
 from callbot.errors import InvalidCallRequest
 from tests.e2e_helpers import AUTH_TOKEN, PUBLIC_URL
+from tests.fuzz_counts import report
+from tests.test_fuzz_server import ServerThread
 
 ADMIN = ("admin", "fuzz-secret")
 REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")  # callbot/web/calls.py
@@ -440,3 +446,19 @@ async def drop_database(name: str) -> None:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+@contextlib.contextmanager
+def server_on_fresh_postgres(workdir: Path, kinds: tuple[str, ...], **kwargs: Any) -> Iterator[ServerThread]:
+    """The fuzzers' server (tests/test_fuzz_server.py's `ServerThread`, `kwargs` passed on) on a
+    PostgreSQL database of its own, which keeps no NUL in text or JSON; dropped afterwards, and the
+    case counts of `kinds` reported."""
+    db_name = asyncio.run(create_database())
+    srv = ServerThread(workdir, database_url=pg_url(db_name), **kwargs)
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.stop()
+        asyncio.run(drop_database(db_name))
+        report(kinds)

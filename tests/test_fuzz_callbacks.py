@@ -12,7 +12,6 @@ CALLBOT_FUZZ_CALLS_EXAMPLES (150); the counts are printed at the end (`pytest -s
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from callbot.testing.fake_twilio_rest import FakeTwilioRest
 from callbot.testing.serving import serve_app
 from tests import fuzz_callbacks as fc
 from tests.e2e_helpers import AUTH_TOKEN
-from tests.fuzz_counts import CASES, KINDS, report
+from tests.fuzz_counts import CASES, KINDS
 from tests.test_fuzz_server import ErrorLog, LegitCalls, ServerThread, error_log, legit, settle_and_check
 
 pytestmark = [
@@ -50,7 +49,6 @@ __all__ = ["error_log", "legit"]  # the fixtures, re-used (their `server` is thi
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
-    db_name = asyncio.run(fc.create_database())
     rest = FakeTwilioRest(account_sid=ACCOUNT, auth_token=AUTH_TOKEN)
 
     async def fakes(stack: contextlib.AsyncExitStack) -> dict[str, Any]:
@@ -65,17 +63,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
             "max_concurrent_calls": 10_000,
         }
 
-    srv = ServerThread(
-        tmp_path_factory.mktemp("fuzz-callbacks"), fakes=fakes, database_url=fc.pg_url(db_name)
-    )
-    srv.rest = rest  # type: ignore[attr-defined]
-    try:
-        srv.start()
+    workdir = tmp_path_factory.mktemp("fuzz-callbacks")
+    with fc.server_on_fresh_postgres(workdir, ("status", "amd", "calls"), fakes=fakes) as srv:
+        srv.rest = rest  # type: ignore[attr-defined]
         yield srv
-    finally:
-        srv.stop()
-        asyncio.run(fc.drop_database(db_name))
-        report(("status", "amd", "calls"))
 
 
 def _fuzz_callbacks(

@@ -42,7 +42,7 @@ from callbot.testing.fake_realtime import Script
 from tests import fuzz_callbacks as fc
 from tests import fuzz_tools as ft
 from tests.e2e_helpers import AUTH_TOKEN, PUBLIC_URL
-from tests.fuzz_counts import CASES, KINDS, report
+from tests.fuzz_counts import CASES, KINDS
 from tests.test_fuzz_server import (
     LEGIT_TEXTS,
     ErrorLog,
@@ -131,16 +131,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
         replies=[LEGIT_TEXTS[2]],
         after_tool=ft.AFTER_TOOL,
     )
-    db_name = asyncio.run(fc.create_database())  # PostgreSQL: it keeps no NUL in a ticket's JSON
-    srv = ServerThread(workdir, script=script, fakes=fakes, database_url=fc.pg_url(db_name))
-    srv.tool_server = tool_server  # type: ignore[attr-defined]
-    try:
-        srv.start()
+    with fc.server_on_fresh_postgres(workdir, ("tools",), script=script, fakes=fakes) as srv:
+        srv.tool_server = tool_server  # type: ignore[attr-defined]
         yield srv
-    finally:
-        srv.stop()
-        asyncio.run(fc.drop_database(db_name))
-        report(("tools",))
 
 
 def check_tool_call(
