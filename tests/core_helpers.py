@@ -32,6 +32,9 @@ from openai.types.realtime import (
     InputAudioBufferCommittedEvent,
     InputAudioBufferSpeechStartedEvent,
     InputAudioBufferSpeechStoppedEvent,
+    McpListToolsCompleted,
+    McpListToolsFailed,
+    McpListToolsInProgress,
     RateLimitsUpdatedEvent,
     RealtimeErrorEvent,
     ResponseAudioDeltaEvent,
@@ -40,6 +43,11 @@ from openai.types.realtime import (
     ResponseAudioTranscriptDoneEvent,
     ResponseCreatedEvent,
     ResponseDoneEvent,
+    ResponseMcpCallArgumentsDelta,
+    ResponseMcpCallArgumentsDone,
+    ResponseMcpCallCompleted,
+    ResponseMcpCallFailed,
+    ResponseMcpCallInProgress,
     ResponseOutputItemDoneEvent,
     SessionCreatedEvent,
     SessionUpdatedEvent,
@@ -250,6 +258,64 @@ def function_call_item(
         "name": name,
         "arguments": arguments,
     }
+
+
+def mcp_list_item(item_id: str, server_label: str, *tool_names: str) -> dict[str, Any]:
+    """An `mcp_list_tools` item (no `object` or `status`: `RealtimeMcpListTools` has neither)."""
+    tools = [{"name": name, "input_schema": {"type": "object"}} for name in tool_names]
+    return {"id": item_id, "type": "mcp_list_tools", "server_label": server_label, "tools": tools}
+
+
+def mcp_call_item(
+    item_id: str,
+    server_label: str,
+    name: str,
+    arguments: str,
+    *,
+    output: str | None = None,
+    error: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An `mcp_call` item (`RealtimeMcpToolCall`: no `status`), with its output or error if given."""
+    item: dict[str, Any] = {
+        "id": item_id,
+        "type": "mcp_call",
+        "server_label": server_label,
+        "name": name,
+        "arguments": arguments,
+    }
+    if output is not None:
+        item["output"] = output
+    if error is not None:
+        item["error"] = error
+    return item
+
+
+def mcp_approval_item(item_id: str, server_label: str, name: str, arguments: str) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "type": "mcp_approval_request",
+        "server_label": server_label,
+        "name": name,
+        "arguments": arguments,
+    }
+
+
+_MCP_EVENTS: dict[str, Any] = {
+    "mcp_list_tools.in_progress": McpListToolsInProgress,
+    "mcp_list_tools.completed": McpListToolsCompleted,
+    "mcp_list_tools.failed": McpListToolsFailed,
+    "response.mcp_call_arguments.delta": ResponseMcpCallArgumentsDelta,
+    "response.mcp_call_arguments.done": ResponseMcpCallArgumentsDone,
+    "response.mcp_call.in_progress": ResponseMcpCallInProgress,
+    "response.mcp_call.completed": ResponseMcpCallCompleted,
+    "response.mcp_call.failed": ResponseMcpCallFailed,
+}
+
+
+def mcp_event(kind: str, item_id: str, **fields: Any) -> dict[str, Any]:
+    """An MCP progress event (`mcp_list_tools.*`, `response.mcp_call*`) with the fields its SDK
+    class requires besides `item_id` (`output_index`, `response_id`, `delta`, `arguments`)."""
+    return validated(_MCP_EVENTS[kind], {"type": kind, "event_id": _event_id(), "item_id": item_id, **fields})
 
 
 def output_item_done(response_id: str, item: dict[str, Any], output_index: int = 1) -> dict[str, Any]:

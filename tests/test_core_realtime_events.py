@@ -89,6 +89,30 @@ def test_output_item_done_carries_a_function_call_item() -> None:
     assert isinstance(rte.parse({"type": "response.output_item.done"}), rte.Invalid)
 
 
+def test_mcp_progress_events_are_ignored_and_a_failed_listing_names_its_item() -> None:
+    """OpenAI runs MCP calls; the items say what happened, so their progress events are known
+    and ignored, except a failed tool listing, which the call logs."""
+    at = {"output_index": 0}
+    in_response = {**at, "response_id": "resp_1"}
+    for event in (
+        h.mcp_event("mcp_list_tools.in_progress", "item_l1"),
+        h.mcp_event("mcp_list_tools.completed", "item_l1"),
+        h.mcp_event("response.mcp_call_arguments.delta", "item_m1", delta='{"q"', **in_response),
+        h.mcp_event("response.mcp_call_arguments.done", "item_m1", arguments='{"q": 1}', **in_response),
+        h.mcp_event("response.mcp_call.in_progress", "item_m1", **at),
+        h.mcp_event("response.mcp_call.completed", "item_m1", **at),
+        h.mcp_event("response.mcp_call.failed", "item_m2", **at),
+    ):
+        assert rte.parse(event) == rte.Ignored(event["type"])
+    assert rte.parse(h.mcp_event("mcp_list_tools.failed", "item_l2")) == rte.McpListFailed("item_l2")
+    assert isinstance(rte.parse({"type": "mcp_list_tools.failed"}), rte.Invalid)
+
+
+def test_output_item_done_carries_an_mcp_call_item() -> None:
+    item = h.mcp_call_item("item_m1", "docs", "search", '{"q": 1}', output="found")
+    assert rte.parse(h.output_item_done("resp_1", item, 0)) == rte.OutputItemDone("resp_1", item)
+
+
 def test_responses_tagged_with_a_purpose_are_out_of_band() -> None:
     tag = {"purpose": "summary"}
     assert rte.parse(h.response_created("resp_9", metadata=tag)) == rte.ResponseCreated("resp_9", True)

@@ -22,7 +22,7 @@ from callbot.core.record_json import record_from_json, record_to_json
 from callbot.core.redaction import redact_record
 from callbot.core.summary import SummaryPolicy, plan_summary
 from callbot.core.tool_config import ToolsConfig, realtime_tools, tools_config
-from callbot.core.tools import dial_twiml, transfer_brief, whisper_twiml
+from callbot.core.tools import APPROVAL_NOT_GIVEN, dial_twiml, transfer_brief, whisper_twiml
 from callbot.core.transcript_text import summary_request_text, transcript_as_text
 from callbot.errors import ToolsFileError
 
@@ -531,6 +531,142 @@ def test_an_mcp_call_is_recorded_and_kept_as_context() -> None:
     listing = {"id": "item_l1", "type": "mcp_list_tools", "server_label": "docs", "tools": []}
     call.realtime_in(h.item_added(listing), 970)
     assert call.session.conversation.get("item_l1") is None
+
+
+def _mcp_turn(
+    call: Call, final: dict[str, Any], *, at: int = 1000, status: str = "completed"
+) -> list[Action]:
+    """A caller line, then one response as OpenAI sends an MCP call in it: the `mcp_call` item and
+    its progress events first, then the spoken answer (tests/test_fake_realtime.py has the order)."""
+    user = h.user_text_item(f"item_u{at}", "How long do refunds take?")
+    out = call.realtime_in(h.item_added(user), at)
+    out += call.realtime_in(h.item_done(user), at + 1)
+    rid, mcp_id, answer_id = f"resp_{at}", str(final["id"]), f"item_a{at}"
+    out += call.realtime_in(h.response_created(rid), at + 2)
+    pending = {k: v for k, v in final.items() if k not in ("output", "error")}
+    out += call.realtime_in(h.item_added({**pending, "arguments": ""}, user["id"]), at + 3)
+    in_response = {"output_index": 0, "response_id": rid}
+    out += call.realtime_in(
+        h.mcp_event("response.mcp_call_arguments.delta", mcp_id, delta="{", **in_response)
+    )
+    out += call.realtime_in(
+        h.mcp_event("response.mcp_call_arguments.done", mcp_id, arguments=final["arguments"], **in_response)
+    )
+    out += call.realtime_in(h.mcp_event("response.mcp_call.in_progress", mcp_id, output_index=0))
+    ended = "response.mcp_call.failed" if final.get("error") else "response.mcp_call.completed"
+    out += call.realtime_in(h.mcp_event(ended, mcp_id, output_index=0), at + 4)
+    out += call.realtime_in(h.output_item_done(rid, final, 0), at + 5)
+    out += call.realtime_in(h.item_done(final, user["id"]), at + 5)
+    out += call.realtime_in(h.item_added(h.assistant_audio_item(answer_id), mcp_id), at + 6)
+    out += call.realtime_in(h.audio_delta(rid, answer_id, b"\x55" * 1600), at + 7)
+    spoken = h.assistant_audio_item(answer_id, "Refunds take five days.", "completed")
+    out += call.realtime_in(h.transcript_done(rid, answer_id, "Refunds take five days."), at + 8)
+    out += call.realtime_in(h.item_done(spoken, mcp_id), at + 8)
+    out += call.realtime_in(h.response_done(rid, status), at + 9)
+    return out
+
+
+def test_an_mcp_turn_is_only_known_events_callbot_answers_nothing_and_the_call_sits_between_its_turns() -> (
+    None
+):
+    cfg = tools_config({"mcp_servers": [{**_MCP, "allowed_tools": ["search"]}]}, ENV)
+    call = tool_call(cfg)
+    listing = h.mcp_list_item("item_l1", "docs", "search")
+    out = call.realtime_in(h.mcp_event("mcp_list_tools.in_progress", "item_l1"), 500)
+    out += call.realtime_in(h.item_added(listing), 501)
+    out += call.realtime_in(h.item_done(listing), 502)
+    out += call.realtime_in(h.mcp_event("mcp_list_tools.completed", "item_l1"), 503)
+    final = h.mcp_call_item("item_m1", "docs", "search", '{"q": "refunds"}', output="Refunds take 5 days.")
+    out += _mcp_turn(call, final)
+    session = call.session
+    # OpenAI ran the call: callbot sends nothing back (no output item, no response.create)
+    assert [e["type"] for e in to_realtime(out)] == []
+    assert (session.stats.unknown_realtime, session.stats.invalid_realtime) == (0, 0)
+    (event,) = session.tools.events(now_ms=3000)
+    assert (event.kind, event.name, event.arguments, event.output, event.outcome) == (
+        "mcp",
+        "docs.search",
+        '{"q": "refunds"}',
+        "Refunds take 5 days.",
+        "ok",
+    )
+    assert (event.started_ms, event.ended_ms) == (1005, 1005)
+    record = CallRecord(
+        info=CallInfo(call_sid="CA1", stream_sid="MZ1"),
+        started_at=datetime(2026, 12, 7, 9, 0, tzinfo=UTC),
+        transcript=session.conversation.transcript(),
+        tool_calls=session.tools.events(now_ms=3000),
+    )
+    lines = transcript_as_text(record).splitlines()
+    assert [line.split("] ", 1)[1].split(":", 1)[0] for line in lines] == [
+        "Caller",
+        "System (tool docs.search, ok)",
+        "Assistant",
+    ]
+    assert lines[1].endswith('docs.search({"q": "refunds"}) answered Refunds take 5 days.')
+    assert session.conversation.get("item_l1") is None  # the tool list is no turn and no context
+
+
+def test_a_failed_mcp_listing_is_logged_naming_the_server(caplog: pytest.LogCaptureFixture) -> None:
+    call = tool_call(tools_config({"mcp_servers": [_MCP]}, ENV))
+    listing = h.mcp_list_item("item_l1", "docs")
+    call.realtime_in(h.mcp_event("mcp_list_tools.in_progress", "item_l1"), 500)
+    call.realtime_in(h.item_added(listing), 501)
+    with caplog.at_level("WARNING", logger="callbot.call"):
+        assert call.realtime_in(h.mcp_event("mcp_list_tools.failed", "item_l1"), 502) == []
+        assert call.realtime_in(h.mcp_event("mcp_list_tools.failed", "item_l9"), 503) == []
+    assert [r.getMessage() for r in caplog.records] == [
+        "listing the tools of MCP server docs failed: the agent cannot use it",
+        "listing the tools of MCP server (unknown; listing item item_l9) failed: the agent cannot use it",
+    ]
+    assert call.session.phase == "active" and call.session.stats.unknown_realtime == 0
+
+
+def test_an_mcp_call_in_a_response_the_caller_cut_short_is_recorded_as_it_came() -> None:
+    """OpenAI ran it before the speech the caller talked over: it happened, it is not skipped."""
+    call = tool_call(tools_config({"mcp_servers": [_MCP]}, ENV))
+    final = h.mcp_call_item("item_m1", "docs", "search", '{"q": "refunds"}', output="Refunds take 5 days.")
+    _mcp_turn(call, final, status="cancelled")
+    (event,) = call.session.tools.events(now_ms=3000)
+    assert (event.outcome, event.output, event.error) == ("ok", "Refunds take 5 days.", None)
+
+
+def test_an_mcp_approval_request_is_noted_on_the_ticket_and_approved_by_nobody(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """callbot declares `require_approval: never`, so none should come; if one does, it is not
+    answered (OpenAI then runs nothing) and the ticket says why the tool did not run."""
+    call = tool_call(tools_config({"mcp_servers": [_MCP]}, ENV))
+    request = h.mcp_approval_item("item_ap1", "docs", "delete_doc", '{"id": 7}')
+    with caplog.at_level("WARNING", logger="callbot.call"):
+        out = call.realtime_in(h.response_created("resp_ap"), 900)
+        out += call.realtime_in(h.item_added(request), 901)
+        out += call.realtime_in(h.output_item_done("resp_ap", request, 0), 902)
+        out += call.realtime_in(h.item_done(request), 902)
+        out += call.realtime_in(h.response_done("resp_ap"), 903)
+    assert to_realtime(out) == []  # no mcp_approval_response: nothing is approved
+    (event,) = call.session.tools.events(now_ms=2000)
+    assert (event.kind, event.name, event.arguments, event.outcome) == (
+        "mcp",
+        "docs.delete_doc",
+        '{"id": 7}',
+        "skipped",
+    )
+    assert event.error == APPROVAL_NOT_GIVEN and (event.started_ms, event.ended_ms) == (901, 901)
+    assert [r.getMessage() for r in caplog.records] == [
+        "an MCP server asked for approval of delete_doc; callbot approves nothing"
+    ]
+    record = CallRecord(
+        info=CallInfo(call_sid="CA1", stream_sid="MZ1"),
+        started_at=datetime(2026, 12, 7, 9, 0, tzinfo=UTC),
+        tool_calls=call.session.tools.events(now_ms=2000),
+    )
+    assert record_from_json(record_to_json(record)).tool_calls == record.tool_calls
+    assert transcript_as_text(record) == (
+        "[00:00] System (tool docs.delete_doc, skipped): "
+        f'docs.delete_doc({{"id": 7}}) failed: {APPROVAL_NOT_GIVEN}'
+    )
+    assert call.session.conversation.get("item_ap1") is None and call.session.phase == "active"
 
 
 def test_late_duplicate_and_unknown_answers_change_nothing() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import math
 import os
 import sys
@@ -25,7 +26,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from callbot.testing.fake_realtime import FakeRealtimeServer, Script
 from callbot.testing.fake_realtime_audio import PCM24K, PCMU, AudioFormat, ulaw_decode, ulaw_encode
-from callbot.testing.fake_realtime_state import text_tokens
+from callbot.testing.fake_realtime_state import ScriptedMcpCall, text_tokens
 from callbot.testing.protocol_check import ProtocolViolation, validate_client_event, validate_server_event
 from callbot.testing.speech import duration_ms_for_text, silence, synth_speech
 
@@ -873,3 +874,163 @@ async def test_runs_as_a_separate_process() -> None:
     finally:
         proc.terminate()
         await proc.wait()
+
+
+# ----------------------------------------------------------------------------- remote MCP tools
+
+SEARCH_TOOL = {"name": "search_docs", "input_schema": {"type": "object"}, "description": "Search."}
+DELETE_TOOL = {"name": "delete_doc", "input_schema": {"type": "object"}}
+DOCS_SERVER = {
+    "type": "mcp",
+    "server_label": "docs",
+    "server_url": "https://mcp.example.test/mcp",
+    "allowed_tools": ["search_docs"],
+    "require_approval": "never",
+}
+LISTING = ["mcp_list_tools.in_progress", "conversation.item.added", "conversation.item.done"]
+TEXT_RESPONSE_OPEN = [k for k in RESPONSE_OPEN if k != "rate_limits.updated"]
+
+
+def mcp_script(**kwargs: Any) -> Script:
+    return Script(realtime_factor=0, mcp_tools={"docs": [SEARCH_TOOL, DELETE_TOOL]}, **kwargs)
+
+
+async def declare(conn: Any, *servers: dict[str, Any]) -> None:
+    session = {"type": "realtime", "output_modalities": ["text"], "tools": list(servers)}
+    await conn.send({"type": "session.update", "session": session})
+
+
+async def ask(conn: Any, text: str) -> list[Any]:
+    """A caller line as text, then a response: every event up to its `response.done`."""
+    await conn.send({"type": "conversation.item.create", "item": text_item("user", text)})
+    await conn.send({"type": "response.create"})
+    return await collect(conn, "response.done")
+
+
+async def test_a_declared_mcp_server_is_listed_once_with_only_its_allowed_tools() -> None:
+    crm = {"type": "mcp", "server_label": "crm", "server_url": "https://crm.example.test/mcp"}
+    async with realtime(mcp_script(mcp_list_fails={"crm"})) as (server, conn):
+        await declare(conn, DOCS_SERVER, crm)
+        events = await collect(conn, "mcp_list_tools.failed")
+        assert kinds(events) == [
+            "session.updated",
+            *LISTING,
+            "mcp_list_tools.completed",
+            *LISTING,
+            "mcp_list_tools.failed",
+        ]
+        docs_item, crm_item = (e.item for e in events if e.type == "conversation.item.done")
+        assert (docs_item.type, docs_item.server_label) == ("mcp_list_tools", "docs")
+        assert [t.name for t in docs_item.tools] == ["search_docs"]  # allowed_tools filters the list
+        assert events[-1].item_id == crm_item.id and crm_item.tools == []
+        # the same declaration again: docs keeps its listing, the failed crm is tried again
+        await declare(conn, DOCS_SERVER, crm)
+        again = await collect(conn, "mcp_list_tools.failed")
+        assert kinds(again) == ["session.updated", *LISTING, "mcp_list_tools.failed"]
+        assert {e.item.server_label for e in again if e.type == "conversation.item.done"} == {"crm"}
+        assert [i["type"] for i in server.sessions[0].items] == ["mcp_list_tools"] * 3
+        assert server.violations == []
+
+
+async def test_a_scripted_mcp_call_comes_first_in_its_response_and_the_speech_reads_its_answer() -> None:
+    calls = {
+        0: ScriptedMcpCall("docs", "search_docs", {"query": "refunds"}, output="Refunds take 5 days."),
+        1: ScriptedMcpCall(
+            "docs",
+            "search_docs",
+            {"query": "x"},
+            error={"type": "tool_execution_error", "message": "index down"},
+        ),
+    }
+    async with realtime(mcp_script(mcp_calls=calls)) as (server, conn):
+        await declare(conn, DOCS_SERVER)
+        await collect(conn, "mcp_list_tools.completed")
+        events = await ask(conn, "How long do refunds take?")
+        mcp_events = [
+            "response.output_item.added",
+            "conversation.item.added",
+            "response.mcp_call_arguments.delta",
+            "response.mcp_call_arguments.done",
+            "response.mcp_call.in_progress",
+        ]
+        mcp_done = ["response.output_item.done", "conversation.item.done"]
+        text_close = ["response.output_text.done", "response.content_part.done", *mcp_done, "response.done"]
+        assert kinds(events)[2:] == [
+            "response.created",
+            "rate_limits.updated",
+            *mcp_events,
+            "response.mcp_call.completed",
+            *mcp_done,
+            *TEXT_RESPONSE_OPEN[1:],
+            *text_close,
+        ]
+        done = events[-1].response
+        call, message = done.output
+        assert (call.type, call.server_label, call.name) == ("mcp_call", "docs", "search_docs")
+        assert json.loads(call.arguments) == {"query": "refunds"}
+        assert call.output == "Refunds take 5 days." and call.error is None
+        assert message.content[0].text == "Here is what I found: Refunds take 5 days."
+        indexes = {(e.type, e.output_index) for e in events if getattr(e, "output_index", None) is not None}
+        assert ("response.mcp_call.completed", 0) in indexes and ("response.output_text.delta", 1) in indexes
+        assert [i["type"] for i in server.sessions[0].items][-3:] == ["message", "mcp_call", "message"]
+        # a failed call: the error item, `.failed`, and an apology
+        failed = await ask(conn, "And exchanges?")
+        assert "response.mcp_call.failed" in kinds(failed)
+        assert "response.mcp_call.completed" not in kinds(failed)
+        call, message = failed[-1].response.output
+        assert call.error is not None and (call.error.type, call.error.message) == (
+            "tool_execution_error",
+            "index down",
+        )
+        assert call.output is None
+        assert message.content[0].text == "Sorry, that did not work: index down"
+        assert server.violations == []
+
+
+async def test_the_fake_calls_no_mcp_tool_the_session_does_not_have() -> None:
+    calls = {
+        0: ScriptedMcpCall("docs", "delete_doc", output="deleted"),  # listed by docs, but not allowed
+        1: ScriptedMcpCall("billing", "refund", output="refunded"),  # no such server declared
+        2: ScriptedMcpCall("docs", "search_docs", output="found"),  # its listing deleted below
+        3: ScriptedMcpCall("docs", "search_docs", output="found it"),
+    }
+    async with realtime(mcp_script(mcp_calls=calls)) as (server, conn):
+        await declare(conn, DOCS_SERVER)
+        listing = await collect(conn, "mcp_list_tools.completed")
+        for line in ("Delete it.", "Refund me."):
+            events = await ask(conn, line)
+            assert not [k for k in kinds(events) if "mcp" in k]
+            assert [o.type for o in events[-1].response.output] == ["message"]
+            assert events[-1].response.output[0].content[0].text == "Sorry, I have no tool for that."
+        await conn.send({"type": "conversation.item.delete", "item_id": listing[-1].item_id})
+        assert (await recv(conn)).type == "conversation.item.deleted"
+        events = await ask(conn, "Search for it.")
+        assert events[-1].response.output[0].content[0].text == "Sorry, I have no tool for that."
+        await declare(conn, DOCS_SERVER)  # the deleted listing is listed again
+        await collect(conn, "mcp_list_tools.completed")
+        events = await ask(conn, "Search for it now.")
+        assert [o.type for o in events[-1].response.output] == ["mcp_call", "message"]
+        assert server.violations == []
+
+
+def test_mcp_shapes_the_sdk_models_refuse() -> None:
+    """What the fake must not send: an `mcp_call` item has no `status`, the `response.mcp_call.*`
+    events have no `response_id`, and an MCP error has one of three `type`s."""
+    item = {"id": "item_1", "type": "mcp_call", "server_label": "docs", "name": "s", "arguments": "{}"}
+    added = {"type": "response.output_item.added", "event_id": "e", "response_id": "r", "output_index": 0}
+    validate_server_event({**added, "item": item})
+    bad: list[dict[str, Any]] = [
+        {**added, "item": {**item, "status": "completed"}},
+        {**added, "item": {**item, "error": {"type": "timeout", "message": "slow"}}},
+        {
+            "type": "response.mcp_call.completed",
+            "event_id": "e",
+            "item_id": "i",
+            "output_index": 0,
+            "response_id": "r",
+        },
+        {"type": "mcp_list_tools.completed", "event_id": "e"},
+    ]
+    for event in bad:
+        with pytest.raises(ProtocolViolation):
+            validate_server_event(event)

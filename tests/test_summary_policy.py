@@ -456,6 +456,38 @@ def test_above_the_trigger_one_request_folds_exactly_the_turns_older_than_the_la
     assert realtime_in(actions) == []
 
 
+def test_a_summary_folds_an_mcp_call_with_its_answer_and_leaves_the_servers_tool_list_alone() -> None:
+    """The `mcp_list_tools` item is the session's knowledge of an MCP server's tools: it is no turn,
+    so no summary folds it and callbot never deletes it (the model would lose the tools). The
+    `mcp_call` is folded like any tool item, its answer kept in the summary's lines."""
+    rig = Rig(trigger=1_000, keep=2)
+    listing = h.mcp_list_item("item_l1", "docs", "search")
+    prev = rig._append("item_l1")
+    rig.rt(ev_item_added(listing, prev), 10)
+    rig.rt(ev_item_done(listing, prev))
+    rig.assistant("a0", total=300, text="Hi, Acme, how can I help?")
+    rig.user("u1", "How long do refunds take?")
+    rid = "resp_mcp"  # the MCP call opens the response, the spoken answer follows it
+    rig.rt(ev_response_created(rid))
+    call = h.mcp_call_item("m1", "docs", "search", '{"q": "refunds"}', output="5 days, policy REF-2291.")
+    prev = rig._append("m1")
+    rig.rt(ev_item_added({**call, "arguments": "", "output": None}, prev))
+    rig.rt(h.output_item_done(rid, call, 0))
+    rig.rt(ev_item_done(call, "u1"))
+    prev = rig._append("a1")
+    rig.rt(ev_item_added(assistant_item("a1", None, "in_progress"), prev))
+    rig.assistant_finish(rid, "a1", total=600, text="Refunds take five days.")
+    rig.user("u2", "Thanks.")
+    actions = rig.assistant("a2", total=1_200, text="You are welcome.")
+    [req] = requests_in(actions)
+    assert req.folded_item_ids == ("a0", "u1", "m1", "a1")  # u2, a2 are kept; item_l1 is no turn
+    assert ("system", "[The agent called docs.search; it answered: 5 days, policy REF-2291.]") in req.lines
+    deleted = rig.summarise_fully(req.summary_id, "Refunds take 5 days under policy REF-2291.")
+    assert sorted(deleted) == ["a0", "a1", "m1", "u1"]
+    assert rig.server == [req.summary_id, "item_l1", "u2", "a2"]  # the tool list stays with the server
+    assert "item_l1" not in [e.get("item_id") for e in rig.sent]
+
+
 def test_the_previous_summary_is_rolled_up_into_the_next_one() -> None:
     rig = Rig(trigger=1_000, keep=2)
     rig.base_call(turns=2, total=1_200)

@@ -10,7 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from callbot.core.record import CallInfo, CallRecord, SummaryEvent, TranscriptEntry, UsageTotals
+from callbot.core.record import (
+    CallInfo,
+    CallRecord,
+    SummaryEvent,
+    ToolCallEvent,
+    TranscriptEntry,
+    UsageTotals,
+)
 from callbot.core.record_json import record_from_json, record_to_json
 from callbot.core.ticket import (
     CARD_MARKER,
@@ -349,6 +356,26 @@ def test_a_late_transcript_does_not_move_its_turn_after_the_reply() -> None:
         ),
     )
     assert [e.item_id for e in timeline(rec)] == ["a0", "u1", "a1"]
+
+
+def test_a_tool_call_at_the_same_time_as_a_turn_sorts_by_when_its_kind_runs() -> None:
+    """The agent says "let me check" and then its function tool runs; OpenAI runs an MCP call
+    before the speech about its answer. A millisecond tie must not swap either."""
+    rec = CallRecord(
+        CallInfo("CA", "MZ"),
+        STARTED,
+        transcript=(
+            TranscriptEntry("u1", "user", "Refunds?", at_ms=900, started_ms=100, ended_ms=800),
+            TranscriptEntry("a1", "assistant", "They take 14 days.", at_ms=1_000, started_ms=1_000),
+            TranscriptEntry("a2", "assistant", "Let me check.", at_ms=3_000, started_ms=3_000),
+        ),
+        tool_calls=(
+            ToolCallEvent("m1", "m1", "docs.search", "{}", output="14 days", started_ms=1_000, kind="mcp"),
+            ToolCallEvent("c1", "f1", "lookup_order", "{}", started_ms=3_000, ended_ms=3_400),
+        ),
+    )
+    order = [e.item_id for e in timeline(rec)]
+    assert order == ["u1", "m1", "a1", "a2", "f1"]
 
 
 def test_speech_times_survive_json_and_old_records_without_them_still_load() -> None:

@@ -112,6 +112,7 @@ def on_item_added(call: CallSession, event: ev.ItemAdded | ev.ItemDone, now_ms: 
     call.conversation.item_added(
         event.item, event.previous_item_id, now_ms, is_summary=is_summary, is_memory=is_memory
     )
+    call.tools.item_added(event.item, now_ms)
     if is_summary:
         deletes = call.summaries.confirmed(call.conversation, item_id, now_ms, call.responses.active)
         return [SendRealtime(delete) for delete in deletes]

@@ -111,6 +111,14 @@ class OutputItemDone:
 
 
 @dataclass(frozen=True, slots=True)
+class McpListFailed:
+    """`mcp_list_tools.failed`: OpenAI could not list a remote MCP server's tools, so the agent
+    cannot use that server on this session (docs/call-control.md §6)."""
+
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class AudioDelta:
     """`response.output_audio.delta`: `delta` is base64, decoded by the core only if it is used."""
 
@@ -191,6 +199,7 @@ RealtimeEvent = (
     | ResponseCreated
     | ResponseDone
     | OutputItemDone
+    | McpListFailed
     | AudioDelta
     | AudioDone
     | TranscriptDelta
@@ -220,6 +229,14 @@ IGNORED_TYPES = frozenset(
         "rate_limits.updated",
         "response.function_call_arguments.delta",
         "response.function_call_arguments.done",
+        # remote MCP (docs/call-control.md §6): OpenAI runs the calls; the items say what happened
+        "mcp_list_tools.in_progress",
+        "mcp_list_tools.completed",
+        "response.mcp_call_arguments.delta",
+        "response.mcp_call_arguments.done",
+        "response.mcp_call.in_progress",
+        "response.mcp_call.completed",
+        "response.mcp_call.failed",
     }
 )
 """Known server events callbot ignores on purpose (docs/protocols.md §9.2)."""
@@ -314,6 +331,11 @@ def _audio_done(kind: str, event: JsonObject) -> RealtimeEvent:
     return AudioDone(item_id) if isinstance(item_id, str) else Invalid(kind, "no string item_id")
 
 
+def _mcp_list_failed(kind: str, event: JsonObject) -> RealtimeEvent:
+    item_id = event.get("item_id")
+    return McpListFailed(item_id) if isinstance(item_id, str) else Invalid(kind, "no string item_id")
+
+
 def _transcription_failed(kind: str, event: JsonObject) -> RealtimeEvent:
     item_id = event.get("item_id")
     if not isinstance(item_id, str):
@@ -382,6 +404,7 @@ _PARSERS: dict[str, _Parser] = {
     "response.created": _response,
     "response.done": _response,
     "response.output_item.done": _output_item_done,
+    "mcp_list_tools.failed": _mcp_list_failed,
     "response.output_audio.done": _audio_done,
     "response.output_audio_transcript.delta": _item_id_and_text(TranscriptDelta, "delta"),
     "response.output_audio_transcript.done": _item_id_and_text(TranscriptDone, "transcript"),

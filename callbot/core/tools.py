@@ -24,6 +24,7 @@ The rules (docs/call-control.md §6, §2, §3):
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 from xml.sax.saxutils import escape, quoteattr
@@ -35,6 +36,12 @@ from callbot.core.conversation import ConversationState
 from callbot.core.record import TRANSFERRED_PREFIX, CallInfo, ToolCallEvent, ToolOutcome
 from callbot.core.tool_config import END_CALL, TRANSFER, ToolsConfig
 
+log = logging.getLogger("callbot.call")
+
+APPROVAL_NOT_GIVEN = (
+    "not run: the MCP server asked for approval, which nobody can give on a phone call "
+    "(callbot declares require_approval: never)"
+)
 REPLY_GRACE_MS = 800
 """After the caller stops speaking the server VAD creates a response itself; a tool output that
 lands meanwhile waits this long for it before callbot asks for one."""
@@ -79,6 +86,8 @@ class ToolCalls:
         self._reply_wanted = False
         self._speech_stopped_ms: int | None = None
         self._replies = 0
+        self._mcp_lists: dict[str, str] = {}
+        """`mcp_list_tools` item id -> its server label (a failed listing names only the item)."""
 
     # ----- queries -----
     def events(self, now_ms: int | None = None) -> tuple[ToolCallEvent, ...]:
@@ -102,6 +111,9 @@ class ToolCalls:
         if kind == "mcp_call":
             self._mcp_call(item, now_ms)
             return
+        if kind == "mcp_approval_request":
+            self._approval_request(item, now_ms)
+            return
         if kind != "function_call":
             return
         call = FunctionCall(
@@ -116,6 +128,19 @@ class ToolCalls:
             self._skip(call, f"the function call item ended {status}", now_ms)
             return
         self._collected.setdefault(response_id, []).append(call)
+
+    def item_added(self, item: dict[str, Any], now_ms: int) -> None:
+        """`conversation.item.added`: an MCP server's tool list is remembered by its item id, and
+        an approval request is recorded (it may come this way only)."""
+        kind = item.get("type")
+        if kind == "mcp_list_tools":
+            self._mcp_lists[str(item.get("id"))] = str(item.get("server_label") or "?")
+        elif kind == "mcp_approval_request":
+            self._approval_request(item, now_ms)
+
+    def mcp_list_failed(self, item_id: str) -> str:
+        """`mcp_list_tools.failed`: the label of the server whose tools could not be listed."""
+        return self._mcp_lists.get(item_id, f"(unknown; listing item {item_id})")
 
     def response_done(
         self, response_id: str | None, status: str | None, reason: str | None, moment: Moment
@@ -276,6 +301,26 @@ class ToolCalls:
             output=output if isinstance(output, str) else None,
             error=json.dumps(error) if error else None,
             outcome="error" if error else "ok",
+            started_ms=now_ms,
+            ended_ms=now_ms,
+            kind="mcp",
+        )
+
+    def _approval_request(self, item: dict[str, Any], now_ms: int) -> None:
+        """An `mcp_approval_request`: with `require_approval: never` it should not come. If it
+        does, nobody approves it (no `mcp_approval_response` is sent, so OpenAI runs nothing) and
+        the ticket says so; an `mcp_call` that follows anyway is recorded as it comes."""
+        item_id = str(item.get("id") or "")
+        if item_id in self._events:
+            return  # seen already (as an added item, then as a response's output)
+        log.warning("an MCP server asked for approval of %s; callbot approves nothing", item.get("name"))
+        self._events[item_id] = ToolCallEvent(
+            call_id=item_id,
+            item_id=item_id,
+            name=f"{item.get('server_label') or 'mcp'}.{item.get('name') or '?'}",
+            arguments=str(item.get("arguments") or ""),
+            error=APPROVAL_NOT_GIVEN,
+            outcome="skipped",
             started_ms=now_ms,
             ended_ms=now_ms,
             kind="mcp",

@@ -21,19 +21,21 @@ def timeline(record: CallRecord) -> list[TimelineEvent]:
     """Turns (by when they were said), in-call summaries and tool calls (by when they ran) in
     call order, so a tool call sits between the turn that asked for it and the one that used it.
 
-    A summary or tool call sorts after turns of the same time; turns of the same time keep the
+    A summary or function tool call sorts after turns of the same time (the agent speaks, then
+    its tool runs); an MCP call sorts before them, since OpenAI runs it before the speech of its
+    response, whose audio may start in the same millisecond. Turns of the same time keep the
     conversation's order.
     """
     events: list[TimelineEvent] = [*record.transcript, *record.summaries, *record.tool_calls]
     return sorted(events, key=_timeline_key)
 
 
-def _timeline_key(event: TimelineEvent) -> tuple[int, bool]:
+def _timeline_key(event: TimelineEvent) -> tuple[int, int]:
     if isinstance(event, SummaryEvent):
-        return event.at_ms, True
+        return event.at_ms, 2
     if isinstance(event, ToolCallEvent):
-        return event.started_ms, True
-    return event.spoken_at_ms, False
+        return event.started_ms, 0 if event.kind == "mcp" else 2
+    return event.spoken_at_ms, 1
 
 
 def tool_call_line(event: ToolCallEvent) -> str:

@@ -14,9 +14,11 @@ server-VAD, commit/clear, scripted input transcription; responses with paced aud
 transcript deltas (or text), barge-in and `response.cancel`, out-of-band responses; item
 create/delete/truncate/retrieve with the real error cases; token usage that follows the items
 kept server-side; scripted function calls (`Script.function_calls`: speech, then a
-`function_call` item) and the read-back of a `function_call_output` (`Script.after_tool`). It
-does not run MCP servers, images, `audio/pcma`, `idle_timeout_ms`, noise reduction or truncation
-of an overflowing context.
+`function_call` item) and the read-back of a `function_call_output` (`Script.after_tool`);
+remote MCP tools as OpenAI runs them (`fake_realtime_mcp`): a declared server's tools listed
+from `Script.mcp_tools`, and `Script.mcp_calls` (an `mcp_call` item with the scripted output or
+error, then speech about it, in one response). It connects to no MCP server and does not do
+images, `audio/pcma`, `idle_timeout_ms`, noise reduction or truncation of an overflowing context.
 
 Fault injection for resilience tests: `drop_after_events(n)`, `drop_now()`,
 `refuse_connections`, `expire_session()`.

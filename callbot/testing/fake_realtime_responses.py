@@ -18,9 +18,11 @@ from typing import Any
 from callbot.core.memory import MEMORY_HEADER
 from callbot.testing.fake_realtime_audio import AudioFormat, audio_format
 from callbot.testing.fake_realtime_items import ItemEvents
+from callbot.testing.fake_realtime_mcp import McpServers
 from callbot.testing.fake_realtime_state import (
     ConvItem,
     ScriptedCall,
+    ScriptedMcpCall,
     SessionCore,
     context_tokens,
     split_words,
@@ -54,11 +56,26 @@ class ActiveResponse:
     call: ScriptedCall | None = None
     """The function call this response makes after its speech, if the script says so."""
     pending_transcriptions: list[tuple[ConvItem, int]] = field(default_factory=list)
+    mcp_item: dict[str, Any] | None = None
+    """The finished `mcp_call` item this response opened with (output index 0), if any."""
+    message_index: int = 0
+    """The output index of the spoken message (1 after an MCP call)."""
 
     @property
     def steps(self) -> int:
         """How many deltas the response streams (one per audio chunk, or per text piece)."""
         return len(self.chunks) if self.audio else len(self.pieces)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What the fake 'model' does in one response: says `text`, and maybe calls a tool."""
+
+    text: str
+    call: ScriptedCall | None = None
+    """A function call after the speech."""
+    mcp: ScriptedMcpCall | None = None
+    """An MCP call before the speech (OpenAI runs it; the speech is about its answer)."""
 
 
 def _rate_limits(max_output_tokens: Any) -> list[dict[str, Any]]:
@@ -84,6 +101,7 @@ class Responder:
         self.active_inband: ActiveResponse | None = None
         self.voice_locked = False
         """Assistant audio was produced: the voice can no longer change."""
+        self.mcp = McpServers(core, items)
 
     # ------------------------------------------------------------------ client events
 
@@ -114,37 +132,38 @@ class Responder:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _reply_text(
-        self, inband: bool, params: dict[str, Any], context: list[ConvItem]
-    ) -> tuple[str, ScriptedCall | None]:
-        """Pick what the fake model says (see `Script`), and the function call it makes, if any."""
+    def _reply(self, inband: bool, params: dict[str, Any], context: list[ConvItem]) -> Reply:
+        """Pick what the fake model says (see `Script`), and the tool it calls, if any."""
         if not inband:
             if self.core.script.out_of_band_reply is not None:
-                return self.core.script.out_of_band_reply, None
+                return Reply(self.core.script.out_of_band_reply)
             said = " | ".join(item.heard_text for item in context if item.heard_text)
-            return f"Summary: {said[:300] or 'nothing yet.'}", None
+            return Reply(f"Summary: {said[:300] or 'nothing yet.'}")
         has_user = any(item.data.get("role") == "user" for item in self.core.conversation.items)
         progress, script = self.core.progress, self.core.script
         if not progress.greeted and (params.get("instructions") is not None or not has_user):
             progress.greeted = True
             earlier = self._earlier_call_title()
             if earlier is not None:
-                return f"{script.greeting} Are you calling about {earlier}?", None
-            return script.greeting, None
+                return Reply(f"{script.greeting} Are you calling about {earlier}?")
+            return Reply(script.greeting)
         outputs = [i for i in context if i.data.get("type") == "function_call_output"]
         unread = [i for i in outputs if i.id not in progress.outputs_read]
         if unread:  # the model reads back a tool's answer it has not spoken about yet
             progress.outputs_read.add(unread[-1].id)
-            return script.after_tool.replace("{output}", str(unread[-1].data.get("output") or "")), None
+            return Reply(script.after_tool.replace("{output}", str(unread[-1].data.get("output") or "")))
         n = progress.replies
         progress.replies += 1
+        mcp = script.mcp_calls.get(n)
+        if mcp is not None:  # a real model cannot call a tool it was not given either
+            return Reply(mcp.spoken(), mcp=mcp) if self.mcp.can_call(mcp) else Reply(script.no_tool_reply)
         call = script.function_calls.get(n)
         if call is not None and self._declared(call.name):
-            return call.say, call
+            return Reply(call.say, call)
         if n < len(script.replies):
-            return script.replies[n], None
+            return Reply(script.replies[n])
         last_user = next((i for i in reversed(context) if i.data.get("role") == "user"), None)
-        return f"You said: {last_user.heard_text if last_user else 'nothing'}", None
+        return Reply(f"You said: {last_user.heard_text if last_user else 'nothing'}")
 
     def _declared(self, name: str) -> bool:
         """Only a function tool the session declared can be called (a real model cannot do more)."""
@@ -205,7 +224,8 @@ class Responder:
             if resolved is None:
                 return None
             context = resolved
-        text, call = self._reply_text(inband, params, context)
+        reply = self._reply(inband, params, context)
+        text = reply.text
         audio = "audio" in modalities
         voice = out.get("voice") or session["audio"]["output"].get("voice")
         max_tokens = params.get("max_output_tokens", session.get("max_output_tokens"))
@@ -261,16 +281,19 @@ class Responder:
             chunks,
             pieces,
             chunk_ms,
-            call=call,
+            call=reply.call,
         )
         rid, iid = resp.id, item.id
         self.core.emit({"type": "response.created", "response": copy.deepcopy(body)})
         self.core.emit({"type": "rate_limits.updated", "rate_limits": _rate_limits(max_tokens)})
+        if reply.mcp is not None:  # the MCP call comes first; the speech is about its answer
+            resp.mcp_item = self.mcp.call(rid, reply.mcp, inband=inband, output_index=0)
+            resp.message_index = 1
         self.core.emit(
             {
                 "type": "response.output_item.added",
                 "response_id": rid,
-                "output_index": 0,
+                "output_index": resp.message_index,
                 "item": copy.deepcopy(item.data),
             }
         )
@@ -284,7 +307,7 @@ class Responder:
                 }
             )
         part = {"type": "audio", "transcript": ""} if audio else {"type": "text", "text": ""}
-        ids = {"response_id": rid, "item_id": iid, "output_index": 0, "content_index": 0}
+        ids = {"response_id": rid, "item_id": iid, "output_index": resp.message_index, "content_index": 0}
         self.core.emit({"type": "response.content_part.added", **ids, "part": part})
         self.active[rid] = resp
         if inband:
@@ -317,7 +340,12 @@ class Responder:
 
     def send_delta(self, resp: ActiveResponse, i: int) -> None:
         """Step `i` of a response: its audio chunk and/or its piece of transcript or text."""
-        ids = {"response_id": resp.id, "item_id": resp.item.id, "output_index": 0, "content_index": 0}
+        ids = {
+            "response_id": resp.id,
+            "item_id": resp.item.id,
+            "output_index": resp.message_index,
+            "content_index": 0,
+        }
         if resp.audio:
             self.core.emit({"type": "response.output_audio.delta", **ids, "delta": resp.chunks[i]})
             resp.audio_ms += resp.chunk_ms[i]
@@ -335,7 +363,12 @@ class Responder:
         resp.finished = True
         if resp.task is not None and resp.task is not asyncio.current_task():
             resp.task.cancel()
-        ids = {"response_id": resp.id, "item_id": resp.item.id, "output_index": 0, "content_index": 0}
+        ids = {
+            "response_id": resp.id,
+            "item_id": resp.item.id,
+            "output_index": resp.message_index,
+            "content_index": 0,
+        }
         text = resp.sent_text
         if resp.audio:
             self.core.emit({"type": "response.output_audio.done", **ids})
@@ -356,7 +389,7 @@ class Responder:
             {
                 "type": "response.output_item.done",
                 "response_id": resp.id,
-                "output_index": 0,
+                "output_index": resp.message_index,
                 "item": copy.deepcopy(item.data),
             }
         )
@@ -366,6 +399,8 @@ class Responder:
                 {"type": "conversation.item.done", "previous_item_id": prev, "item": copy.deepcopy(item.data)}
             )
         output = [copy.deepcopy(item.data)]
+        if resp.mcp_item is not None:
+            output.insert(0, copy.deepcopy(resp.mcp_item))
         if resp.call is not None:
             output.append(self._function_call(resp, status))
         body = resp.body
@@ -381,7 +416,7 @@ class Responder:
             self.items.transcribe(*pending)
 
     def _function_call(self, resp: ActiveResponse, status: str) -> dict[str, Any]:
-        """The response's second output item: a function call, with the events a real one has.
+        """The output item after the speech: a function call, with the events a real one has.
 
         A cut-short response's call item ends `incomplete` (unless the script makes it say
         `completed` anyway); either way only `response.done`'s status says whether it counts."""
@@ -398,12 +433,18 @@ class Responder:
             "name": resp.call.name,
             "arguments": "",
         }
-        ids = {"response_id": resp.id, "output_index": 1, "item_id": data["id"], "call_id": data["call_id"]}
+        index = resp.message_index + 1
+        ids = {
+            "response_id": resp.id,
+            "output_index": index,
+            "item_id": data["id"],
+            "call_id": data["call_id"],
+        }
         self.core.emit(
             {
                 "type": "response.output_item.added",
                 "response_id": resp.id,
-                "output_index": 1,
+                "output_index": index,
                 "item": dict(data),
             }
         )
@@ -427,7 +468,7 @@ class Responder:
             {
                 "type": "response.output_item.done",
                 "response_id": resp.id,
-                "output_index": 1,
+                "output_index": index,
                 "item": dict(data),
             }
         )

@@ -339,6 +339,7 @@ class FakeSession:
         self.core.config = merged
         self.input_audio.configure()
         self.core.emit({"type": "session.updated", "session": copy.deepcopy(self.core.config)})
+        self.responder.mcp.session_updated()  # a newly declared MCP server's tools are listed
 
     def _on_output_clear(self, obj: dict[str, Any]) -> None:
         self.core.error(

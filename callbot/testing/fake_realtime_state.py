@@ -43,6 +43,31 @@ class ScriptedCall:
     adversarial arguments (not JSON, not an object, lone surrogates, deep nesting)."""
 
 
+@dataclass(frozen=True)
+class ScriptedMcpCall:
+    """A remote MCP tool call the fake 'model' makes at the start of a reply: OpenAI would call
+    the server; the fake takes the answer from here, then speaks about it in the same response."""
+
+    server_label: str
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    output: str | None = None
+    """What the MCP server answered (the `mcp_call` item's `output`), unless `error` is set."""
+    error: dict[str, Any] | None = None
+    """The call failed: one of the SDK's three error shapes, `{"type": "protocol_error", "code",
+    "message"}`, `{"type": "tool_execution_error", "message"}` or `{"type": "http_error", "code",
+    "message"}`; the call ends with `response.mcp_call.failed`."""
+    say: str = "Here is what I found: {output}"
+    """The spoken answer after a completed call; `{output}` is replaced by the output."""
+    say_on_error: str = "Sorry, that did not work: {error}"
+    """The spoken answer after a failed call; `{error}` is replaced by the error's message."""
+
+    def spoken(self) -> str:
+        if self.error is not None:
+            return self.say_on_error.replace("{error}", str(self.error.get("message") or ""))
+        return self.say.replace("{output}", self.output or "")
+
+
 @dataclass
 class Script:
     """What the fake 'model' says and hears.
@@ -69,6 +94,14 @@ class Script:
     * `cancelled_calls_complete`: a cancelled response's function call item still says
       `completed` (only `response.done`'s status tells it was cut short), the harder case.
     * `speak_words`: the assistant speaks words (TTS) rather than the synthetic buzz.
+    * `mcp_tools[label]`: the tools the MCP server with that `server_label` lists (each
+      `{"name", "input_schema", "description"?, "annotations"?}`) when a `session.update`
+      declares it; a label not in here lists no tools. `mcp_list_fails`: labels whose listing
+      fails (`mcp_list_tools.failed`).
+    * `mcp_calls[n]`: reply n first calls a tool of a remote MCP server (an `mcp_call` output
+      item, run "by OpenAI" with the scripted output or error), then says `ScriptedMcpCall.say`
+      (or `.say_on_error`) in the same response. Only a tool the session's listing of that
+      server holds can be called; otherwise the reply says `no_tool_reply` and calls nothing.
     """
 
     greeting: str = "Hello! Thanks for calling. How can I help you today?"
@@ -92,6 +125,10 @@ class Script:
     speak_words: bool = False
     """Say the greeting and replies in words through eSpeak NG where it is installed
     (callbot/testing/tts.py), instead of the synthetic buzz; the length then follows the speech."""
+    mcp_tools: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    mcp_list_fails: set[str] = field(default_factory=set)
+    mcp_calls: dict[int, ScriptedMcpCall] = field(default_factory=dict)
+    no_tool_reply: str = "Sorry, I have no tool for that."
 
     def transcript_for(self, n: int) -> str:
         return self.user_transcripts[n] if n < len(self.user_transcripts) else f"Utterance {n + 1}."
