@@ -12,6 +12,7 @@ from openai import AsyncOpenAI
 
 from callbot.adapters.fastpaths import probe_fast_paths
 from callbot.adapters.realtime_openai import OpenAIRealtimeConnector
+from callbot.adapters.summariser_openai import OpenAISummariser
 from callbot.adapters.ticket_summariser_openai import OpenAITicketSummariser
 from callbot.caller.simulator import TwilioCaller
 from callbot.core.record import CallRecord
@@ -116,5 +117,19 @@ async def fake_ticket_model(
         client = AsyncOpenAI(api_key="k", base_url=base_url, max_retries=0)
         try:
             yield OpenAITicketSummariser(client, "m", TICKET_SCHEMA, DEFAULT_TICKET_PROMPT, 5.0)
+        finally:
+            await client.close()
+
+
+@contextlib.asynccontextmanager
+async def fake_summary_model(control: FakeOpenAIControl | None = None) -> AsyncIterator[OpenAISummariser]:
+    """The in-call summariser of production (English bullet points) against the fake OpenAI HTTP
+    API (`control` sees its requests)."""
+    async with serve_fake_openai(control or FakeOpenAIControl()) as base_url:
+        client = AsyncOpenAI(api_key="fake", base_url=base_url)
+        try:
+            yield OpenAISummariser(
+                client, "gpt-5.4-mini", language="English", style="bullet points", timeout_s=10
+            )
         finally:
             await client.close()

@@ -13,17 +13,14 @@ from typing import Any
 
 import httpx
 import pytest
-from openai import AsyncOpenAI
 
-from callbot.adapters.summariser_openai import OpenAISummariser
 from callbot.caller.simulator import HangUp, Say, SayDuringAssistant, Silence, WaitForAssistant
 from callbot.core.conversation import _tool_text
 from callbot.core.record import ToolCallEvent, TranscriptEntry
 from callbot.core.transcript_text import timeline
-from callbot.testing.fake_openai_http import FakeOpenAIControl, serve_fake_openai
 from callbot.testing.fake_realtime import Script
 from callbot.testing.fake_realtime_state import ScriptedMcpCall
-from tests.e2e_helpers import running_rig, speech
+from tests.e2e_helpers import fake_summary_model, running_rig, speech
 from tests.test_e2e_ticket import read_ticket, ticket_requests, ticket_rig
 
 DOCS_KEY = "docs-mcp-key-7f3a91c2"
@@ -226,16 +223,9 @@ async def test_the_summary_keeps_the_mcp_answer_and_never_deletes_the_servers_to
         mcp_calls={0: LOOKUP, 3: second},
         replies=["", "Yes, we ship to Canada.", "Yes, all major cards.", "", "You are welcome."],
     )
-    control = FakeOpenAIControl()
-    async with serve_fake_openai(control) as openai_url:
-        summariser = OpenAISummariser(
-            AsyncOpenAI(api_key="fake", base_url=openai_url),
-            "gpt-5.4-mini",
-            language="English",
-            style="bullet points",
-            timeout_s=10,
-        )
-        async with running_rig(
+    async with (
+        fake_summary_model() as summariser,
+        running_rig(
             script,
             tools_file=tools_file,
             summariser=summariser,
@@ -243,14 +233,15 @@ async def test_the_summary_keeps_the_mcp_answer_and_never_deletes_the_servers_to
             summary_trigger_tokens=150,
             keep_last_turns=2,
             transcript_wait_ms=500,
-        ) as rig:
-            steps: list[Any] = [WaitForAssistant(timeout_s=10, quiet_ms=2000)]
-            for n in range(len(lines)):
-                steps += turn(20 + n, quiet_ms=600)
-            result = await rig.caller().run([*steps, HangUp()])
-            (session,) = rig.fake.sessions
-            server_items = [dict(item) for item in session.items]
-            assert rig.fake.violations == []
+        ) as rig,
+    ):
+        steps: list[Any] = [WaitForAssistant(timeout_s=10, quiet_ms=2000)]
+        for n in range(len(lines)):
+            steps += turn(20 + n, quiet_ms=600)
+        result = await rig.caller().run([*steps, HangUp()])
+        (session,) = rig.fake.sessions
+        server_items = [dict(item) for item in session.items]
+        assert rig.fake.violations == []
     assert result.violations == []
     record = rig.observer.ended[0]
     calls = [

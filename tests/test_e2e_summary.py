@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import re
 
-from openai import AsyncOpenAI
-
-from callbot.adapters.summariser_openai import OpenAISummariser
 from callbot.caller.simulator import HangUp, Say, Silence, WaitForAssistant
-from callbot.testing.fake_openai_http import FakeOpenAIControl, serve_fake_openai
+from callbot.testing.fake_openai_http import FakeOpenAIControl
 from callbot.testing.fake_realtime import Script
-from tests.e2e_helpers import running_rig, speech
+from tests.e2e_helpers import fake_summary_model, running_rig, speech
 
 TURNS = 16  # caller turns; with the replies that makes 32+ conversation turns
 TRIGGER = 220
@@ -50,30 +47,25 @@ def _script() -> Script:
 
 async def test_long_call_is_summarised_at_the_root_and_keeps_every_fact() -> None:
     control = FakeOpenAIControl()
-    async with serve_fake_openai(control) as openai_url:
-        summariser = OpenAISummariser(
-            AsyncOpenAI(api_key="fake", base_url=openai_url),
-            "gpt-5.4-mini",
-            language="English",
-            style="bullet points",
-            timeout_s=10,
-        )
-        async with running_rig(
+    async with (
+        fake_summary_model(control) as summariser,
+        running_rig(
             _script(),
             summariser=summariser,
             summary_enabled=True,
             summary_trigger_tokens=TRIGGER,
             keep_last_turns=2,
             transcript_wait_ms=500,
-        ) as rig:
-            steps: list[object] = [WaitForAssistant(timeout_s=10, quiet_ms=2000)]
-            for n in range(TURNS):
-                steps += [Say(speech(500, seed=n)), Silence(1800)]
-            steps.append(HangUp())
-            await rig.caller(speed=4.0).run(steps)  # type: ignore[arg-type]
-            fake_session = rig.fake.sessions[0]
-            assert rig.fake.violations == []
-            server_items = [item["id"] for item in fake_session.items]
+        ) as rig,
+    ):
+        steps: list[object] = [WaitForAssistant(timeout_s=10, quiet_ms=2000)]
+        for n in range(TURNS):
+            steps += [Say(speech(500, seed=n)), Silence(1800)]
+        steps.append(HangUp())
+        await rig.caller(speed=4.0).run(steps)  # type: ignore[arg-type]
+        fake_session = rig.fake.sessions[0]
+        assert rig.fake.violations == []
+        server_items = [item["id"] for item in fake_session.items]
 
     record = rig.observer.ended[0]
     assert record.summaries, "no summary was inserted"
