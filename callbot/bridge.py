@@ -13,7 +13,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -51,6 +51,11 @@ from callbot.ports import (
 )
 
 log = logging.getLogger("callbot.bridge")
+
+
+def _texts(actions: Sequence[Action]) -> list[str]:
+    return [a.text for a in actions if isinstance(a, SendTwilio)]
+
 
 TICK_S = 0.020
 HOUSEKEEPING_TICKS = 25
@@ -210,6 +215,8 @@ class CallBridge:
         self.memory = memory
         self._recall: asyncio.Task[MemorySeed | None] | None = None
         self._inbound_count = 0
+        self._later: asyncio.Task[None] | None = None  # sends `_take_now` could not finish at once
+        self._offer_failure: Exception | None = None
         self._outbound_count = 0
         self.realtime: RealtimeLink | None = None
         self.started_at = datetime.now(UTC)
@@ -261,13 +268,14 @@ class CallBridge:
         finally:
             await self._shutdown()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         assert self._tg is not None
         task = self._tg.create_task(self._guard(coro, name), name=name)
         # A task cancelled before its first step never awaits `coro`: close it (no-op once run).
         task.add_done_callback(lambda _: coro.close())
         self._tasks = [t for t in self._tasks if not t.done()]  # long calls spawn many summaries
         self._tasks.append(task)
+        return task
 
     async def _guard(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         """Run a pump; an unexpected error ends this call (with its traceback logged), not the process."""
@@ -282,6 +290,7 @@ class CallBridge:
 
     async def _shutdown(self) -> None:
         self.pacer.discard(self)
+        self.twilio.offer_to(None)
         if self._recall is not None and not self._recall.done():
             self._recall.cancel()
         if self.realtime is not None:
@@ -318,17 +327,16 @@ class CallBridge:
 
     # ----- pumps -----
     async def _twilio_pump(self) -> None:
+        self.twilio.offer_to(self._take_now)
         while not self._ended.is_set():
             text = await self.twilio.recv()
+            failure = self._offer_failure
+            if failure is not None:  # `_take_now` failed on this message: end the call as any pump
+                raise failure
             if text is None:  # after callbot's own hang-up or transfer that is expected, and says so
                 reason = self.session.tools.stop_reason or "Twilio websocket closed"
                 await self._perform(self.session.end(reason))
                 return
-            # One message in LATENCY_SAMPLE_EVERY is timed (if it is a media frame): reading the
-            # clock for the other 24 is a cost per frame for nothing.
-            self._inbound_count += 1
-            sampled = self.metrics is not None and self._inbound_count % LATENCY_SAMPLE_EVERY == 0
-            started = time.perf_counter() if sampled else 0.0
             event = tw.parse(text)
             if type(event) is tw.Start and self.session.phase == "awaiting_start":
                 # only the first start opens a call; the core logs and ignores any later one
@@ -342,11 +350,60 @@ class CallBridge:
                 if refusal is not None:
                     await self._perform(self.session.refuse_stream(refusal))
                     return
+            started = self._inbound_clock(event)
             actions = self.session.receive_twilio(event, self.now_ms())
-            if actions:  # most frames only join a batch: no coroutine for nothing to do
-                await self._perform(actions)
-            if sampled and self.metrics is not None and type(event) is tw.Media:
-                self.metrics.inbound_latency.observe(time.perf_counter() - started)
+            if actions:
+                later, self._later = self._later, None
+                if later is not None:
+                    await later  # what `_take_now` left to send goes out first
+                rest = self._perform_now(actions)
+                if rest:
+                    await self._finish(rest)
+            if started:
+                self._inbound_timed(started)
+
+    def _take_now(self, text: str) -> bool:
+        """Handle a media frame or mark echo inside the socket's read callback (the Twilio socket
+        offers each message while this pump waits for one, so it comes after everything before
+        it): most frames only join a batch, and this saves the pump's task a wake-up for each.
+        A send that has to wait finishes in a task of its own, and until it has, messages go to
+        the pump again, which awaits it first: the order of what goes out never changes. Other
+        messages (start, stop, DTMF) go to the pump. False: the pump gets the message."""
+        if self._ended.is_set() or self._offer_failure is not None:
+            return False
+        later = self._later
+        if later is not None:
+            if not later.done():
+                return False
+            self._later = None
+        try:
+            event = tw.parse(text)
+            if type(event) is not tw.Media and type(event) is not tw.Mark:
+                return False  # parsed again by the pump: these come a few times a call
+            started = self._inbound_clock(event)
+            actions = self.session.receive_twilio(event, self.now_ms())
+            if actions:
+                rest = self._perform_now(actions)
+                if rest:
+                    self._later = self._spawn(self._finish(rest), "twilio-out")
+            if started:
+                self._inbound_timed(started)
+        except Exception as exc:  # noqa: BLE001 - raised in the pump instead, which ends the call (`_guard`)
+            self._offer_failure = exc
+            return False
+        return True
+
+    def _inbound_clock(self, event: tw.TwilioEvent) -> float:
+        """One media frame in LATENCY_SAMPLE_EVERY is timed; reading the clock for the other 24 is a
+        cost per frame for nothing. Returns the start time, or 0.0 when this one is not timed."""
+        self._inbound_count += 1
+        if self.metrics is None or self._inbound_count % LATENCY_SAMPLE_EVERY or type(event) is not tw.Media:
+            return 0.0
+        return time.perf_counter()
+
+    def _inbound_timed(self, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.inbound_latency.observe(time.perf_counter() - started)
 
     async def _realtime_pump(self, link: RealtimeLink) -> None:
         """Feeds one link's events to the core; a link replaced by a reconnect goes quiet."""
@@ -366,8 +423,8 @@ class CallBridge:
                 self._outbound_count += 1
                 sampled = self._outbound_count % 5 == 0  # deltas are ~5x rarer than frames
             actions = self.session.receive_realtime(event, self.now_ms())
-            if actions:
-                await self._perform(actions)
+            if actions and (rest := self._perform_now(actions)):
+                await self._finish(rest)
             if sampled and self.metrics is not None:
                 self.metrics.outbound_latency.observe(time.perf_counter() - started)
 
@@ -448,25 +505,35 @@ class CallBridge:
     async def on_tick(self) -> None:
         if not self._ended.is_set():
             actions = self.session.tick(self.now_ms())
-            if actions:
-                await self._perform(actions)
+            if actions and (rest := self._perform_now(actions)):
+                await self._finish(rest)
 
     # ----- actions -----
-    async def _perform(self, actions: list[Action]) -> None:
-        twilio_out: list[str] = []  # consecutive Twilio messages go out in one write
-        for action in actions:
+    def _perform_now(self, actions: Sequence[Action]) -> list[Action]:
+        """Perform actions in order for as long as none has to wait; return the rest, from the
+        first send its socket cannot take now (back-pressure, an earlier send still waiting, no
+        fast path), for `_finish`. Consecutive Twilio messages go out in one write."""
+        i, n = 0, len(actions)
+        while i < n:
+            action = actions[i]
             if isinstance(action, SendTwilio):
-                twilio_out.append(action.text)
+                j = i + 1
+                while j < n and isinstance(actions[j], SendTwilio):
+                    j += 1
+                if not self.twilio.send_now(_texts(actions[i:j])):
+                    return list(actions[i:])
+                i = j
                 continue
-            if twilio_out:
-                await self.twilio.send(twilio_out)
-                twilio_out = []
             if isinstance(action, SendRealtime):
-                if self.realtime is not None:
+                link = self.realtime
+                if link is not None:
                     try:
-                        await self.realtime.send(action.event)
+                        if not link.send_now(action.event):
+                            return list(actions[i:])
                     except UpstreamError as exc:
-                        await self._perform(self.session.realtime_closed(str(exc), self.now_ms()))
+                        rest = self._perform_now(self.session.realtime_closed(str(exc), self.now_ms()))
+                        if rest:
+                            return rest + list(actions[i + 1 :])
             elif isinstance(action, ConnectRealtime):
                 self._spawn(self._connect_realtime(), "realtime-connect")
             elif isinstance(action, Checkpoint):
@@ -482,8 +549,32 @@ class CallBridge:
             elif isinstance(action, EndCall):
                 log.info("ending call: %s", action.reason)
                 self._ended.set()
-        if twilio_out:
-            await self.twilio.send(twilio_out)
+            i += 1
+        return []
+
+    async def _finish(self, actions: list[Action]) -> None:
+        """Perform what `_perform_now` left: await the send at its head, then go on."""
+        while actions:
+            first, j = actions[0], 1
+            if isinstance(first, SendTwilio):
+                while j < len(actions) and isinstance(actions[j], SendTwilio):
+                    j += 1
+                await self.twilio.send(_texts(actions[:j]))
+                rest = actions[j:]
+            else:
+                assert isinstance(first, SendRealtime)  # only sends are left for later
+                rest = actions[1:]
+                if self.realtime is not None:
+                    try:
+                        await self.realtime.send(first.event)
+                    except UpstreamError as exc:
+                        rest = self.session.realtime_closed(str(exc), self.now_ms()) + rest
+            actions = self._perform_now(rest)
+
+    async def _perform(self, actions: Sequence[Action]) -> None:
+        rest = self._perform_now(actions)
+        if rest:
+            await self._finish(rest)
 
     # ----- tools (decisions in core/tools.py) -----
     def _spawn_tool(self, coro: Coroutine[Any, Any, None], name: str) -> None:

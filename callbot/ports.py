@@ -12,7 +12,7 @@ Failures cross a port only as `callbot.errors` exceptions, each documented on it
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -39,6 +39,15 @@ class TwilioLink(Protocol):
         """Send these messages in order; a peer that has gone is not an error."""
         ...
 
+    def send_now(self, texts: Sequence[str]) -> bool:
+        """`send` without waiting, if the socket can take them now; False: nothing was sent, use `send`."""
+        ...
+
+    def offer_to(self, handler: Callable[[str], bool] | None) -> bool:
+        """Offer messages to `handler` as they are read, while `recv` waits; True from the
+        handler takes a message (`recv` skips it). False: not supported, all go through `recv`."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -46,6 +55,11 @@ class RealtimeLink(Protocol):
     """One open Realtime session, events as plain dicts; failures raise `UpstreamError`."""
 
     async def send(self, event: dict[str, Any]) -> None: ...
+
+    def send_now(self, event: dict[str, Any]) -> bool:
+        """`send` without waiting, if the socket can take it now; False: nothing was sent, use `send`."""
+        ...
+
     async def recv(self) -> dict[str, Any]: ...
     async def close(self) -> None: ...
 

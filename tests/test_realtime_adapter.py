@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 import pytest
 from openai import AsyncOpenAI
 from websockets.asyncio.client import ClientConnection
@@ -22,9 +23,11 @@ from websockets.uri import parse_uri
 
 from callbot.adapters.realtime_openai import (
     OpenAIRealtimeConnector,
+    OpenAIRealtimeLink,
     _direct_send,
     _FrameWriter,
     _MaskKeys,
+    _sdk_send,
     client_text_frame,
 )
 from callbot.core import realtime as rt
@@ -58,16 +61,17 @@ async def test_direct_and_sdk_send_paths_deliver_the_same_events(direct: bool) -
     assert received == events
 
 
+class NewSdkConnection:
+    """An SDK release that keeps its websocket elsewhere (or is not on websockets at all)."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def send_raw(self, data: str) -> None:
+        self.sent.append(data)
+
+
 async def test_the_fast_path_falls_back_to_send_raw_when_the_sdk_changes() -> None:
-    class NewSdkConnection:
-        """An SDK release that keeps its websocket elsewhere (or is not on websockets at all)."""
-
-        def __init__(self) -> None:
-            self.sent: list[str] = []
-
-        async def send_raw(self, data: str) -> None:
-            self.sent.append(data)
-
     conn = NewSdkConnection()
     assert _direct_send(conn) is None
     connector = OpenAIRealtimeConnector(AsyncOpenAI(api_key="k"), "gpt-realtime-1.5")
@@ -200,6 +204,56 @@ async def test_the_frame_writer_takes_websockets_send_when_the_socket_is_not_pla
         with pytest.raises(ConnectionClosed):  # websockets' send refuses, as it should
             await writer(b"two")
         assert transport.written == []
+
+
+async def test_send_now_writes_the_event_as_one_masked_text_frame() -> None:
+    ws, transport, _ = _open_websocket()
+    writer = _FrameWriter(ws)
+    assert writer.ready()
+    event = rt.append("////")
+    assert OpenAIRealtimeLink(None, None, writer).send_now(event) is True
+    [written] = transport.written
+    [frame] = _parse_client_frames(written)  # the parser insists on a mask
+    assert (frame.opcode, frame.fin, frame.data) == (Opcode.TEXT, True, orjson.dumps(event))
+
+
+@pytest.mark.parametrize("blocker", ["back-pressure", "closing"])
+async def test_send_now_sends_nothing_when_the_socket_is_not_plainly_writable(blocker: str) -> None:
+    ws, transport, server = _open_websocket()
+    link = OpenAIRealtimeLink(None, None, _FrameWriter(ws))
+    if blocker == "back-pressure":
+        transport.buffered = 65535  # just below the high-water mark: still the fast path
+        assert link.send_now(rt.append("////")) is True
+        transport.buffered = 65536
+    else:
+        server.send_close(1001)
+        ws.data_received(b"".join(server.data_to_send()))
+        assert ws.state is not State.OPEN
+    transport.written.clear()
+    assert link.send_now(rt.append("AAAA")) is False
+    assert transport.written == []
+
+
+async def test_send_now_is_never_taken_through_the_sdks_send_raw() -> None:
+    conn = NewSdkConnection()
+    link = OpenAIRealtimeLink(None, conn, _sdk_send(conn))
+    assert link.send_now(rt.append("////")) is False
+    assert conn.sent == []
+
+
+async def test_a_transport_write_failing_in_send_now_is_an_upstream_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ws, transport, _ = _open_websocket()
+
+    def broken(data: bytes) -> None:
+        raise OSError("broken pipe")
+
+    monkeypatch.setattr(transport, "write", broken)
+    link = OpenAIRealtimeLink(None, None, _FrameWriter(ws))
+    with pytest.raises(UpstreamError, match="send failed: OSError") as raised:
+        link.send_now(rt.append("////"))
+    assert isinstance(raised.value.__cause__, OSError)
 
 
 async def test_a_refused_connection_is_an_upstream_error() -> None:

@@ -14,6 +14,7 @@ from websockets.asyncio.client import connect
 from callbot.adapters.twilio_ws import TwilioSocket
 from callbot.adapters.ws_channel import ChannelWebSocketProtocol
 from callbot.testing.serving import serve_app
+from tests.test_ws_channel import _frame, in_memory_websocket
 
 
 @pytest.mark.parametrize("ws_impl", [ChannelWebSocketProtocol, "websockets-sansio"], ids=["channel", "asgi"])
@@ -53,3 +54,89 @@ async def test_messages_sent_before_the_peer_left_survive_a_failed_send(ws_impl:
     assert seen["closed_after_send"] is True
     assert seen["received"] == ['{"event":"media"}', '{"event":"stop"}', None]
     assert seen["after_end"] is None
+
+
+async def test_without_the_text_channel_nothing_is_offered_or_sent_at_once() -> None:
+    seen: dict[str, Any] = {}
+
+    async def endpoint(ws: WebSocket) -> None:
+        await ws.accept()
+        twilio = TwilioSocket(ws, max_message_bytes=10_000)
+        twilio.accepted()
+        seen["offer_to"] = twilio.offer_to(lambda text: True)
+        seen["send_now"] = twilio.send_now(["at once"])
+        seen["recv"] = await twilio.recv()  # every message comes through recv
+        await twilio.send(["through send"])
+
+    app = Starlette(routes=[WebSocketRoute("/ws", endpoint)])
+    async with (
+        serve_app(app, ws="websockets-sansio") as base_url,
+        connect(base_url.replace("http://", "ws://") + "/ws") as client,
+    ):
+        await client.send("hello")
+        assert await asyncio.wait_for(client.recv(), 5) == "through send"  # nothing went out before it
+    assert seen == {"offer_to": False, "send_now": False, "recv": "hello"}
+
+
+async def test_offered_messages_skip_recv_and_oversized_ones_are_never_offered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    offered: list[str] = []
+
+    def take(text: str) -> bool:
+        offered.append(text)
+        return text.startswith("take")
+
+    async with in_memory_websocket() as (ws, protocol, _):
+        twilio = TwilioSocket(ws, max_message_bytes=20)
+        twilio.accepted()
+        assert twilio.offer_to(take) is True
+        waiting = asyncio.create_task(twilio.recv())
+        await asyncio.sleep(0)  # recv waits now
+        protocol.data_received(_frame("take 1"))
+        protocol.data_received(_frame("take " + "x" * 20))  # oversized: to recv, which drops it
+        await asyncio.sleep(0)  # recv waits again
+        protocol.data_received(_frame("take 2") + _frame("keep 3"))
+        assert await asyncio.wait_for(waiting, 5) == "keep 3"
+    assert offered == ["take 1", "take 2", "keep 3"]
+    assert twilio.oversized == 1 and "dropping an oversized Twilio message (25 bytes)" in caplog.messages
+
+
+async def test_offer_to_none_sends_every_message_through_recv_again() -> None:
+    offered: list[str] = []
+
+    def take(text: str) -> bool:
+        offered.append(text)
+        return True
+
+    async with in_memory_websocket() as (ws, protocol, _):
+        twilio = TwilioSocket(ws, max_message_bytes=100)
+        twilio.accepted()
+        twilio.offer_to(take)
+        assert twilio.offer_to(None) is True
+        waiting = asyncio.create_task(twilio.recv())
+        await asyncio.sleep(0)
+        protocol.data_received(_frame("take 1"))
+        assert await asyncio.wait_for(waiting, 5) == "take 1"
+    assert offered == []
+
+
+async def test_send_now_writes_at_once_or_leaves_the_messages_to_send() -> None:
+    async with in_memory_websocket() as (ws, protocol, transport):
+        twilio = TwilioSocket(ws, max_message_bytes=100)
+        twilio.accepted()
+        assert twilio.send_now(["a", "b"]) is True
+        assert transport.writes == [b"\x81\x01a\x81\x01b"]
+        protocol.writable.clear()  # back-pressure
+        assert twilio.send_now(["c"]) is False
+        assert transport.writes == [b"\x81\x01a\x81\x01b"] and not twilio.closed
+
+
+async def test_send_now_to_a_socket_gone_marks_it_closed() -> None:
+    async with in_memory_websocket() as (ws, protocol, transport):
+        twilio = TwilioSocket(ws, max_message_bytes=100)
+        twilio.accepted()
+        protocol.connection_lost(None)
+        assert twilio.send_now(["too late"]) is True  # done with them: the peer has gone
+        assert twilio.closed
+    assert transport.writes == []

@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
+from uvicorn.config import Config
+from uvicorn.server import ServerState
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 
-from callbot.adapters.ws_channel import ChannelWebSocketProtocol, TextChannel, open_channel
+from callbot.adapters.ws_channel import (
+    _PROBE_HANDSHAKE,
+    ChannelWebSocketProtocol,
+    TextChannel,
+    _ProbeTransport,
+    open_channel,
+)
 from callbot.testing.serving import serve_app
 
 Handler = Callable[[WebSocket, TextChannel | None], Awaitable[None]]
@@ -204,3 +214,136 @@ async def test_a_frame_over_the_size_limit_fails_the_connection_with_1009() -> N
             await asyncio.wait_for(client.recv(), 5)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
     assert got == ["fine", None]
+
+
+# ----- the synchronous fast path, in memory: a real ChannelWebSocketProtocol, as its probe runs it -----
+
+
+class MemoryTransport(_ProbeTransport):
+    """The probe's in-memory transport, keeping each write apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+
+@contextlib.asynccontextmanager
+async def in_memory_websocket() -> AsyncIterator[tuple[WebSocket, ChannelWebSocketProtocol, MemoryTransport]]:
+    """An accepted websocket of a real `ChannelWebSocketProtocol` over a memory transport; the
+    test plays the client with `protocol.data_received` and reads `transport.writes`."""
+    accepted: asyncio.Future[WebSocket] = asyncio.get_running_loop().create_future()
+    finished = asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        ws = WebSocket(scope, receive, send)
+        await ws.accept()
+        accepted.set_result(ws)
+        await finished.wait()
+
+    config = Config(app, ws=ChannelWebSocketProtocol, log_config=None, lifespan="off")
+    config.load()
+    state = ServerState()
+    protocol = ChannelWebSocketProtocol(config=config, server_state=state, app_state={})
+    transport = MemoryTransport()
+    protocol.connection_made(transport)
+    protocol.data_received(_PROBE_HANDSHAKE)
+    ws = await asyncio.wait_for(accepted, 5)
+    transport.writes.clear()  # the 101 response
+    try:
+        yield ws, protocol, transport
+    finally:
+        finished.set()
+        if protocol in state.connections:
+            protocol.connection_lost(None)
+        await asyncio.wait(state.tasks, timeout=1)
+
+
+def _channel(ws: WebSocket) -> TextChannel:
+    channel = open_channel(ws.scope)
+    assert channel is not None
+    return channel
+
+
+async def test_offer_sees_only_messages_read_while_receive_waits_and_order_holds() -> None:
+    offered: list[str] = []
+
+    def take(text: str) -> bool:
+        offered.append(text)
+        return text.startswith("take")
+
+    async with in_memory_websocket() as (ws, protocol, _):
+        channel = _channel(ws)
+        channel.offer = take
+        waiting = asyncio.create_task(channel.receive())
+        await asyncio.sleep(0)  # receive() waits now
+        protocol.data_received(_frame("take 1"))  # taken: receive() waits on
+        protocol.data_received(_frame("keep 2"))  # refused: receive() returns it
+        assert await asyncio.wait_for(waiting, 5) == "keep 2"
+        protocol.data_received(_frame("take 3") + _frame("keep 4"))  # the app is busy: queued, not offered
+        assert offered == ["take 1", "keep 2"]
+        queued = [await channel.receive(), await channel.receive()]
+        waiting = asyncio.create_task(channel.receive())  # a second wait (the loop is asked once)
+        await asyncio.sleep(0)
+        protocol.data_received(_frame("take 5") + _frame("keep 6"))
+        assert await asyncio.wait_for(waiting, 5) == "keep 6"
+    assert queued == ["take 3", "keep 4"]
+    assert offered == ["take 1", "keep 2", "take 5", "keep 6"]
+    assert channel._loop is asyncio.get_running_loop()
+
+
+async def test_send_now_writes_all_texts_as_frames_in_one_write() -> None:
+    async with in_memory_websocket() as (ws, _, transport):
+        assert _channel(ws).send_now(["a", "bc"]) is True
+    assert transport.writes == [b"\x81\x01a\x81\x02bc"]
+
+
+async def test_send_now_sends_nothing_under_back_pressure() -> None:
+    async with in_memory_websocket() as (ws, protocol, transport):
+        channel = _channel(ws)
+        protocol.writable.clear()  # what the transport's pause_writing does
+        assert channel.send_now(["a"]) is None
+        protocol.writable.set()
+        assert channel.send_now(["b"]) is True
+    assert transport.writes == [b"\x81\x01b"]
+
+
+async def test_send_now_never_overtakes_a_send_that_is_still_waiting() -> None:
+    async with in_memory_websocket() as (ws, protocol, transport):
+        channel = _channel(ws)
+        protocol.writable.clear()
+        waiting = asyncio.create_task(channel.send(["first"]))
+        await asyncio.sleep(0)  # it holds the send lock, waiting for the drain
+        protocol.writable.set()  # drained, but that send has not run yet
+        assert channel.send_now(["second"]) is None
+        assert await asyncio.wait_for(waiting, 5) is True
+    assert transport.writes == [b"\x81\x05first"]
+
+
+async def test_a_send_queued_behind_another_is_not_overtaken_when_the_first_is_written() -> None:
+    async with in_memory_websocket() as (ws, protocol, transport):
+        channel = _channel(ws)
+        protocol.writable.clear()
+
+        async def first_then_more() -> bool | None:
+            await channel.send(["A"])
+            return channel.send_now(["C"])  # B is still queued on the lock: C must not go first
+
+        first = asyncio.create_task(first_then_more())
+        await asyncio.sleep(0)
+        second = asyncio.create_task(channel.send(["B"]))
+        await asyncio.sleep(0)
+        protocol.writable.set()
+        assert await asyncio.wait_for(first, 5) is None
+        assert await asyncio.wait_for(second, 5) is True
+    assert transport.writes == [b"\x81\x01A", b"\x81\x01B"]
+
+
+async def test_send_now_reports_a_closed_socket() -> None:
+    async with in_memory_websocket() as (ws, protocol, transport):
+        channel = _channel(ws)
+        protocol.connection_lost(None)
+        assert channel.closed and channel.send_now(["too late"]) is False
+    assert transport.writes == []

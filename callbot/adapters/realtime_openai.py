@@ -112,14 +112,21 @@ class _FrameWriter:
         self._plain = response is None or "Sec-WebSocket-Extensions" not in response.headers
         self._keys = _MaskKeys()
 
-    async def __call__(self, data: bytes) -> None:
-        transport = self._transport
-        if (
+    def ready(self) -> bool:
+        """A frame written now goes straight to the transport (`write`), without waiting."""
+        return (
             self._plain
             and self._ws.state is State.OPEN
-            and transport.get_write_buffer_size() < self._high_water
-        ):
-            transport.write(client_text_frame(data, self._keys.next()))
+            and self._transport.get_write_buffer_size() < self._high_water
+        )
+
+    def write(self, data: bytes) -> None:
+        """Frame and write at once; only when `ready()` says so."""
+        self._transport.write(client_text_frame(data, self._keys.next()))
+
+    async def __call__(self, data: bytes) -> None:
+        if self.ready():
+            self.write(data)
         else:
             await self._ws.send(data, text=True)
 
@@ -207,6 +214,7 @@ class OpenAIRealtimeLink:
         self._manager = manager
         self._conn = connection
         self._send = send
+        self._writer = send if isinstance(send, _FrameWriter) else None
         self._closed = False
 
     async def send(self, event: dict[str, Any]) -> None:
@@ -214,6 +222,18 @@ class OpenAIRealtimeLink:
             await self._send(orjson.dumps(event))
         except Exception as exc:  # websockets and SDK errors alike end the upstream
             raise UpstreamError(f"send failed: {exc!r}") from exc
+
+    def send_now(self, event: dict[str, Any]) -> bool:
+        """Write the event at once when the fast path can take it, else return False (nothing was
+        sent: `send` must be awaited). Always False without the fast path (the SDK's `send_raw`)."""
+        writer = self._writer
+        if writer is None or not writer.ready():
+            return False
+        try:
+            writer.write(orjson.dumps(event))
+        except Exception as exc:
+            raise UpstreamError(f"send failed: {exc!r}") from exc
+        return True
 
     async def recv(self) -> dict[str, Any]:
         try:

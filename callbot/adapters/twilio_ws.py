@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
@@ -58,6 +58,40 @@ class TwilioSocket:
                 continue
             return text
         return None
+
+    def offer_to(self, handler: Callable[[str], bool] | None) -> bool:
+        """Offer each message to `handler` as it is read, while `recv` waits for one (so it comes
+        after everything `recv` returned); True from it takes the message, which `recv` then skips.
+        An oversized message is never offered: `recv` drops it as always. Returns False (and
+        does nothing) without the server's text channel: then every message comes through `recv`."""
+        channel = self._channel
+        if channel is None:
+            return False
+        if handler is None:
+            channel.offer = None
+            return True
+        limit = self._max
+
+        def offer(text: str) -> bool:
+            return len(text) <= limit and handler(text)
+
+        channel.offer = offer
+        return True
+
+    def send_now(self, texts: Sequence[str]) -> bool:
+        """`send` without waiting: False when the messages have to go through `send` (no text
+        channel, back-pressure, an earlier send still waiting), True when done with them."""
+        if self.closed or not texts:
+            return True
+        channel = self._channel
+        if channel is None:
+            return False
+        sent = channel.send_now(texts)
+        if sent is None:
+            return False
+        if not sent:
+            self.closed = True
+        return True
 
     async def _asgi_next(self) -> str | None:
         try:

@@ -90,13 +90,23 @@ class TextChannel:
         self._protocol = protocol
         self._inbox: deque[str] = deque()
         self._waiter: asyncio.Future[str | None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # asked once: on Python 3.11 each ask is a getpid
         self._send_lock = asyncio.Lock()
+        self._waiting = 0  # sends waiting for back-pressure or for one another
         self.closed = False
+        self.offer: Callable[[str], bool] | None = None
+        """Called with each message as it is read while the app waits in `receive` (so nothing
+        read earlier is still waiting for it); True when it took the message, which `receive`
+        then never returns. This saves the app's task a wake-up per message. It runs inside the
+        protocol's `data_received`, so it must not raise."""
 
     # ----- called by the protocol -----
     def deliver(self, text: str) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
+            offer = self.offer
+            if offer is not None and offer(text):
+                return
             self._waiter = None
             waiter.set_result(text)
             return
@@ -121,7 +131,10 @@ class TextChannel:
             return text
         if self.closed:
             return None
-        waiter: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[str | None] = loop.create_future()
         self._waiter = waiter
         return await waiter
 
@@ -130,11 +143,21 @@ class TextChannel:
 
         Writes wait only while the transport applies back-pressure, and then in arrival order,
         so messages never overtake each other."""
-        protocol = self._protocol
-        if self._send_lock.locked() or not protocol.writable.is_set():
-            async with self._send_lock:
-                await protocol.writable.wait()
-                return self._write(texts)
+        if self._waiting or not self._protocol.writable.is_set():
+            self._waiting += 1  # counted until written: a send queued on the lock is not yet holding it
+            try:
+                async with self._send_lock:
+                    await self._protocol.writable.wait()
+                    return self._write(texts)
+            finally:
+                self._waiting -= 1
+        return self._write(texts)
+
+    def send_now(self, texts: Iterable[str]) -> bool | None:
+        """`send` without waiting: None (nothing sent) when it would have to wait for back-pressure
+        or an earlier send, else whether the socket took them."""
+        if self._waiting or not self._protocol.writable.is_set():
+            return None
         return self._write(texts)
 
     def _write(self, texts: Iterable[str]) -> bool:
