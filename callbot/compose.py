@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,10 @@ from callbot.adapters.store_migrate import upgrade_if_needed
 from callbot.adapters.store_sql import SqlTicketStore
 from callbot.adapters.summariser_openai import OpenAISummariser
 from callbot.adapters.ticket_summariser_openai import OpenAITicketSummariser
-from callbot.adapters.twilio_rest import TwilioRestCalls
 from callbot.adapters.webhook import TicketWebhook
 from callbot.core import realtime as rt
 from callbot.core.call import CallConfig
+from callbot.core.call_control import CallCreate, CallState, CallUpdate, CreatedCall
 from callbot.core.call_lifecycle import streamless_after_s
 from callbot.core.leases import LeasePolicy
 from callbot.core.memory import MemoryPolicy
@@ -152,11 +153,42 @@ def call_control(settings: Settings) -> CallControl | None:
     """Twilio's REST API for calls, or None without TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN."""
     if not settings.twilio_account_sid or settings.twilio_auth_token is None:
         return None
-    return TwilioRestCalls(
-        settings.twilio_account_sid,
-        settings.twilio_auth_token.get_secret_value(),
-        api_url=settings.twilio_api_url,
-    )
+    account_sid, auth_token = settings.twilio_account_sid, settings.twilio_auth_token.get_secret_value()
+
+    def build() -> CallControl:
+        from callbot.adapters.twilio_rest import TwilioRestCalls
+
+        return TwilioRestCalls(account_sid, auth_token, api_url=settings.twilio_api_url)
+
+    return CallControlOnFirstUse(build)
+
+
+class CallControlOnFirstUse:
+    """A `CallControl` built at its first request: the twilio library's REST client and the HTTP
+    stack it imports (requests, urllib3: about 16 MB of RSS) stay out of a server that has not
+    yet hung up, transferred or placed a call (bench/README.md, idle memory)."""
+
+    def __init__(self, build: Callable[[], CallControl]) -> None:
+        self._build = build
+        self._built: CallControl | None = None
+
+    def _control(self) -> CallControl:
+        if self._built is None:
+            self._built = self._build()
+        return self._built
+
+    async def update_call(self, call_sid: str, update: CallUpdate) -> None:
+        await self._control().update_call(call_sid, update)
+
+    async def create_call(self, request: CallCreate) -> CreatedCall:
+        return await self._control().create_call(request)
+
+    async def fetch_call(self, call_sid: str) -> CallState:
+        return await self._control().fetch_call(call_sid)
+
+    async def aclose(self) -> None:
+        if self._built is not None:
+            await self._built.aclose()
 
 
 # ----- tickets -----

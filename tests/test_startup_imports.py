@@ -80,3 +80,57 @@ async def test_upgrade_if_needed_migrates_a_new_database_then_skips_alembic(tmp_
         f"assert asyncio.run(upgrade_if_needed({url!r})) == {shipped_head()!r}\n"
     )
     assert "alembic" not in modules and "mako" not in modules
+
+
+def test_the_twilio_rest_client_is_imported_at_its_first_request_not_at_start_up() -> None:
+    modules = loaded_after(
+        "from callbot.settings import Settings\n"
+        "from callbot.web.app import create_app\n"
+        "create_app(Settings(_env_file=None, public_url='https://x.example.com', admin_password='p',\n"
+        "    twilio_account_sid='AC' + '0' * 32, twilio_auth_token='token'))\n"
+    )
+    assert "callbot.compose" in modules
+    assert [m for m in ("callbot.adapters.twilio_rest", "twilio.rest", "requests") if m in modules] == []
+
+
+async def test_call_control_on_first_use_builds_once_and_forwards() -> None:
+    from callbot.compose import CallControlOnFirstUse
+    from callbot.core.call_control import CallCreate, CallState, CallUpdate, CreatedCall
+
+    class Control:
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        async def update_call(self, call_sid: str, update: CallUpdate) -> None:
+            self.calls.append(f"update {call_sid} {update.status}")
+
+        async def create_call(self, request: CallCreate) -> CreatedCall:
+            self.calls.append(f"create {request.to}")
+            return CreatedCall(call_sid="CA1", status="queued")
+
+        async def fetch_call(self, call_sid: str) -> CallState:
+            self.calls.append(f"fetch {call_sid}")
+            return CallState(status="completed", duration_s=3)
+
+        async def aclose(self) -> None:
+            self.calls.append("closed")
+
+    built: list[Control] = []
+
+    def build() -> Control:
+        built.append(Control())
+        return built[-1]
+
+    unused = CallControlOnFirstUse(build)
+    await unused.aclose()
+    assert built == []  # never asked: never built, nothing to close
+
+    control = CallControlOnFirstUse(build)
+    await control.update_call("CA9", CallUpdate(status="completed"))
+    request = CallCreate(to="+15550001111", from_="+15550002222", twiml="<Response/>")
+    created = await control.create_call(request)
+    state = await control.fetch_call("CA9")
+    await control.aclose()
+    assert len(built) == 1
+    assert built[0].calls == ["update CA9 completed", "create +15550001111", "fetch CA9", "closed"]
+    assert created.call_sid == "CA1" and state.duration_s == 3
