@@ -14,7 +14,7 @@ from websockets.asyncio.client import connect
 from callbot.adapters.twilio_ws import TwilioSocket
 from callbot.adapters.ws_channel import ChannelWebSocketProtocol
 from callbot.testing.serving import serve_app
-from tests.test_ws_channel import _frame, in_memory_websocket
+from tests.channel_helpers import in_memory_websocket, masked_frame
 
 
 @pytest.mark.parametrize("ws_impl", [ChannelWebSocketProtocol, "websockets-sansio"], ids=["channel", "asgi"])
@@ -93,10 +93,10 @@ async def test_offered_messages_skip_recv_and_oversized_ones_are_never_offered(
         assert twilio.offer_to(take) is True
         waiting = asyncio.create_task(twilio.recv())
         await asyncio.sleep(0)  # recv waits now
-        protocol.data_received(_frame("take 1"))
-        protocol.data_received(_frame("take " + "x" * 20))  # oversized: to recv, which drops it
+        protocol.data_received(masked_frame("take 1"))
+        protocol.data_received(masked_frame("take " + "x" * 20))  # oversized: to recv, which drops it
         await asyncio.sleep(0)  # recv waits again
-        protocol.data_received(_frame("take 2") + _frame("keep 3"))
+        protocol.data_received(masked_frame("take 2") + masked_frame("keep 3"))
         assert await asyncio.wait_for(waiting, 5) == "keep 3"
     assert offered == ["take 1", "take 2", "keep 3"]
     assert twilio.oversized == 1 and "dropping an oversized Twilio message (25 bytes)" in caplog.messages
@@ -116,7 +116,7 @@ async def test_offer_to_none_sends_every_message_through_recv_again() -> None:
         assert twilio.offer_to(None) is True
         waiting = asyncio.create_task(twilio.recv())
         await asyncio.sleep(0)
-        protocol.data_received(_frame("take 1"))
+        protocol.data_received(masked_frame("take 1"))
         assert await asyncio.wait_for(waiting, 5) == "take 1"
     assert offered == []
 

@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import pytest
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
-from uvicorn.config import Config
-from uvicorn.server import ServerState
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import Frame, Opcode
+from websockets.frames import Opcode
 
-from callbot.adapters.ws_channel import (
-    _PROBE_HANDSHAKE,
-    ChannelWebSocketProtocol,
-    TextChannel,
-    _ProbeTransport,
-    open_channel,
-)
+from callbot.adapters.ws_channel import ChannelWebSocketProtocol, TextChannel, open_channel
 from callbot.testing.serving import serve_app
+from tests.channel_helpers import in_memory_websocket, masked_frame
 
 Handler = Callable[[WebSocket, TextChannel | None], Awaitable[None]]
 
@@ -159,10 +150,6 @@ async def test_other_servers_offer_no_channel_and_asgi_works_as_before() -> None
     assert opened == [None] and got == ["hi"]
 
 
-def _frame(text: str, opcode: Opcode = Opcode.TEXT, fin: bool = True) -> bytes:
-    return Frame(opcode, text.encode(), fin=fin).serialize(mask=True, extensions=[])
-
-
 async def test_frames_split_across_reads_or_sharing_one_arrive_whole_and_in_order() -> None:
     got: list[str] = []
 
@@ -174,8 +161,8 @@ async def test_frames_split_across_reads_or_sharing_one_arrive_whole_and_in_orde
                 await channel.send(["all here"])
 
     long = "x" * 300  # a 16-bit length field
-    first, second = _frame("one"), _frame(long)
-    fragments = _frame("fr", Opcode.TEXT, fin=False) + _frame("ag", Opcode.CONT)
+    first, second = masked_frame("one"), masked_frame(long)
+    fragments = masked_frame("fr", Opcode.TEXT, fin=False) + masked_frame("ag", Opcode.CONT)
     opened: list[TextChannel | None] = []
     async with (
         serve_app(_app(reader, opened), ws=ChannelWebSocketProtocol) as base_url,
@@ -183,13 +170,13 @@ async def test_frames_split_across_reads_or_sharing_one_arrive_whole_and_in_orde
     ):
         await asyncio.sleep(0.2)  # the channel is open
         pieces = [first[:1], first[1:], second[:3], second[3:100], second[100:]]
-        pieces += [_frame("two") + _frame("three"), fragments[:5], fragments[5:]]
+        pieces += [masked_frame("two") + masked_frame("three"), fragments[:5], fragments[5:]]
         for piece in pieces:
             client.transport.write(piece)
             await asyncio.sleep(0.02)  # separate reads on the server
         pong = await client.ping()  # a control frame between data frames is answered
         await asyncio.wait_for(pong, 5)
-        client.transport.write(_frame("four"))
+        client.transport.write(masked_frame("four"))
         assert await asyncio.wait_for(client.recv(), 5) == "all here"
     assert got == ["one", long, "two", "three", "frag", "four"]
 
@@ -209,7 +196,7 @@ async def test_a_frame_over_the_size_limit_fails_the_connection_with_1009() -> N
         connect(_url(base_url)) as client,
     ):
         await asyncio.sleep(0.2)
-        client.transport.write(_frame("fine") + _frame("y" * 2000))
+        client.transport.write(masked_frame("fine") + masked_frame("y" * 2000))
         with pytest.raises(ConnectionClosed) as closed:
             await asyncio.wait_for(client.recv(), 5)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
@@ -217,48 +204,6 @@ async def test_a_frame_over_the_size_limit_fails_the_connection_with_1009() -> N
 
 
 # ----- the synchronous fast path, in memory: a real ChannelWebSocketProtocol, as its probe runs it -----
-
-
-class MemoryTransport(_ProbeTransport):
-    """The probe's in-memory transport, keeping each write apart."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes: list[bytes] = []
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.writes.append(bytes(data))
-
-
-@contextlib.asynccontextmanager
-async def in_memory_websocket() -> AsyncIterator[tuple[WebSocket, ChannelWebSocketProtocol, MemoryTransport]]:
-    """An accepted websocket of a real `ChannelWebSocketProtocol` over a memory transport; the
-    test plays the client with `protocol.data_received` and reads `transport.writes`."""
-    accepted: asyncio.Future[WebSocket] = asyncio.get_running_loop().create_future()
-    finished = asyncio.Event()
-
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        ws = WebSocket(scope, receive, send)
-        await ws.accept()
-        accepted.set_result(ws)
-        await finished.wait()
-
-    config = Config(app, ws=ChannelWebSocketProtocol, log_config=None, lifespan="off")
-    config.load()
-    state = ServerState()
-    protocol = ChannelWebSocketProtocol(config=config, server_state=state, app_state={})
-    transport = MemoryTransport()
-    protocol.connection_made(transport)
-    protocol.data_received(_PROBE_HANDSHAKE)
-    ws = await asyncio.wait_for(accepted, 5)
-    transport.writes.clear()  # the 101 response
-    try:
-        yield ws, protocol, transport
-    finally:
-        finished.set()
-        if protocol in state.connections:
-            protocol.connection_lost(None)
-        await asyncio.wait(state.tasks, timeout=1)
 
 
 def _channel(ws: WebSocket) -> TextChannel:
@@ -279,15 +224,17 @@ async def test_offer_sees_only_messages_read_while_receive_waits_and_order_holds
         channel.offer = take
         waiting = asyncio.create_task(channel.receive())
         await asyncio.sleep(0)  # receive() waits now
-        protocol.data_received(_frame("take 1"))  # taken: receive() waits on
-        protocol.data_received(_frame("keep 2"))  # refused: receive() returns it
+        protocol.data_received(masked_frame("take 1"))  # taken: receive() waits on
+        protocol.data_received(masked_frame("keep 2"))  # refused: receive() returns it
         assert await asyncio.wait_for(waiting, 5) == "keep 2"
-        protocol.data_received(_frame("take 3") + _frame("keep 4"))  # the app is busy: queued, not offered
+        protocol.data_received(
+            masked_frame("take 3") + masked_frame("keep 4")
+        )  # the app is busy: queued, not offered
         assert offered == ["take 1", "keep 2"]
         queued = [await channel.receive(), await channel.receive()]
         waiting = asyncio.create_task(channel.receive())  # a second wait (the loop is asked once)
         await asyncio.sleep(0)
-        protocol.data_received(_frame("take 5") + _frame("keep 6"))
+        protocol.data_received(masked_frame("take 5") + masked_frame("keep 6"))
         assert await asyncio.wait_for(waiting, 5) == "keep 6"
     assert queued == ["take 3", "keep 4"]
     assert offered == ["take 1", "keep 2", "take 5", "keep 6"]
