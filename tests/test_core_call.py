@@ -477,6 +477,18 @@ def test_pcm24k_silence_is_appended_as_zero_samples() -> None:
 # ================================================================================================
 
 
+@pytest.mark.parametrize("delta", ["not base64!", "w\u00e9ird"], ids=["junk", "not-ascii"])
+def test_an_audio_delta_that_does_not_decode_is_dropped_and_the_call_goes_on(delta: str) -> None:
+    call = active("pcmu")
+    call.realtime_in(h.response_created("resp_1"), 0)
+    call.realtime_in(h.item_added(h.assistant_audio_item("item_a1")), 0)
+    bad = h.audio_delta("resp_1", "item_a1", b"")
+    bad["delta"] = delta
+    assert call.realtime_in(bad, 0) == []
+    good = to_twilio(call.realtime_in(h.audio_delta("resp_1", "item_a1", speechlike(160)), 20))
+    assert media_bytes(good) == [speechlike(160)]
+
+
 def test_outbound_deltas_become_exact_frames_and_marks_paced_by_tick() -> None:
     call = active("pcmu")  # lead 100 ms, a mark every 60 ms
     call.realtime_in(h.response_created("resp_1"), 0)

@@ -8,9 +8,10 @@ added item and a server error. No I/O, no clock.
 
 from __future__ import annotations
 
-import binascii
 import logging
 from typing import TYPE_CHECKING
+
+import pybase64
 
 from callbot.core import realtime as rt
 from callbot.core import realtime_events as ev
@@ -87,8 +88,8 @@ def on_audio_delta(call: CallSession, event: ev.AudioDelta, now_ms: int) -> list
         call.stats.late_deltas_dropped += 1
         return []
     try:
-        audio = binascii.a2b_base64(event.delta)
-    except binascii.Error:
+        audio = pybase64.b64decode(event.delta, validate=True)  # a tenth of binascii's time
+    except ValueError:  # binascii.Error, or text that is not ASCII
         log.warning("ignoring an audio delta with invalid base64 for item %s", item_id)
         return []
     call.outbound.push(item_id, audio)

@@ -11,8 +11,9 @@ and `call_ms` puts such a position on the call's timeline.
 
 from __future__ import annotations
 
-import binascii
 from typing import Any
+
+import pybase64
 
 from callbot.core import realtime as rt
 from callbot.core import twilio as tw
@@ -95,4 +96,4 @@ class CallerAudio:
 
     @staticmethod
     def _append(audio: bytes) -> dict[str, Any]:
-        return rt.append(binascii.b2a_base64(audio, newline=False).decode("ascii"))
+        return rt.append(pybase64.b64encode_as_string(audio))

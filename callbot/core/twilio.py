@@ -11,6 +11,7 @@ import binascii
 from dataclasses import dataclass, field
 
 import orjson
+import pybase64
 
 from callbot.errors import RemoteError
 
@@ -186,7 +187,7 @@ def parse(raw: str | bytes) -> TwilioEvent:
 
 
 def encode_media(stream_sid: str, ulaw: bytes) -> str:
-    payload = binascii.b2a_base64(ulaw, newline=False).decode("ascii")
+    payload = pybase64.b64encode_as_string(ulaw)
     return orjson.dumps({"event": "media", "streamSid": stream_sid, "media": {"payload": payload}}).decode()
 
 
