@@ -356,6 +356,50 @@ def test_inbound_mu_law_path_is_bit_identical_to_the_generic_upsampler_for_any_c
     assert InboundConverter("pcm24k").convert(b"") == b""
 
 
+def test_inbound_quiet_blocks_skip_saturation_and_give_the_same_samples() -> None:
+    """Blocks of only quiet codes (at most -7.6 dBFS, where no output can pass int16) are
+    rounded without the bounds; loud ones, including a loud sample still in the 31 of history,
+    take the saturating path. Both must be Upsampler3's samples exactly."""
+    decoded = np.abs(audio._ULAW_DECODE.astype(np.int64))
+    quiet_codes = np.flatnonzero(np.frombuffer(audio._UP_LOUD, np.uint8) == 0).astype(np.uint8)
+    assert 0 < decoded[quiet_codes].max() * np.abs(audio._UP_BANK).sum(axis=0).max() <= 32767
+    loudest_quiet = quiet_codes[np.argmax(decoded[quiet_codes])]
+    rng = np.random.default_rng(11)
+    quiet = rng.choice(quiet_codes, 4800).astype(np.uint8)
+    quiet[::7] = loudest_quiet  # the bound itself, often
+    full_scale = bytes([0x00, 0x80]) * 80  # -32124 and +32124: overshoot guaranteed
+    stream = [quiet[i : i + 480].tobytes() for i in range(0, 4800, 480)]
+    stream[4] = full_scale  # then three quiet blocks whose history starts loud
+    inbound, reference = InboundConverter("pcm24k"), Upsampler3()
+    for chunk in [*stream, full_scale[:17], quiet[:160].tobytes()]:
+        want = reference.process(ulaw_decode(chunk))
+        assert inbound.convert(chunk) == want.tobytes()
+    assert want.dtype == np.int16
+    assert np.frombuffer(InboundConverter("pcm24k").convert(full_scale), np.int16).max() == 32767
+
+
+def test_outbound_saturating_encode_table_is_clip_then_ulaw_encode() -> None:
+    values = np.arange(-65536, 65536)
+    table = audio._ULAW_ENCODE_SAT.take(values.astype(np.int32))
+    expected = np.frombuffer(ulaw_encode(np.clip(values, -32768, 32767).astype(np.int16)), np.uint8)
+    np.testing.assert_array_equal(table, expected)
+    assert np.abs(audio._DOWN_BANK).sum(axis=0).max() * 32768 < 65536  # every output has an entry
+
+
+def test_outbound_converter_is_ulaw_of_the_saturated_downsampler() -> None:
+    """The fused rounding and encoding gives what rounding to int16 and then encoding gave, for
+    full-scale noise and a square wave that overshoots."""
+    rng = np.random.default_rng(12)
+    noise = rng.integers(-32768, 32768, 24_000).astype(np.int16)
+    square = np.where((np.arange(24_000) // 24) % 2 == 0, 32767, -32768).astype(np.int16)
+    assert Downsampler3().process(square).max() == 32767  # it does overshoot
+    for x in (noise, square, synth_speech(500, HI, seed=3)):
+        conv, reference = OutboundConverter("pcm24k"), Downsampler3()
+        for at in range(0, len(x), 2400):
+            part = x[at : at + 2400]
+            assert conv.convert(part.tobytes()) == ulaw_encode(reference.process(part))
+
+
 def test_outbound_odd_length_deltas_match_one_block() -> None:
     pcm = synth_speech(500, HI, seed=4).tobytes()
     block = OutboundConverter("pcm24k").convert(pcm)

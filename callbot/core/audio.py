@@ -104,7 +104,29 @@ def _banks(h: FloatArray) -> tuple[FloatArray, FloatArray]:
 
 LOWPASS = design_lowpass()
 _UP_BANK, _DOWN_BANK = _banks(LOWPASS)
-for _table in (_ULAW_DECODE, _ULAW_DECODE_F64, _ULAW_ENCODE, LOWPASS, _UP_BANK, _DOWN_BANK):
+
+
+def _quiet_codes(bank: FloatArray) -> bytes:
+    """A `bytes.translate` table: 1 for the mu-law codes loud enough that a filter output could
+    pass int16 (the largest sum of |taps| of one output, 2.41 for the upsampler, times the
+    sample), 0 for the rest. A block of only quiet codes needs no saturation."""
+    gain = float(np.abs(bank).sum(axis=0).max())
+    quiet = int(32767 / gain) - 1  # one LSB of margin for the float sum of the gains
+    return bytes(int(abs(int(v)) > quiet) for v in _ULAW_DECODE)
+
+
+def _build_ulaw_encode_saturating() -> npt.NDArray[np.uint8]:
+    """`_ULAW_ENCODE` indexed by a rounded filter output as int32 in [-65536, 65535] (negative
+    indices count from the end), saturating to int16 on the way: one lookup instead of two
+    bounds, a cast and the lookup. The downsampler's outputs stay within 1.95 x 32768."""
+    v = np.arange(2 * 65536, dtype=np.int64)
+    v = np.where(v < 65536, v, v - 2 * 65536)  # the value each index stands for
+    return _ULAW_ENCODE.take(np.clip(v, -32768, 32767).astype(np.int16).view(np.uint16))
+
+
+_UP_LOUD = _quiet_codes(_UP_BANK)
+_ULAW_ENCODE_SAT = _build_ulaw_encode_saturating()
+for _table in (_ULAW_DECODE, _ULAW_DECODE_F64, _ULAW_ENCODE, _ULAW_ENCODE_SAT, LOWPASS, _UP_BANK, _DOWN_BANK):
     _table.setflags(write=False)  # shared by every call: make accidental writes fail loudly
 
 
@@ -173,6 +195,11 @@ class Downsampler3:
 
     def process(self, x: Int16Array | FloatArray) -> Int16Array:
         """Return every output sample whose input window is complete (about len(x)/3)."""
+        return _to_int16(self.filter(x))
+
+    def filter(self, x: Int16Array | FloatArray) -> FloatArray:
+        """`process` before the rounding: the exact filter outputs as float64 (each a multiple of
+        2**-30), for a caller that rounds them its own way."""
         p = self._npend
         total = p + len(x)
         count = (total - (TAPS - 3)) // 3
@@ -187,13 +214,13 @@ class Downsampler3:
         self._buf, self._at, self._npend = buf, 3 * count, total - 3 * count
         self._dirty = self._dirty or len(x) > 0
         if count == 0:
-            return np.zeros(0, dtype=np.int16)
+            return np.zeros(0)
         if nb != self._win_nb:
             self._win = _rows(buf, nb, 3 * _BLOCK + TAPS - 3, 3 * _BLOCK)
             self._win_nb = nb
         # Rows past `count` read stale (finite) samples; those outputs are discarded.
         y: FloatArray = np.dot(self._win, _DOWN_BANK)
-        return _to_int16(y.reshape(-1)[:count])
+        return y.reshape(-1)[:count]
 
     def flush(self) -> Int16Array:
         """Push zeros until every output touched by real input is out (~4 ms: 2 ms of delayed
@@ -299,7 +326,10 @@ class InboundConverter(_Converter):
         y: FloatArray = np.dot(_rows(x, rows, _BLOCK + _UP_HIST, _BLOCK), self._bank)
         if n % _BLOCK:
             y = y.reshape(-1)[: 3 * n]
-        return _to_int16(y).tobytes()  # int16 in native order: little-endian on every supported CPU
+        # int16 in native order: little-endian on every supported CPU
+        if 1 in codes.translate(_UP_LOUD):  # a sample above -7.6 dBFS: an output may overshoot
+            return _to_int16(y).tobytes()
+        return np.rint(y, out=y).astype(np.int16).tobytes()  # no output can pass int16
 
     def reset(self) -> None:
         """Forget filter history (e.g. when the stream restarts)."""
@@ -330,7 +360,8 @@ class OutboundConverter(_Converter):
             audio = self._odd + audio
         even = len(audio) & ~1
         self._odd = bytes(audio[even:])
-        return ulaw_encode(self._down.process(np.frombuffer(audio[:even], dtype="<i2")))
+        y = self._down.filter(np.frombuffer(audio[:even], dtype="<i2"))
+        return _ULAW_ENCODE_SAT.take(np.rint(y, out=y).astype(np.int32)).tobytes()
 
     def flush(self) -> bytes:
         """Mu-law of the filter tail at the end of a response (b"" for pcmu); then starts afresh.
