@@ -60,6 +60,9 @@ def _texts(actions: Sequence[Action]) -> list[str]:
 TICK_S = 0.020
 HOUSEKEEPING_TICKS = 25
 """Every this many ticks (500 ms) each call's deadlines (idle line, rollover, summaries) are checked."""
+FRAMES_FLOW_S = 0.030
+"""A call whose last Twilio media frame is younger than this is paced by its frames: the core sends
+due agent audio on each one (call_twilio._on_media), so the pacer skips its check between slots."""
 
 
 StartCheck = Callable[[tw.Start], str | None]
@@ -157,13 +160,15 @@ class Pacer:
 
         A call with nothing to send only needs its deadlines checked (twice a second), and a
         playing one only when its next message fits under the lead (`next_wake_ms`, about every
-        200 ms): skipping the rest saves a coroutine per call per 20 ms. Each call has its own
+        200 ms): skipping the rest saves a coroutine per call per 20 ms. While a call's Twilio
+        frames keep coming, they pace it (`frame_at`) and only its slot's check is left. Each call has its own
         slot, so the checks are spread over the ticks instead of all landing on one, which showed
         as a burst of loop lag under load (bench/README.md#code-figures).
         """
         slot = tick % HOUSEKEEPING_TICKS
+        flowing = time.monotonic() - FRAMES_FLOW_S
         for bridge, own_slot in list(self._calls.items()):
-            if own_slot == slot or bridge.wake_due():
+            if own_slot == slot or (bridge.frame_at < flowing and bridge.wake_due()):
                 await bridge.on_tick()
 
     async def stop(self) -> None:
@@ -221,7 +226,10 @@ class CallBridge:
         self.realtime: RealtimeLink | None = None
         self.started_at = datetime.now(UTC)
         self._t0 = time.monotonic()
+        self.frame_at = 0.0
+        """time.monotonic() of the latest media frame handled in the read callback (`_take_now`)."""
         self._ended = asyncio.Event()
+        self._over = False  # `_ended.is_set()` as an attribute: read per frame, where a call costs
         self._tasks: list[asyncio.Task[None]] = []
         self._tg: asyncio.TaskGroup | None = None
         self._saving: asyncio.Task[None] | None = None
@@ -231,6 +239,10 @@ class CallBridge:
 
     def now_ms(self) -> int:
         return int((time.monotonic() - self._t0) * 1000)
+
+    def _end(self) -> None:
+        self._over = True
+        self._ended.set()
 
     def record(self, *, final: bool = False) -> CallRecord:
         s = self.session
@@ -255,7 +267,7 @@ class CallBridge:
     def hang_up(self, reason: str) -> None:
         """End the call from outside (graceful shutdown): Twilio then speaks the end message."""
         self.session.end(reason)
-        self._ended.set()
+        self._end()
 
     async def run(self) -> None:
         try:
@@ -286,7 +298,7 @@ class CallBridge:
         except Exception:
             log.exception("%s failed; ending the call", name)
             await self._perform(self.session.end(f"internal error in {name}"))
-            self._ended.set()
+            self._end()
 
     async def _shutdown(self) -> None:
         self.pacer.discard(self)
@@ -328,7 +340,7 @@ class CallBridge:
     # ----- pumps -----
     async def _twilio_pump(self) -> None:
         self.twilio.offer_to(self._take_now)
-        while not self._ended.is_set():
+        while not self._over:
             text = await self.twilio.recv()
             failure = self._offer_failure
             if failure is not None:  # `_take_now` failed on this message: end the call as any pump
@@ -369,7 +381,7 @@ class CallBridge:
         A send that has to wait finishes in a task of its own, and until it has, messages go to
         the pump again, which awaits it first: the order of what goes out never changes. Other
         messages (start, stop, DTMF) go to the pump. False: the pump gets the message."""
-        if self._ended.is_set() or self._offer_failure is not None:
+        if self._over or self._offer_failure is not None:
             return False
         later = self._later
         if later is not None:
@@ -381,7 +393,8 @@ class CallBridge:
             if type(event) is not tw.Media and type(event) is not tw.Mark:
                 return False  # parsed again by the pump: these come a few times a call
             started = self._inbound_clock(event)
-            actions = self.session.receive_twilio(event, self.now_ms())
+            self.frame_at = now = time.monotonic()
+            actions = self.session.receive_twilio(event, int((now - self._t0) * 1000))
             if actions:
                 rest = self._perform_now(actions)
                 if rest:
@@ -407,7 +420,7 @@ class CallBridge:
 
     async def _realtime_pump(self, link: RealtimeLink) -> None:
         """Feeds one link's events to the core; a link replaced by a reconnect goes quiet."""
-        while not self._ended.is_set():
+        while not self._over:
             try:
                 raw = await link.recv()
             except UpstreamError as exc:
@@ -478,7 +491,7 @@ class CallBridge:
             log.error("%s", exc)
             await self._perform(self.session.realtime_connect_failed(str(exc), self.now_ms()))
             return
-        if self._ended.is_set():
+        if self._over:
             await link.close()
             return
         self.realtime = link
@@ -503,7 +516,7 @@ class CallBridge:
         return wake is not None and wake <= self.now_ms() + 1
 
     async def on_tick(self) -> None:
-        if not self._ended.is_set():
+        if not self._over:
             actions = self.session.tick(self.now_ms())
             if actions and (rest := self._perform_now(actions)):
                 await self._finish(rest)
@@ -548,7 +561,7 @@ class CallBridge:
                 self._spawn_tool(self._update_call(action), "call-update")
             elif isinstance(action, EndCall):
                 log.info("ending call: %s", action.reason)
-                self._ended.set()
+                self._end()
             i += 1
         return []
 
@@ -636,7 +649,7 @@ class CallBridge:
 
     async def _perform_live(self, actions: list[Action]) -> None:
         """Perform what a tool's answer asks, unless the call has ended meanwhile."""
-        if not self._ended.is_set():
+        if not self._over:
             await self._perform(actions)
 
     async def _drain_tools(self) -> None:

@@ -489,6 +489,26 @@ def test_an_audio_delta_that_does_not_decode_is_dropped_and_the_call_goes_on(del
     assert media_bytes(good) == [speechlike(160)]
 
 
+def test_a_twilio_frame_sends_the_agent_audio_that_is_due_as_a_tick_would() -> None:
+    """Twilio's frames come every 20 ms: due audio goes out on them, the same messages at the
+    same moments as a call paced by ticks alone, and a tick after a frame has nothing left."""
+    audio = speechlike(4000)  # 25 frames: 5 under the lead at once, the rest as playback goes on
+    by_frames, by_ticks = active("pcmu"), active("pcmu")
+    sent: dict[str, list[dict[str, Any]]] = {"frames": [], "ticks": []}
+    for name, call in (("frames", by_frames), ("ticks", by_ticks)):
+        call.realtime_in(h.response_created("resp_1"), 0)
+        call.realtime_in(h.item_added(h.assistant_audio_item("item_a1")), 0)
+        sent[name] += to_twilio(call.realtime_in(h.audio_delta("resp_1", "item_a1", audio), 0))
+    for now in range(0, 600, 20):
+        on_frame = to_twilio(by_frames.twilio_in(h.tw_media(SILENCE, now), now))
+        assert by_frames.tick(now) == []
+        sent["frames"] += on_frame
+        sent["ticks"] += to_twilio(by_ticks.tick(now))
+    assert shape(sent["frames"]) == shape(sent["ticks"]) and len(media_bytes(sent["frames"])) > 5
+    assert media_bytes(sent["frames"]) == media_bytes(sent["ticks"])
+    assert b"".join(media_bytes(sent["frames"])) == audio[: len(b"".join(media_bytes(sent["frames"])))]
+
+
 def test_outbound_deltas_become_exact_frames_and_marks_paced_by_tick() -> None:
     call = active("pcmu")  # lead 100 ms, a mark every 60 ms
     call.realtime_in(h.response_created("resp_1"), 0)
