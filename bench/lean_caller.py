@@ -688,6 +688,7 @@ class LeanCall(lean_ws.WsClient):
         result.frames_played = stats.frames_played
         result.late_frames = stats.late_frames
         result.frame_lateness_ms = stats.frame_lateness_ms
+        result.late_at_ms = stats.late_at_ms
         result.bursts = stats.bursts
         result.frames_sent = self.tick
         result.script_timeouts = self.cursor.timeouts

@@ -48,6 +48,9 @@ import orjson
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
 MS = 1e6  # ns per ms
+REPLY_START_MS = 300
+"""A late frame this close to the start of its burst came before a stall could be covered: the
+lead fills at the rate the deltas arrive, so a stall longer than what is queued then runs dry."""
 
 TARGETS = {
     "calls_on_one_core": 200,
@@ -563,6 +566,7 @@ def analyse_level(
     ]
 
     late = sum(c.get("late_frames", 0) for c in calls)
+    late_at = sorted(ms for c in calls for ms in c.get("late_at_ms", []))
     played = sum(c.get("frames_played", 0) for c in calls)
     return {
         "mode": mode,
@@ -595,6 +599,8 @@ def analyse_level(
         "speech_started_events": speech_started,
         "clears": sum(c.get("clears", 0) for c in calls),
         "late_frames": late,
+        "late_at_ms": late_at,
+        "late_frames_in_reply_start": sum(1 for ms in late_at if ms < REPLY_START_MS),
         "frames_played": played,
         "frame_lateness_max_ms": max((c.get("frame_lateness_max_ms", 0) for c in calls), default=0),
         "frames_sent_by_callers": sum(c.get("frames_sent", 0) for c in calls),

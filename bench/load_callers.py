@@ -205,6 +205,7 @@ def summarise(result: CallResult, extra: dict[str, Any] | None = None) -> dict[s
         "media_messages_received": result.media_messages_received,
         "frames_played": result.frames_played,
         "late_frames": result.late_frames,
+        "late_at_ms": result.late_at_ms[:100],
         "frame_lateness_max_ms": max(result.frame_lateness_ms, default=0),
         "bursts": len(result.bursts),
         "clears": len(result.clears),

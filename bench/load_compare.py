@@ -45,6 +45,7 @@ METRICS: list[Metric] = [
     Metric("rss_per_call_kb", "server RSS per call KB ((peak − baseline) / calls)", 0, short="RSS/call KB"),
     Metric("late_frames", "late or missing 20 ms frames at the callers", 0, short="late frames"),
     Metric("late_frames_per_call_min", "late frames per call-minute", 2),
+    Metric("late_frames_in_reply_start", "of which in the first 300 ms of a reply", 0, ratio=False),
     Metric(
         "media_to_callers_per_call_s",
         "media messages to callers per call-second",
@@ -104,6 +105,7 @@ def flatten(r: dict[str, Any]) -> dict[str, float | None]:
         "rss_per_call_kb": _num(r.get("rss_per_call_kb")),
         "late_frames": late,
         "late_frames_per_call_min": late * 60 / call_s if late is not None and call_s else None,
+        "late_frames_in_reply_start": _num(r.get("late_frames_in_reply_start")),
         "media_to_callers_per_call_s": per_call_s("media_to_callers"),
         "marks_to_callers_per_call_s": per_call_s("marks_to_callers"),
         "clears_to_callers": _num(msgs.get("clears_to_callers")),

@@ -370,7 +370,11 @@ def test_playback_stats_underruns_and_clears() -> None:
     assert stats.frames_played == 6 and stats.late_frames == 2
     assert stats.bursts == [(0, 120), (240, 280)]
     assert stats.frame_lateness_ms == [0, 0, 40, 40, 0, 0]
+    assert stats.late_at_ms == [40, 60]  # the two empty ticks, 40 and 60 ms into their burst
     assert playback_stats(played, clear_ticks=[2]).late_frames == 0
+    assert playback_stats(played, clear_ticks=[2]).late_at_ms == []
+    later = np.array([0, 1, 1, 1, 0, 1] + [0] * 6 + [1, 0, 1], dtype=bool)  # a second burst's dropout too
+    assert playback_stats(later, clear_ticks=[]).late_at_ms == [60, 20]
 
 
 def test_mulaw_codec_reference_points() -> None:

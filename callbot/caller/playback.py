@@ -10,7 +10,7 @@ simulator reproduces them on the same 20 ms clock it uses to send caller audio.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -109,13 +109,15 @@ class PlaybackStats:
     `late_frames` counts empty ticks inside a burst (assistant audio with gaps under 100 ms),
     i.e. moments the caller heard a dropout because the bot's audio arrived too late.
     `frame_lateness_ms` has one entry per played frame: how far behind its ideal slot it played,
-    which is the sum of the dropouts earlier in the same burst.
+    which is the sum of the dropouts earlier in the same burst. `late_at_ms` has one entry per
+    late frame: how far into its burst (a reply, or what is left of one) the dropout came.
     """
 
     frames_played: int
     late_frames: int
     bursts: list[tuple[int, int]]
     frame_lateness_ms: list[int]
+    late_at_ms: list[int] = field(default_factory=list)
 
 
 def playback_stats(played: np.ndarray, clear_ticks: list[int]) -> PlaybackStats:
@@ -133,6 +135,7 @@ def playback_stats(played: np.ndarray, clear_ticks: list[int]) -> PlaybackStats:
     bursts: list[tuple[int, int]] = []
     lateness: list[int] = []
     late = 0
+    late_at: list[int] = []
     slip = 0
     start = int(ticks[0])
     prev = start
@@ -142,6 +145,7 @@ def playback_stats(played: np.ndarray, clear_ticks: list[int]) -> PlaybackStats:
         gap = tick - prev - 1
         if 0 < gap < BURST_GAP_TICKS and not cleared[prev : tick + 1].any():
             late += gap
+            late_at.extend((prev + 1 + k - start) * FRAME_MS for k in range(gap))
             slip += gap
         elif gap > 0:
             bursts.append((start * FRAME_MS, (prev + 1) * FRAME_MS))
@@ -150,4 +154,4 @@ def playback_stats(played: np.ndarray, clear_ticks: list[int]) -> PlaybackStats:
         lateness.append(slip * FRAME_MS)
         prev = tick
     bursts.append((start * FRAME_MS, (prev + 1) * FRAME_MS))
-    return PlaybackStats(len(ticks), late, bursts, lateness)
+    return PlaybackStats(len(ticks), late, bursts, lateness, late_at)

@@ -83,6 +83,8 @@ class CallResult:
     frames_played: int = 0
     late_frames: int = 0
     frame_lateness_ms: list[int] = field(default_factory=list)
+    late_at_ms: list[int] = field(default_factory=list)
+    """For each late frame, how far into its burst of assistant audio it came (ms)."""
     bursts: list[tuple[int, int]] = field(default_factory=list)
     max_buffered_ms: float = 0.0
     script_timeouts: int = 0

@@ -342,6 +342,7 @@ class StreamSession:
         result.frames_played = stats.frames_played
         result.late_frames = stats.late_frames
         result.frame_lateness_ms = stats.frame_lateness_ms
+        result.late_at_ms = stats.late_at_ms
         result.bursts = stats.bursts
         result.script_timeouts = self.cursor.timeouts
         result.close_code = self.ws.close_code
