@@ -73,6 +73,8 @@ class CallSession:
             mark_interval_ms=config.mark_interval_ms,
             message_ms=config.media_message_ms,
         )
+        self.playback: PlaybackTracker = self.outbound.playback
+        """The outbound tracker (which OutboundAudio never replaces), read on every Twilio frame."""
         self.summaries = SummaryCoordinator(config.summary)  # one in flight, applied once confirmed
         self.upstream = Reconnects(config.recovery)
         self.responses = Responses()
@@ -88,10 +90,6 @@ class CallSession:
     @property
     def stream_sid(self) -> str:
         return self.info.stream_sid if self.info else ""
-
-    @property
-    def playback(self) -> PlaybackTracker:
-        return self.outbound.playback
 
     def generated_ms(self, item_id: str) -> int:
         return self.outbound.generated_ms(item_id)
