@@ -223,6 +223,7 @@ class CallBridge:
         self._later: asyncio.Task[None] | None = None  # sends `_take_now` could not finish at once
         self._offer_failure: Exception | None = None
         self._outbound_count = 0
+        self._outbound_sampled = False  # the event `_step_realtime` just stepped is timed
         self.realtime: RealtimeLink | None = None
         self.started_at = datetime.now(UTC)
         self._t0 = time.monotonic()
@@ -420,6 +421,7 @@ class CallBridge:
 
     async def _realtime_pump(self, link: RealtimeLink) -> None:
         """Feeds one link's events to the core; a link replaced by a reconnect goes quiet."""
+        link.offer_to(self._take_realtime)
         while not self._over:
             try:
                 raw = await link.recv()
@@ -429,17 +431,58 @@ class CallBridge:
                 return
             if link is not self.realtime:
                 return
+            failure = self._offer_failure
+            if failure is not None:  # `_take_realtime` or `_take_now` failed: end the call as any pump
+                raise failure
             started = time.perf_counter()
-            event = rte.parse(raw)
-            sampled = False
-            if self.metrics is not None and isinstance(event, rte.AudioDelta):
-                self._outbound_count += 1
-                sampled = self._outbound_count % 5 == 0  # deltas are ~5x rarer than frames
-            actions = self.session.receive_realtime(event, self.now_ms())
-            if actions and (rest := self._perform_now(actions)):
-                await self._finish(rest)
-            if sampled and self.metrics is not None:
-                self.metrics.outbound_latency.observe(time.perf_counter() - started)
+            actions = self._step_realtime(raw)
+            if actions:
+                later, self._later = self._later, None
+                if later is not None:
+                    await later  # what a read callback left to send goes out first
+                rest = self._perform_now(actions)
+                if rest:
+                    await self._finish(rest)
+            self._outbound_timed(started)
+
+    def _take_realtime(self, raw: dict[str, Any]) -> bool:
+        """Handle a Realtime event inside the socket's read callback, as `_take_now` does for
+        Twilio's frames: the link offers each event while this call's Realtime pump waits for
+        one (so it comes after everything before it), which saves the pump's task a wake-up per
+        event. A send that has to wait finishes in a task of its own (`_later`), and until it
+        has, events go to the pump again. False: the pump gets the event."""
+        if self._over or self._offer_failure is not None:
+            return False
+        later = self._later
+        if later is not None:
+            if not later.done():
+                return False
+            self._later = None
+        try:
+            started = time.perf_counter()
+            actions = self._step_realtime(raw)
+            if actions:
+                rest = self._perform_now(actions)
+                if rest:
+                    self._later = self._spawn(self._finish(rest), "realtime-out")
+            self._outbound_timed(started)
+        except Exception as exc:  # noqa: BLE001 - raised in the pump instead, which ends the call (`_guard`)
+            self._offer_failure = exc
+            return False
+        return True
+
+    def _step_realtime(self, raw: dict[str, Any]) -> list[Action]:
+        """One Realtime event into the core; an audio delta in five is timed (`_outbound_timed`)."""
+        event = rte.parse(raw)
+        self._outbound_sampled = False
+        if self.metrics is not None and type(event) is rte.AudioDelta:
+            self._outbound_count += 1
+            self._outbound_sampled = self._outbound_count % 5 == 0  # deltas are ~5x rarer than frames
+        return self.session.receive_realtime(event, self.now_ms())
+
+    def _outbound_timed(self, started: float) -> None:
+        if self._outbound_sampled and self.metrics is not None:
+            self.metrics.outbound_latency.observe(time.perf_counter() - started)
 
     def _start_recall(self) -> asyncio.Task[MemorySeed | None] | None:
         """Look the caller's memory up once, beside the first Realtime connect (core/memory.py)."""

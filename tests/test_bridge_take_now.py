@@ -1,8 +1,10 @@
-"""The bridge's synchronous path for Twilio frames (`CallBridge._take_now`), over in-memory links.
+"""The bridge's synchronous paths for Twilio frames (`CallBridge._take_now`) and Realtime events
+(`CallBridge._take_realtime`), over in-memory links.
 
 The Twilio socket offers each message to the bridge as it is read, while the pump waits; media
-frames and mark echoes are handled there and then. These tests drive a real `CallBridge` and
-`CallSession` (pcmu, three frames per append) through links that implement the ports, and check
+frames and mark echoes are handled there and then. The Realtime link does the same with events.
+These tests drive a real `CallBridge` and `CallSession` (pcmu, three frames per append) through
+links that implement the ports, and check
 what reaches each side: the same events in the same order whichever path a frame took, also when
 a send has to wait, and a failure on the fast path ends the call as a failing pump does.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,7 +23,19 @@ import pytest
 from callbot.bridge import CallBridge, Pacer
 from callbot.core.call import CallConfig
 from callbot.core.realtime import AgentConfig
-from tests.core_helpers import session_updated, tw_connected, tw_mark, tw_media, tw_start, tw_stop
+from tests.core_helpers import (
+    assistant_audio_item,
+    audio_delta,
+    item_added,
+    response_created,
+    session_updated,
+    speech_started,
+    tw_connected,
+    tw_mark,
+    tw_media,
+    tw_start,
+    tw_stop,
+)
 
 PCMU = {"type": "audio/pcmu"}
 
@@ -61,13 +76,25 @@ class Twilio:
 
 
 class Realtime:
-    """The `RealtimeLink` port in memory; `ready=False` makes every send wait for `gate`."""
+    """The `RealtimeLink` port in memory; `ready=False` makes every send wait for `gate`.
+    `deliver` plays the frame tap's part: offered while the pump waits in `recv`, else queued."""
 
-    def __init__(self) -> None:
+    def __init__(self, offers: bool = False) -> None:
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.sent: list[dict[str, Any]] = []
         self.ready = True
         self.gate = asyncio.Event()
+        self.offers = offers
+        self.handler: Callable[[dict[str, Any]], bool] | None = None
+        self.waiting = False
+        self.offered = 0
+
+    def deliver(self, event: dict[str, Any]) -> None:
+        if self.handler is not None and self.waiting and self.events.empty():
+            self.offered += 1
+            if self.handler(event):
+                return
+        self.events.put_nowait(event)
 
     async def send(self, event: dict[str, Any]) -> None:
         await self.gate.wait()
@@ -80,7 +107,17 @@ class Realtime:
         return True
 
     async def recv(self) -> dict[str, Any]:
-        return await self.events.get()
+        self.waiting = True
+        try:
+            return await self.events.get()
+        finally:
+            self.waiting = False
+
+    def offer_to(self, handler: Callable[[dict[str, Any]], bool] | None) -> bool:
+        if not self.offers:
+            return False  # every event through `recv`
+        self.handler = handler
+        return True
 
     async def close(self) -> None:
         pass
@@ -102,8 +139,10 @@ async def _until(condition: Callable[[], bool]) -> None:
     raise AssertionError("condition not reached")
 
 
-async def _active_call() -> tuple[CallBridge, Twilio, Realtime, asyncio.Task[None], Pacer]:
-    twilio, realtime, pacer = Twilio(), Realtime(), Pacer()
+async def _active_call(
+    offers: bool = False,
+) -> tuple[CallBridge, Twilio, Realtime, asyncio.Task[None], Pacer]:
+    twilio, realtime, pacer = Twilio(), Realtime(offers), Pacer()
     config = CallConfig(agent=AgentConfig(audio_mode="pcmu"), inbound_batch_frames=3)
     bridge = CallBridge(twilio, Connector(realtime), config, pacer)
     task = asyncio.create_task(bridge.run())
@@ -189,3 +228,72 @@ async def test_start_and_stop_still_go_through_the_pump() -> None:
     await asyncio.wait_for(task, 5)
     await pacer.stop()
     assert bridge.session.phase == "ended"
+
+
+def _reply(audio: bytes) -> list[dict[str, Any]]:
+    """A response of two pcmu deltas, as the Realtime server sends it."""
+    item = assistant_audio_item("item_a1")
+    half = len(audio) // 2
+    return [
+        response_created("resp_1"),
+        item_added(item),
+        audio_delta("resp_1", "item_a1", audio[:half]),
+        audio_delta("resp_1", "item_a1", audio[half:]),
+    ]
+
+
+def _media_out(twilio: Twilio) -> bytes:
+    sent = [json.loads(text) for text in twilio.sent]
+    return b"".join(base64.b64decode(m["media"]["payload"]) for m in sent if m["event"] == "media")
+
+
+async def test_realtime_events_are_handled_as_offered_and_reach_twilio_in_order() -> None:
+    bridge, twilio, realtime, task, pacer = await _active_call(offers=True)
+    await _until(lambda: realtime.waiting)
+    audio = bytes(range(256)) * 2  # 25.6 frames: under the lead, so all of it goes at once
+    for event in _reply(audio):
+        realtime.deliver(event)
+    assert realtime.events.empty() and realtime.offered == 4  # none woke the pump
+    assert _media_out(twilio) == audio[: len(audio) // 160 * 160]
+    await _hang_up(bridge, twilio, task, pacer)
+
+
+async def test_a_realtime_event_whose_send_must_wait_keeps_later_events_behind_it() -> None:
+    bridge, twilio, realtime, task, pacer = await _active_call(offers=True)
+    await _until(lambda: realtime.waiting)
+    for event in _reply(bytes(range(256)) * 2):
+        realtime.deliver(event)
+    twilio.sent.clear()
+    realtime.ready = False  # back-pressure: the cancel and truncate of a barge-in have to wait
+    realtime.deliver(speech_started("item_u2", audio_start_ms=0))
+    assert bridge._later is not None and not bridge._later.done()
+    realtime.deliver(audio_delta("resp_2", "item_a2", b"\x11" * 320))  # refused: queued for the pump
+    assert realtime.events.qsize() == 1
+    await asyncio.sleep(0.02)
+    assert [e["type"] for e in realtime.sent] == []
+    assert _media_out(twilio) == b""  # the pump took the delta and waits for the cancel first
+    realtime.ready = True
+    realtime.gate.set()
+    await _until(lambda: _media_out(twilio) == b"\x11" * 320)
+    assert realtime.sent[0]["type"] == "response.cancel"
+    await _hang_up(bridge, twilio, task, pacer)
+
+
+async def test_a_failure_on_the_realtime_fast_path_ends_the_call_with_its_traceback(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bridge, _twilio, realtime, task, pacer = await _active_call(offers=True)
+    await _until(lambda: realtime.waiting)
+
+    def broken(event: Any, now_ms: int) -> list[Any]:
+        raise RuntimeError("core bug")
+
+    monkeypatch.setattr(bridge.session, "receive_realtime", broken)
+    with caplog.at_level(logging.ERROR, logger="callbot.bridge"):
+        realtime.deliver(response_created("resp_1"))
+        await asyncio.wait_for(task, 5)
+    await pacer.stop()
+    failed = [r for r in caplog.records if "realtime-in failed" in r.getMessage()]
+    assert failed and failed[0].exc_info is not None and "core bug" in str(failed[0].exc_info[1])
+    assert bridge.session.end_reason == "internal error in realtime-in"
+    assert realtime.offered == 1  # the pump raised on it, nothing was offered again

@@ -41,7 +41,9 @@ async def test_a_call_is_the_same_on_the_fast_and_the_public_paths(
     # The paths under test were really taken, on both sides of the call.
     twilio_side = "direct text channel" if fast else "ASGI messages"
     assert f"media websocket accepted ({twilio_side})" in caplog.messages
-    realtime_side = "frames written directly" if fast else "sending through the SDK's send_raw"
+    realtime_side = (
+        "frames written and read directly" if fast else "through the SDK's send_raw and recv_bytes"
+    )
     assert f"Realtime session open: {realtime_side}" in caplog.messages
     assert result.outcome == "completed", result.summary()
     record = rig.observer.ended[0]

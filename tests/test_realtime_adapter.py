@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import random
 from typing import Any
 
 import orjson
 import pytest
+import uvloop
 from openai import AsyncOpenAI
+from openai.resources.realtime.realtime import AsyncRealtimeConnection
 from websockets.asyncio.client import ClientConnection
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed
@@ -15,7 +19,7 @@ from websockets.extensions.permessage_deflate import (
     ClientPerMessageDeflateFactory,
     ServerPerMessageDeflateFactory,
 )
-from websockets.frames import Frame, Opcode
+from websockets.frames import Frame, Opcode, apply_mask
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
@@ -25,6 +29,7 @@ from callbot.adapters.realtime_openai import (
     OpenAIRealtimeConnector,
     OpenAIRealtimeLink,
     _direct_send,
+    _FrameTap,
     _FrameWriter,
     _MaskKeys,
     _sdk_send,
@@ -91,6 +96,9 @@ class _MemoryTransport(asyncio.WriteTransport):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.written.append(bytes(data))
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
 
     def get_write_buffer_size(self) -> int:
         return self.buffered
@@ -264,3 +272,156 @@ async def test_a_refused_connection_is_an_upstream_error() -> None:
         )
         with pytest.raises(UpstreamError, match="could not open the Realtime session"):
             await connector.connect()
+
+
+# ----- reading: the frame tap -----
+
+
+def _tapped() -> tuple[OpenAIRealtimeLink, _FrameTap, _MemoryTransport, ServerProtocol]:
+    """A link over a real websockets client connection with the frame tap in front of it."""
+    ws, transport, server = _open_websocket()
+    tap = _FrameTap(ws, 2**20)  # websockets' own max_size here (its default)
+    transport.set_protocol(tap)
+    return (
+        OpenAIRealtimeLink(None, AsyncRealtimeConnection(ws), _FrameWriter(ws), tap),
+        tap,
+        transport,
+        server,
+    )
+
+
+def _frames(server: ServerProtocol) -> bytes:
+    return b"".join(server.data_to_send())
+
+
+async def test_the_tap_offers_events_only_while_recv_waits_and_keeps_their_order() -> None:
+    """Every third event is declined (it goes to websockets and comes out of recv); the reads are
+    cut at random places, frames split across reads and several in one; the bridge's view
+    (offered and received, as they happen) stays in the order the server sent."""
+    link, tap, _transport, server = _tapped()
+    seen: list[int] = []
+    taken: list[int] = []
+
+    def take(event: dict[str, Any]) -> bool:
+        if event["n"] % 3 == 0:
+            return False
+        seen.append(event["n"])
+        taken.append(event["n"])
+        return True
+
+    assert link.offer_to(take)
+
+    async def consume() -> None:
+        while len(seen) < 40:
+            seen.append((await link.recv())["n"])
+
+    consumer = asyncio.create_task(consume())
+    await asyncio.sleep(0)
+    for n in range(40):  # some long enough for a 16-bit length, as audio deltas are
+        server.send_text(orjson.dumps({"type": "x", "n": n, "pad": "a" * (n * 97 % 700)}))
+    data, rng, at = _frames(server), random.Random(3), 0
+    while at < len(data):
+        step = rng.randint(1, 400)
+        tap.data_received(data[at : at + step])
+        at += step
+        if rng.random() < 0.3:
+            await asyncio.sleep(0)  # let the consumer run between some reads
+    await asyncio.wait_for(consumer, 2)
+    assert seen == list(range(40))
+    assert taken and len(taken) < 40 - 40 // 3  # some taken on the spot, some after a declined one
+
+
+async def test_pings_and_fragments_go_to_websockets_which_answers_and_assembles() -> None:
+    link, tap, transport, server = _tapped()
+    taken: list[dict[str, Any]] = []
+    link.offer_to(lambda event: taken.append(event) is None)
+    first = asyncio.create_task(link.recv())
+    await asyncio.sleep(0)
+    server.send_ping(b"hi")
+    server.send_text(b'{"n": ', fin=False)
+    server.send_continuation(b"1}", fin=True)
+    server.send_text(orjson.dumps({"n": 2}))
+    tap.data_received(_frames(server))
+    assert (await first)["n"] == 1
+    assert taken == []  # n=2 came after a message websockets held for recv: not offered
+    assert (await link.recv())["n"] == 2
+    server.receive_data(b"".join(transport.written))
+    assert [(f.opcode, f.data) for f in server.events_received()] == [(Opcode.PONG, b"hi")]
+    server.send_text(orjson.dumps({"n": 3}))
+    waiting = asyncio.create_task(link.recv())
+    await asyncio.sleep(0)
+    tap.data_received(_frames(server))
+    assert [e["n"] for e in taken] == [3]  # recv waits again with nothing held: offered
+    waiting.cancel()
+
+
+async def test_a_frame_that_is_not_a_json_object_is_not_offered_and_recv_raises() -> None:
+    link, tap, _transport, server = _tapped()
+    link.offer_to(lambda event: True)
+    pending = asyncio.create_task(link.recv())
+    await asyncio.sleep(0)
+    server.send_text(b"[1, 2]")
+    tap.data_received(_frames(server))
+    with pytest.raises(UpstreamError, match="not an object"):
+        await pending
+
+
+@pytest.mark.parametrize("bad", ["oversized", "masked"])
+async def test_a_frame_websockets_must_refuse_switches_the_tap_off(bad: str) -> None:
+    """An oversized frame (1009) or a masked one from the server (1002) goes to websockets with
+    everything after it, which closes the connection with that code as it always did, and recv
+    raises once the socket is gone."""
+    link, tap, transport, server = _tapped()
+    link.offer_to(lambda event: True)
+    pending = asyncio.create_task(link.recv())
+    await asyncio.sleep(0)
+    if bad == "oversized":
+        server.send_text(b'"' + b"x" * (1 << 20) + b'"')
+        data = _frames(server)
+    else:
+        key = os.urandom(4)
+        data = b"\x81\x82" + key + apply_mask(b"{}", key)
+    tap.data_received(data)
+    assert not tap._on
+    server.receive_data(b"".join(transport.written))
+    close = [f for f in server.events_received() if f.opcode is Opcode.CLOSE]
+    assert close and int.from_bytes(close[0].data[:2], "big") == (1009 if bad == "oversized" else 1002)
+    tap.connection_lost(None)  # the socket closes: the tap passes it on to websockets
+    with pytest.raises(UpstreamError):
+        await asyncio.wait_for(pending, 2)
+
+
+def test_on_uvloop_the_tap_reads_a_real_session() -> None:
+    """uvloop caches a protocol's callbacks when the connection opens: `set_protocol` must move
+    them to the tap, over a real socket, or nothing would be offered."""
+
+    async def session() -> tuple[list[str], list[str]]:
+        async with FakeRealtimeServer() as fake:
+            connector = OpenAIRealtimeConnector(
+                AsyncOpenAI(api_key="k", base_url=fake.base_url), "gpt-realtime-1.5"
+            )
+            link = await connector.connect()
+            taken: list[str] = []
+            received: list[str] = []
+            link.offer_to(lambda event: taken.append(event["type"]) is None)
+
+            async def consume() -> None:
+                while True:
+                    received.append((await link.recv())["type"])
+
+            consumer = asyncio.create_task(consume())
+            await asyncio.sleep(0.05)
+            await link.send(rt.session_update(rt.AgentConfig(audio_mode="pcmu")))
+            for _ in range(200):
+                if "session.updated" in taken + received:
+                    break
+                await asyncio.sleep(0.005)
+            consumer.cancel()
+            await link.close()
+            assert fake.violations == []
+        return taken, received
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        taken, received = runner.run(session())
+    assert "session.updated" in taken  # it came while recv waited: offered, and taken
+    assert "session.updated" not in received

@@ -7,7 +7,8 @@ themselves on the hot path or in operations (measured in bench/README.md):
   the media stream's frames skip ASGI messages. Public path: uvicorn's own websocket protocol and
   plain ASGI.
 - `realtime_frames` (`adapters/realtime_openai.py`): client text frames written straight to the
-  Realtime websocket under the SDK. Public path: the SDK's `send_raw`.
+  Realtime websocket under the SDK, and its plain server text frames handed to the bridge as they
+  are read. Public path: the SDK's `send_raw` and `recv_bytes`.
 - `sigterm_drain` (`adapters/uvicorn_server.py`): uvicorn's `Server.handle_exit`, so SIGTERM drains
   calls instead of closing every websocket at once. Public path: plain `uvicorn.Server`.
 
@@ -144,7 +145,8 @@ def _probed() -> FastPaths:
 
 
 def summary_line(paths: FastPaths) -> str:
-    """'twilio_channel on, realtime_frames off (the SDK's send_raw), ...': the start-up log line."""
+    """'twilio_channel on, realtime_frames off (the SDK's send_raw and recv_bytes), ...': the start-up
+    log line."""
     return ", ".join(
         f"{path.name} on" if path.active else f"{path.name} off ({path.fallback})" for path in paths.all()
     )

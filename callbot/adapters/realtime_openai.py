@@ -3,10 +3,11 @@
 Events travel as plain dicts. Incoming frames are read raw (`recv_bytes`) and parsed with
 orjson instead of the SDK's pydantic union: the audio deltas are most of the traffic and the
 typed parse costs more than the rest of the bridge (docs/audio.md §9). Outgoing events are
-framed straight onto the websocket when it can take them (`_FrameWriter`, the `realtime_frames`
-fast path, guarded by `probe()`; otherwise the SDK's public `send_raw`); their shapes are
-checked against the SDK's client-event models in the tests (the fake Realtime server validates
-every event it gets).
+framed straight onto the websocket when it can take them (`_FrameWriter`), and incoming plain
+text frames can be handed to the bridge as they are read (`_FrameTap`, `offer_to`): together the
+`realtime_frames` fast path, guarded by `probe()`; otherwise the SDK's public `send_raw` and
+`recv_bytes`. Event shapes are checked against the SDK's client-event models in the tests (the
+fake Realtime server validates every event it gets).
 SDK and websocket exceptions are translated into `UpstreamError` here and nowhere else. The
 connector and its links implement `callbot.ports.RealtimeConnector` and `RealtimeLink`.
 """
@@ -35,13 +36,18 @@ log = logging.getLogger("callbot.realtime")
 
 Sender = Callable[[bytes], Awaitable[None]]
 
-FALLBACK = "the SDK's send_raw"
+FALLBACK = "the SDK's send_raw and recv_bytes"
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+"""websockets' max_size for a Realtime session; the frame tap hands any larger frame to websockets,
+which refuses it (1009)."""
 
 TOUCHES = {
     # The SDK's connection keeps its websockets connection here (private, no public accessor).
     "openai.resources.realtime.realtime.AsyncRealtimeConnection": ("_connection",),
     # websockets.asyncio: the connection's asyncio transport (undocumented attribute); the rest
-    # (`state`, `response`, `send`) is documented API.
+    # (`state`, `response`, `send`, and the asyncio.Protocol callbacks `_FrameTap` forwards to)
+    # is documented API.
     "websockets.asyncio.client.ClientConnection": ("transport",),
 }
 """Every name of another library's internals this module touches (the contract test checks them)."""
@@ -131,27 +137,136 @@ class _FrameWriter:
             await self._ws.send(data, text=True)
 
 
-_TRANSPORT_NEEDS = ("write", "get_write_buffer_size", "get_write_buffer_limits")
+class _FrameTap(asyncio.Protocol):
+    """The transport's protocol in front of websockets' `ClientConnection`: it offers each plain
+    server text frame to the link's handler as it is read, and hands every other frame, and every
+    frame the handler declines, whole to the connection's `data_received`, so websockets' parser
+    always starts at a frame boundary and answers pings, closes and fragments as before.
+
+    A frame is offered only while the link's `recv` is suspended (`waiting`) with nothing handed to
+    websockets since it began waiting (`forwarded`), which is when websockets holds no message the
+    bridge has not read: so the bridge sees events in the order they came. This saves the
+    Realtime pump's task a wake-up and websockets' frame parser, assembler and `recv` chain for
+    each event (the figures: bench/README.md#code-figures).
+    """
+
+    def __init__(self, ws: ClientConnection, max_size: int | None) -> None:
+        self._ws = ws
+        self._max = max_size
+        self._pending = b""
+        self._on = True
+        self.offer: Callable[[bytes], bool] | None = None
+        self.waiting = False
+        self.forwarded = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._ws.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._ws.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._ws.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._ws.resume_writing()
+
+    def eof_received(self) -> None:
+        self._ws.eof_received()  # websockets' returns None too: the transport closes itself
+
+    def data_received(self, data: bytes) -> None:
+        if not self._on:
+            self._ws.data_received(data)
+            return
+        buf = self._pending + data if self._pending else data
+        self._pending = b""
+        at = self._split(buf)
+        if at < len(buf):
+            if self._on:
+                self._pending = buf[at:]  # an incomplete frame: wait for the rest
+            else:
+                self._ws.data_received(buf[at:])
+
+    def _split(self, buf: bytes) -> int:
+        """Handle the complete frames at the start of `buf`; returns where the rest starts. A
+        masked or oversized frame, or a connection no longer open, switches the tap off for good:
+        websockets then reads everything and fails or closes the connection as it would have."""
+        at, end = 0, len(buf)
+        while end - at >= 2:
+            first, second = buf[at], buf[at + 1]
+            length, head = second & 0x7F, at + 2
+            if second & 0x80:  # a server never masks (RFC 6455 5.1): websockets fails it with 1002
+                self._on = False
+                return at
+            if length == 126:  # an audio delta: 16-bit length
+                if end - head < 2:
+                    break
+                length, head = (buf[head] << 8) | buf[head + 1], head + 2
+            elif length == 127:
+                if end - head < 8:
+                    break
+                length, head = int.from_bytes(buf[head : head + 8], "big"), head + 8
+            if self._max is not None and length > self._max:  # websockets closes with 1009
+                self._on = False
+                return at
+            stop = head + length
+            if stop > end:
+                break
+            offer = self.offer
+            # 0x81: FIN + text, no RSV bits (no extension is negotiated: the SDK turns compression off)
+            takes = first == 0x81 and offer is not None and self.waiting and not self.forwarded
+            if not (takes and offer is not None and offer(buf[head:stop])):
+                if first & 0x0F < 8:  # a data frame: websockets now holds a message for `recv`
+                    self.forwarded = True
+                self._ws.data_received(buf[at:stop])
+                if self._ws.state is not State.OPEN:
+                    self._on = False
+                    return stop
+            at = stop
+        return at
 
 
-def _direct_send(connection: Any) -> Sender | None:
-    """The frame writer over the SDK connection's websocket, or None if it has none we know."""
+_TRANSPORT_NEEDS = ("write", "get_write_buffer_size", "get_write_buffer_limits", "set_protocol")
+
+
+def _websocket(connection: Any) -> ClientConnection | None:
+    """The SDK connection's websocket, if it is one whose transport the fast path knows."""
     ws = getattr(connection, "_connection", None)
     transport = getattr(ws, "transport", None)
     if isinstance(ws, ClientConnection) and all(
         callable(getattr(transport, n, None)) for n in _TRANSPORT_NEEDS
     ):
-        return _FrameWriter(ws)
+        return ws
     return None
+
+
+def _direct_send(connection: Any) -> Sender | None:
+    """The frame writer over the SDK connection's websocket, or None if it has none we know."""
+    ws = _websocket(connection)
+    return _FrameWriter(ws) if ws is not None else None
+
+
+def _tap(connection: Any, max_size: int | None) -> _FrameTap | None:
+    """Put a `_FrameTap` in front of the SDK connection's websocket, or None if it has none we know."""
+    ws = _websocket(connection)
+    if ws is None:
+        return None
+    tap = _FrameTap(ws, max_size)
+    ws.transport.set_protocol(tap)
+    return tap
 
 
 class _ProbeTransport(asyncio.WriteTransport):
     def __init__(self) -> None:
         super().__init__()
         self.written = bytearray()
+        self.protocol: asyncio.BaseProtocol | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.written += data
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
 
     def get_write_buffer_size(self) -> int:
         return 0
@@ -176,13 +291,20 @@ async def _self_test() -> str:
     from openai.resources.realtime.realtime import AsyncRealtimeConnection
     from websockets.client import ClientProtocol
     from websockets.frames import Frame, Opcode
+    from websockets.server import ServerProtocol
     from websockets.streams import StreamReader
     from websockets.uri import parse_uri
 
-    ws = ClientConnection(ClientProtocol(parse_uri("ws://127.0.0.1/v1/realtime")))
+    protocol = ClientProtocol(parse_uri("ws://127.0.0.1/v1/realtime"))
+    ws = ClientConnection(protocol)
     transport = _ProbeTransport()
     ws.connection_made(transport)
-    ws.protocol.state = State.OPEN  # as after the opening handshake
+    request = protocol.connect()  # the opening handshake, answered by websockets' own server side
+    protocol.send_request(request)
+    ws.data_received(ServerProtocol().accept(request).serialize())
+    if ws.state is not State.OPEN:
+        return f"the in-memory opening handshake left the connection {ws.state.name}"
+    del transport.written[:]  # the request
     sdk_connection = AsyncRealtimeConnection(ws)
     send = _direct_send(sdk_connection)
     if send is None:
@@ -199,7 +321,28 @@ async def _self_test() -> str:
         return "the frame written did not parse as one whole websocket frame"
     if frame.opcode is not Opcode.TEXT or frame.data != b'{"type":"response.cancel"}':
         return f"the frame written parsed as {frame!r}"
-    return ""
+    return _tap_self_test(ws, transport, sdk_connection)
+
+
+def _tap_self_test(ws: ClientConnection, transport: _ProbeTransport, sdk_connection: Any) -> str:
+    """A text frame through the tap reaches the handler; a ping goes to websockets, which answers it."""
+    tap = _tap(sdk_connection, 1 << 20)
+    if tap is None or transport.protocol is not tap:
+        return "the websocket's transport did not take the frame tap as its protocol"
+    taken: list[bytes] = []
+
+    def take(raw: bytes) -> bool:
+        taken.append(raw)
+        return True
+
+    tap.offer, tap.waiting = take, True
+    before = len(transport.written)
+    tap.data_received(b"\x81\x02{}" + b"\x89\x04ping")
+    if taken != [b"{}"]:
+        return f"the tap offered {taken!r} for one text frame"
+    if not tap.forwarded and ws.state is State.OPEN and len(transport.written) > before:
+        return ""
+    return "the ping did not reach websockets, or it wrote no pong"
 
 
 def probe() -> str:
@@ -210,12 +353,35 @@ def probe() -> str:
 
 
 class OpenAIRealtimeLink:
-    def __init__(self, manager: Any, connection: Any, send: Sender) -> None:
+    def __init__(self, manager: Any, connection: Any, send: Sender, tap: _FrameTap | None = None) -> None:
         self._manager = manager
         self._conn = connection
         self._send = send
         self._writer = send if isinstance(send, _FrameWriter) else None
+        self._tap = tap
         self._closed = False
+
+    def offer_to(self, handler: Callable[[dict[str, Any]], bool] | None) -> bool:
+        """Offer each event to `handler` as it is read, while `recv` waits for one (so it comes
+        after everything `recv` returned); True from it takes the event, which `recv` then never
+        returns. A frame that is not a JSON object is never offered: `recv` raises for it as
+        always. Returns False (and does nothing) without the fast path's frame tap."""
+        tap = self._tap
+        if tap is None:
+            return False
+        if handler is None:
+            tap.offer = None
+            return True
+
+        def offer(raw: bytes) -> bool:
+            try:
+                event = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                return False
+            return type(event) is dict and handler(event)
+
+        tap.offer = offer
+        return True
 
     async def send(self, event: dict[str, Any]) -> None:
         try:
@@ -236,10 +402,16 @@ class OpenAIRealtimeLink:
         return True
 
     async def recv(self) -> dict[str, Any]:
+        tap = self._tap
+        if tap is not None:  # from here until recv_bytes returns, a frame may be offered (`_FrameTap`)
+            tap.forwarded, tap.waiting = False, True
         try:
             raw = await self._conn.recv_bytes()
         except Exception as exc:
             raise UpstreamError(f"connection closed: {exc!r}") from exc
+        finally:
+            if tap is not None:
+                tap.waiting = False
         try:
             event = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -252,6 +424,8 @@ class OpenAIRealtimeLink:
         if self._closed:
             return
         self._closed = True
+        if self._tap is not None:
+            self._tap.offer = None
         with contextlib.suppress(Exception):  # closing a dead socket is not worth a traceback
             await self._conn.close()
 
@@ -282,7 +456,7 @@ class OpenAIRealtimeConnector:
         manager = self._client.realtime.connect(
             model=self._model,
             extra_query=self._extra_query() if self._extra_query is not None else {},
-            websocket_connection_options={"max_size": 16 * 1024 * 1024},
+            websocket_connection_options={"max_size": MAX_MESSAGE_BYTES},
         )
         try:
             connection = await asyncio.wait_for(manager.enter(), timeout=self._open_timeout_s)
@@ -290,15 +464,17 @@ class OpenAIRealtimeConnector:
             raise UpstreamError(f"could not open the Realtime session: {exc!r}") from exc
         except Exception as exc:  # websockets.InvalidStatus and friends
             raise UpstreamError(f"could not open the Realtime session: {exc!r}") from exc
-        return OpenAIRealtimeLink(manager, connection, self._sender(connection))
+        send = self._sender(connection)
+        tap = _tap(connection, MAX_MESSAGE_BYTES) if isinstance(send, _FrameWriter) else None
+        return OpenAIRealtimeLink(manager, connection, send, tap)
 
     def _sender(self, connection: Any) -> Sender:
         fast = _direct_send(connection) if self._direct_send else None
         if fast is not None:
-            log.debug("Realtime session open: frames written directly")
+            log.debug("Realtime session open: frames written and read directly")
             return fast
         if self._direct_send and not self._warned:
             self._warned = True
             log.warning("a Realtime connection has no websocket the fast path knows; using %s", FALLBACK)
-        log.debug("Realtime session open: sending through %s", FALLBACK)
+        log.debug("Realtime session open: through %s", FALLBACK)
         return _sdk_send(connection)
