@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from itertools import repeat
 
 FRAME_MS = 20
 FRAME_BYTES = 160  # 20 ms of mu-law at 8 kHz
@@ -88,7 +89,7 @@ class PlaybackTracker:
     # ----- producing -----
     def enqueue(self, item_id: str, frames: list[bytes]) -> None:
         """Queue frames to play; past the bound the oldest are dropped and counted, never unbounded."""
-        self._queue.extend((item_id, frame) for frame in frames)
+        self._queue.extend(zip(repeat(item_id), frames))  # (item, frame) pairs, without a generator
         self._next_send = None
         excess = len(self._queue) - self.max_queued_frames
         for _ in range(excess):
