@@ -161,9 +161,9 @@ class Pacer:
         A call with nothing to send only needs its deadlines checked (twice a second), and a
         playing one only when its next message fits under the lead (`next_wake_ms`, about every
         200 ms): skipping the rest saves a coroutine per call per 20 ms. While a call's Twilio
-        frames keep coming, they pace it (`frame_at`) and only its slot's check is left. Each call has its own
-        slot, so the checks are spread over the ticks instead of all landing on one, which showed
-        as a burst of loop lag under load (bench/README.md#code-figures).
+        frames keep coming, they pace it (`frame_at`) and only its slot's check is left. Each call
+        has its own slot, so the checks are spread over the ticks instead of all landing on one,
+        which showed as a burst of loop lag under load (bench/README.md#code-figures).
         """
         slot = tick % HOUSEKEEPING_TICKS
         flowing = time.monotonic() - FRAMES_FLOW_S
@@ -220,7 +220,8 @@ class CallBridge:
         self.memory = memory
         self._recall: asyncio.Task[MemorySeed | None] | None = None
         self._inbound_count = 0
-        self._later: asyncio.Task[None] | None = None  # sends `_take_now` could not finish at once
+        self._later: asyncio.Task[None] | None = None
+        """The sends a read callback (`_take_now`, `_take_realtime`) could not finish at once."""
         self._offer_failure: Exception | None = None
         self._outbound_count = 0
         self._outbound_sampled = False  # the event `_step_realtime` just stepped is timed
@@ -366,9 +367,7 @@ class CallBridge:
             started = self._inbound_clock(event)
             actions = self.session.receive_twilio(event, self.now_ms())
             if actions:
-                later, self._later = self._later, None
-                if later is not None:
-                    await later  # what `_take_now` left to send goes out first
+                await self._after_later()
                 rest = self._perform_now(actions)
                 if rest:
                     await self._finish(rest)
@@ -394,7 +393,7 @@ class CallBridge:
             if type(event) is not tw.Media and type(event) is not tw.Mark:
                 return False  # parsed again by the pump: these come a few times a call
             started = self._inbound_clock(event)
-            self.frame_at = now = time.monotonic()
+            self.frame_at = now = time.monotonic()  # one clock read for the pacer and `now_ms`
             actions = self.session.receive_twilio(event, int((now - self._t0) * 1000))
             if actions:
                 rest = self._perform_now(actions)
@@ -437,13 +436,21 @@ class CallBridge:
             started = time.perf_counter()
             actions = self._step_realtime(raw)
             if actions:
-                later, self._later = self._later, None
-                if later is not None:
-                    await later  # what a read callback left to send goes out first
+                await self._after_later()
                 rest = self._perform_now(actions)
                 if rest:
                     await self._finish(rest)
             self._outbound_timed(started)
+
+    async def _after_later(self) -> None:
+        """Wait for what a read callback left to send (`_later`) before a pump sends. It stays set
+        while it runs, so both read callbacks decline their messages meanwhile (to their pumps,
+        which wait here too) and nothing overtakes it."""
+        later = self._later
+        if later is not None:
+            await later
+            if self._later is later:
+                self._later = None
 
     def _take_realtime(self, raw: dict[str, Any]) -> bool:
         """Handle a Realtime event inside the socket's read callback, as `_take_now` does for

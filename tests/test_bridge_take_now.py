@@ -297,3 +297,28 @@ async def test_a_failure_on_the_realtime_fast_path_ends_the_call_with_its_traceb
     assert failed and failed[0].exc_info is not None and "core bug" in str(failed[0].exc_info[1])
     assert bridge.session.end_reason == "internal error in realtime-in"
     assert realtime.offered == 1  # the pump raised on it, nothing was offered again
+
+
+async def test_while_a_pump_waits_for_a_pending_send_neither_read_callback_takes_a_message() -> None:
+    """The Realtime pump has an agent delta to send to Twilio, but first waits for the append
+    `_take_now` left (back-pressure); a Twilio frame that arrives meanwhile goes to its pump too,
+    instead of being handled ahead of that send."""
+    bridge, twilio, realtime, task, pacer = await _active_call()
+    realtime.ready = False
+    for i in range(3):  # a whole batch: its append has to wait
+        twilio.deliver(tw_media(bytes([0x20 + i]) * 160, timestamp_ms=20 * i, chunk=i + 1))
+    pending = bridge._later
+    assert pending is not None and not pending.done()
+    for event in _reply(bytes(range(256)) * 2)[:3]:  # through the pump, which waits for `pending`
+        realtime.events.put_nowait(event)  # at the delta
+    await _until(lambda: realtime.events.empty())
+    await asyncio.sleep(0.02)
+    assert bridge._later is pending and _media_out(twilio) == b""  # waited for, left in place
+    offered = twilio.offered
+    twilio.deliver(tw_media(b"\x30" * 160, timestamp_ms=60, chunk=4))
+    assert twilio.offered == offered + 1 and twilio.inbox.qsize() == 1  # declined: queued for the pump
+    realtime.ready = True
+    realtime.gate.set()
+    await _until(lambda: twilio.inbox.empty() and len(_media_out(twilio)) > 0)
+    assert _appended(realtime)[0] == bytes([0x20]) * 160 + bytes([0x21]) * 160 + bytes([0x22]) * 160
+    await _hang_up(bridge, twilio, task, pacer)
