@@ -106,7 +106,7 @@ LOWPASS = design_lowpass()
 _UP_BANK, _DOWN_BANK = _banks(LOWPASS)
 
 
-def _quiet_codes(bank: FloatArray) -> bytes:
+def _loud_codes(bank: FloatArray) -> bytes:
     """A `bytes.translate` table: 1 for the mu-law codes loud enough that a filter output could
     pass int16 (the largest sum of |taps| of one output, 2.41 for the upsampler, times the
     sample), 0 for the rest. A block of only quiet codes needs no saturation."""
@@ -124,7 +124,7 @@ def _build_ulaw_encode_saturating() -> npt.NDArray[np.uint8]:
     return _ULAW_ENCODE.take(np.clip(v, -32768, 32767).astype(np.int16).view(np.uint16))
 
 
-_UP_LOUD = _quiet_codes(_UP_BANK)
+_UP_LOUD = _loud_codes(_UP_BANK)
 _ULAW_ENCODE_SAT = _build_ulaw_encode_saturating()
 for _table in (_ULAW_DECODE, _ULAW_DECODE_F64, _ULAW_ENCODE, _ULAW_ENCODE_SAT, LOWPASS, _UP_BANK, _DOWN_BANK):
     _table.setflags(write=False)  # shared by every call: make accidental writes fail loudly
