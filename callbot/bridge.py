@@ -224,7 +224,6 @@ class CallBridge:
         """The sends a read callback (`_take_now`, `_take_realtime`) could not finish at once."""
         self._offer_failure: Exception | None = None
         self._outbound_count = 0
-        self._outbound_sampled = False  # the event `_step_realtime` just stepped is timed
         self.realtime: RealtimeLink | None = None
         self.started_at = datetime.now(UTC)
         self._t0 = time.monotonic()
@@ -381,13 +380,8 @@ class CallBridge:
         A send that has to wait finishes in a task of its own, and until it has, messages go to
         the pump again, which awaits it first: the order of what goes out never changes. Other
         messages (start, stop, DTMF) go to the pump. False: the pump gets the message."""
-        if self._over or self._offer_failure is not None:
+        if not self._may_take():
             return False
-        later = self._later
-        if later is not None:
-            if not later.done():
-                return False
-            self._later = None
         try:
             event = tw.parse(text)
             if type(event) is not tw.Media and type(event) is not tw.Mark:
@@ -396,9 +390,7 @@ class CallBridge:
             self.frame_at = now = time.monotonic()  # one clock read for the pacer and `now_ms`
             actions = self.session.receive_twilio(event, int((now - self._t0) * 1000))
             if actions:
-                rest = self._perform_now(actions)
-                if rest:
-                    self._later = self._spawn(self._finish(rest), "twilio-out")
+                self._perform_or_defer(actions, "twilio-out")
             if started:
                 self._inbound_timed(started)
         except Exception as exc:  # noqa: BLE001 - raised in the pump instead, which ends the call (`_guard`)
@@ -434,13 +426,14 @@ class CallBridge:
             if failure is not None:  # `_take_realtime` or `_take_now` failed: end the call as any pump
                 raise failure
             started = time.perf_counter()
-            actions = self._step_realtime(raw)
+            actions, timed = self._step_realtime(raw)
             if actions:
                 await self._after_later()
                 rest = self._perform_now(actions)
                 if rest:
                     await self._finish(rest)
-            self._outbound_timed(started)
+            if timed:
+                self._outbound_timed(started)
 
     async def _after_later(self) -> None:
         """Wait for what a read callback left to send (`_later`) before a pump sends. It stays set
@@ -458,6 +451,37 @@ class CallBridge:
         one (so it comes after everything before it), which saves the pump's task a wake-up per
         event. A send that has to wait finishes in a task of its own (`_later`), and until it
         has, events go to the pump again. False: the pump gets the event."""
+        if not self._may_take():
+            return False
+        try:
+            started = time.perf_counter()
+            actions, timed = self._step_realtime(raw)
+            if actions:
+                self._perform_or_defer(actions, "realtime-out")
+            if timed:
+                self._outbound_timed(started)
+        except Exception as exc:  # noqa: BLE001 - raised in the pump instead, which ends the call (`_guard`)
+            self._offer_failure = exc
+            return False
+        return True
+
+    def _step_realtime(self, raw: dict[str, Any]) -> tuple[list[Action], bool]:
+        """One Realtime event into the core: its actions, and whether it is timed (an audio delta
+        in five, `_outbound_timed`)."""
+        event = rte.parse(raw)
+        timed = False
+        if self.metrics is not None and type(event) is rte.AudioDelta:
+            self._outbound_count += 1
+            timed = self._outbound_count % 5 == 0  # deltas are ~5x rarer than frames
+        return self.session.receive_realtime(event, self.now_ms()), timed
+
+    def _outbound_timed(self, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.outbound_latency.observe(time.perf_counter() - started)
+
+    def _may_take(self) -> bool:
+        """Whether a read callback (`_take_now`, `_take_realtime`) may handle a message now: the
+        call goes on, nothing failed there, and what one of them left to send (`_later`) is done."""
         if self._over or self._offer_failure is not None:
             return False
         later = self._later
@@ -465,31 +489,14 @@ class CallBridge:
             if not later.done():
                 return False
             self._later = None
-        try:
-            started = time.perf_counter()
-            actions = self._step_realtime(raw)
-            if actions:
-                rest = self._perform_now(actions)
-                if rest:
-                    self._later = self._spawn(self._finish(rest), "realtime-out")
-            self._outbound_timed(started)
-        except Exception as exc:  # noqa: BLE001 - raised in the pump instead, which ends the call (`_guard`)
-            self._offer_failure = exc
-            return False
         return True
 
-    def _step_realtime(self, raw: dict[str, Any]) -> list[Action]:
-        """One Realtime event into the core; an audio delta in five is timed (`_outbound_timed`)."""
-        event = rte.parse(raw)
-        self._outbound_sampled = False
-        if self.metrics is not None and type(event) is rte.AudioDelta:
-            self._outbound_count += 1
-            self._outbound_sampled = self._outbound_count % 5 == 0  # deltas are ~5x rarer than frames
-        return self.session.receive_realtime(event, self.now_ms())
-
-    def _outbound_timed(self, started: float) -> None:
-        if self._outbound_sampled and self.metrics is not None:
-            self.metrics.outbound_latency.observe(time.perf_counter() - started)
+    def _perform_or_defer(self, actions: list[Action], name: str) -> None:
+        """In a read callback: perform what needs no waiting, and leave the rest to a task
+        (`_later`), which later messages wait for."""
+        rest = self._perform_now(actions)
+        if rest:
+            self._later = self._spawn(self._finish(rest), name)
 
     def _start_recall(self) -> asyncio.Task[MemorySeed | None] | None:
         """Look the caller's memory up once, beside the first Realtime connect (core/memory.py)."""

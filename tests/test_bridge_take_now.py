@@ -23,6 +23,7 @@ import pytest
 from callbot.bridge import CallBridge, Pacer
 from callbot.core.call import CallConfig
 from callbot.core.realtime import AgentConfig
+from callbot.metrics import Metrics
 from tests.core_helpers import (
     assistant_audio_item,
     audio_delta,
@@ -140,11 +141,11 @@ async def _until(condition: Callable[[], bool]) -> None:
 
 
 async def _active_call(
-    offers: bool = False,
+    offers: bool = False, metrics: Metrics | None = None
 ) -> tuple[CallBridge, Twilio, Realtime, asyncio.Task[None], Pacer]:
     twilio, realtime, pacer = Twilio(), Realtime(offers), Pacer()
     config = CallConfig(agent=AgentConfig(audio_mode="pcmu"), inbound_batch_frames=3)
-    bridge = CallBridge(twilio, Connector(realtime), config, pacer)
+    bridge = CallBridge(twilio, Connector(realtime), config, pacer, metrics=metrics)
     task = asyncio.create_task(bridge.run())
     await _until(lambda: twilio.handler is not None)
     twilio.deliver(tw_connected())
@@ -321,4 +322,21 @@ async def test_while_a_pump_waits_for_a_pending_send_neither_read_callback_takes
     realtime.gate.set()
     await _until(lambda: twilio.inbox.empty() and len(_media_out(twilio)) > 0)
     assert _appended(realtime)[0] == bytes([0x20]) * 160 + bytes([0x21]) * 160 + bytes([0x22]) * 160
+    await _hang_up(bridge, twilio, task, pacer)
+
+
+@pytest.mark.parametrize("offers", [True, False], ids=["read-callback", "pump"])
+async def test_one_audio_delta_in_five_is_timed_on_either_path(offers: bool) -> None:
+    metrics = Metrics()
+    bridge, twilio, realtime, task, pacer = await _active_call(offers=offers, metrics=metrics)
+    await _until(lambda: realtime.waiting)
+    for event in _reply(bytes(range(256)) * 2)[:2]:
+        realtime.deliver(event)
+    for i in range(10):  # ten deltas, a response's other events untimed
+        realtime.deliver(audio_delta("resp_1", "item_a1", bytes([i]) * 160))
+        await _until(lambda: realtime.events.empty())
+    await _until(lambda: len(_media_out(twilio)) == 1600)
+    count = metrics.registry.get_sample_value("callbot_bridge_outbound_latency_seconds_count")
+    assert count == 2
+    assert (realtime.offered == 12) == offers
     await _hang_up(bridge, twilio, task, pacer)
