@@ -102,6 +102,27 @@ async def test_offered_messages_skip_recv_and_oversized_ones_are_never_offered(
     assert twilio.oversized == 1 and "dropping an oversized Twilio message (25 bytes)" in caplog.messages
 
 
+async def test_the_handler_is_offered_unwrapped_when_the_channel_bounds_messages_as_tightly() -> None:
+    """uvicorn's ws_max_size already bounds every message the channel delivers (a longer frame goes
+    to the websockets parser, which fails it with 1009), so no length check wraps the handler."""
+    offered: list[str] = []
+
+    def take(text: str) -> bool:
+        offered.append(text)
+        return text.startswith("take")
+
+    async with in_memory_websocket() as (ws, protocol, _):
+        twilio = TwilioSocket(ws, max_message_bytes=protocol.config.ws_max_size)
+        twilio.accepted()
+        assert twilio.offer_to(take) is True
+        assert protocol.channel is not None and protocol.channel.offer is take
+        waiting = asyncio.create_task(twilio.recv())
+        await asyncio.sleep(0)
+        protocol.data_received(masked_frame("take 1") + masked_frame("keep 2"))
+        assert await asyncio.wait_for(waiting, 5) == "keep 2"
+    assert offered == ["take 1", "keep 2"]
+
+
 async def test_offer_to_none_sends_every_message_through_recv_again() -> None:
     offered: list[str] = []
 

@@ -71,6 +71,9 @@ class TwilioSocket:
             channel.offer = None
             return True
         limit = self._max
+        if channel.max_bytes is not None and channel.max_bytes <= limit:
+            channel.offer = handler  # the channel never delivers more bytes, so never more characters
+            return True
 
         def offer(text: str) -> bool:
             return len(text) <= limit and handler(text)

@@ -94,6 +94,9 @@ class TextChannel:
         self._send_lock = asyncio.Lock()
         self._waiting = 0  # sends waiting for back-pressure or for one another
         self.closed = False
+        self.max_bytes: int | None = protocol.config.ws_max_size
+        """No message longer than this many bytes is delivered: the splitter hands a longer
+        frame to the websockets parser, which fails the connection with 1009."""
         self.offer: Callable[[str], bool] | None = None
         """Called with each message as it is read while the app waits in `receive` (so nothing
         read earlier is still waiting for it); True when it took the message, which `receive`

@@ -23,7 +23,6 @@ from typing import Literal
 from callbot.core import call_realtime, call_twilio
 from callbot.core import realtime as rt
 from callbot.core import realtime_events as ev
-from callbot.core import twilio as tw
 from callbot.core.actions import (
     Action,
     Checkpoint,
@@ -131,8 +130,9 @@ class CallSession:
         return self.end(reason)
 
     # ----- Twilio side (core/call_twilio.py) -----
-    def receive_twilio(self, event: tw.TwilioEvent, now_ms: int) -> list[Action]:
-        return call_twilio.receive(self, event, now_ms)
+    receive_twilio = call_twilio.receive
+    """`receive_twilio(event, now_ms)`: the function itself as the method, so each of the 50
+    frames a second per call costs no call in between."""
 
     def set_memory(self, seed: MemorySeed | None) -> None:
         """The returning caller's memory (core/memory.py), looked up by the bridge at call start.

@@ -80,12 +80,11 @@ def _on_media(call: CallSession, event: tw.Media, now_ms: int) -> list[Action]:
         return []
     append = call.caller_audio.push(event, now_ms)
     out: list[Action] = [SendRealtime(append)] if append is not None else []
-    if call.playback.queued_frames:
-        # Twilio's frames are a 20 ms clock of their own: agent audio that is due goes out on
-        # them, so the bridge's pacer need not check a call whose frames keep coming.
-        send = call.outbound.next_send_ms()
-        if send is not None and send <= now_ms:
-            call.outbound.send_due(now_ms, call.stream_sid, out)
+    # Twilio's frames are a 20 ms clock of their own: agent audio that is due goes out on them,
+    # so the bridge's pacer need not check a call whose frames keep coming.
+    send = call.playback.send_at
+    if send is not None and send <= now_ms:
+        call.outbound.send_due(now_ms, call.stream_sid, out)
     return out
 
 

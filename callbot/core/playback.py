@@ -81,7 +81,8 @@ class PlaybackTracker:
         self._last_item: str | None = None
         self._buffer_until_ms = 0  # when Twilio's buffer runs dry, by our estimate
         self._spans: dict[str, list[int]] = {}  # item -> [first frame plays, last frame ends]
-        self._next_send: int | None = None  # cached next_send_ms(); None: to be computed
+        self.send_at: int | None = None
+        """`next_send_ms()`, kept current by every change of the queue: read on each Twilio frame."""
         self.frames_sent = 0
         self.frames_dropped = 0
         self.frames_overflowed = 0
@@ -90,13 +91,13 @@ class PlaybackTracker:
     def enqueue(self, item_id: str, frames: list[bytes]) -> None:
         """Queue frames to play; past the bound the oldest are dropped and counted, never unbounded."""
         self._queue.extend(zip(repeat(item_id), frames))  # (item, frame) pairs, without a generator
-        self._next_send = None
         excess = len(self._queue) - self.max_queued_frames
         for _ in range(excess):
             self._queue.popleft()
         if excess > 0:
             self.frames_dropped += excess
             self.frames_overflowed += excess
+        self._schedule()
 
     @property
     def queued_frames(self) -> int:
@@ -157,7 +158,7 @@ class PlaybackTracker:
             out.append(OutboundMessage(item_id, b"".join(frames), len(frames), mark))
             self.frames_sent += len(frames)
         self._buffer_until_ms = until
-        self._next_send = None
+        self._schedule()
         return out
 
     def next_send_ms(self) -> int | None:
@@ -166,15 +167,21 @@ class PlaybackTracker:
         The message at the head of the queue goes once its last frame starts within the lead, so
         until then a tick has nothing to send and the caller may sleep (the bridge's pacer does).
         """
-        if self._next_send is None and self._queue:
-            queue, limit = self._queue, self.message_frames
-            item_id, size = queue[0][0], 0
-            for queued_item, _ in queue:
-                if queued_item != item_id or size == limit:
-                    break
-                size += 1
-            self._next_send = self._buffer_until_ms + (size - 1) * FRAME_MS - self.lead_ms + 1
-        return self._next_send if self._queue else None
+        return self.send_at
+
+    def _schedule(self) -> None:
+        """Set `send_at` after the queue or the buffer estimate changed."""
+        queue = self._queue
+        if not queue:
+            self.send_at = None
+            return
+        limit = self.message_frames
+        item_id, size = queue[0][0], 0
+        for queued_item, _ in queue:
+            if queued_item != item_id or size == limit:
+                break
+            size += 1
+        self.send_at = self._buffer_until_ms + (size - 1) * FRAME_MS - self.lead_ms + 1
 
     def _new_mark(self, item_id: str) -> str:
         self._next_mark += 1
@@ -271,7 +278,7 @@ class PlaybackTracker:
         self._unmarked_bytes = 0
         self._buffer_until_ms = now_ms
         self._echo = None
-        self._next_send = None
+        self.send_at = None  # the queue is empty
         return Interruption(item_id, heard, twilio_had_audio)
 
     def forget(self, item_id: str) -> None:
