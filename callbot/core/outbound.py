@@ -83,6 +83,9 @@ class OutboundAudio:
 
     def send_due(self, now_ms: int, stream_sid: str, out: list[Action]) -> list[Action]:
         """Append the media and mark messages due now to `out`, and return it."""
+        send = self.playback.send_at
+        if send is None or send > now_ms:
+            return out  # most deltas and ticks come while the lead is full: nothing to look at
         played: dict[str, None] = {}
         for message in self.playback.take_messages(now_ms):
             out.append(SendTwilio(tw.encode_media(stream_sid, message.audio)))
