@@ -45,10 +45,11 @@ which refuses it (1009)."""
 TOUCHES = {
     # The SDK's connection keeps its websockets connection here (private, no public accessor).
     "openai.resources.realtime.realtime.AsyncRealtimeConnection": ("_connection",),
-    # websockets.asyncio: the connection's asyncio transport (undocumented attribute); the rest
-    # (`state`, `response`, `send`, and the asyncio.Protocol callbacks `_FrameTap` forwards to)
-    # is documented API.
-    "websockets.asyncio.client.ClientConnection": ("transport",),
+    # websockets.asyncio: the connection's asyncio transport and its sans-I/O protocol, whose
+    # documented `state` `_FrameWriter.ready` reads without the connection's property in between
+    # (undocumented attributes); the rest (`state`, `response`, `send`, and the asyncio.Protocol
+    # callbacks `_FrameTap` forwards to) is documented API.
+    "websockets.asyncio.client.ClientConnection": ("transport", "protocol"),
 }
 """Every name of another library's internals this module touches (the contract test checks them)."""
 
@@ -111,6 +112,7 @@ class _FrameWriter:
 
     def __init__(self, ws: ClientConnection) -> None:
         self._ws = ws
+        self._protocol = ws.protocol  # its sans-I/O state: `ws.state` is a property that reads it
         self._transport: Any = ws.transport  # asyncio's or uvloop's (which is no WriteTransport subclass)
         # websockets sets the transport's limits once, when the connection opens (before this)
         self._high_water: int = self._transport.get_write_buffer_limits()[1]
@@ -122,7 +124,7 @@ class _FrameWriter:
         """A frame written now goes straight to the transport (`write`), without waiting."""
         return (
             self._plain
-            and self._ws.state is State.OPEN
+            and self._protocol.state is State.OPEN
             and self._transport.get_write_buffer_size() < self._high_water
         )
 
