@@ -128,14 +128,9 @@ class PlaybackTracker:
         queue = self._queue
         until = max(self._buffer_until_ms, now_ms)
         horizon = now_ms + self.lead_ms
-        limit = self.message_frames
         while queue:
             item_id = queue[0][0]
-            size = 0  # frames of the next message, as far as they are queued
-            for queued_item, _ in queue:
-                if queued_item != item_id or size == limit:
-                    break
-                size += 1
+            size = self._head_message_frames()
             if until + (size - 1) * FRAME_MS >= horizon:
                 break  # the whole message does not fit under the lead yet
             frames: list[bytes] = []
@@ -171,17 +166,20 @@ class PlaybackTracker:
 
     def _schedule(self) -> None:
         """Set `send_at` after the queue or the buffer estimate changed."""
-        queue = self._queue
-        if not queue:
+        if not self._queue:
             self.send_at = None
             return
-        limit = self.message_frames
+        self.send_at = self._buffer_until_ms + (self._head_message_frames() - 1) * FRAME_MS - self.lead_ms + 1
+
+    def _head_message_frames(self) -> int:
+        """Frames of the next message, as far as they are queued: the head item's, up to `message_ms`."""
+        queue, limit = self._queue, self.message_frames
         item_id, size = queue[0][0], 0
         for queued_item, _ in queue:
             if queued_item != item_id or size == limit:
                 break
             size += 1
-        self.send_at = self._buffer_until_ms + (size - 1) * FRAME_MS - self.lead_ms + 1
+        return size
 
     def _new_mark(self, item_id: str) -> str:
         self._next_mark += 1
