@@ -29,8 +29,10 @@ import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from callbot.adapters.store_engine import explain_plan
 from callbot.adapters.store_migrate import upgrade_database
-from callbot.adapters.store_sql import SqlTicketStore, earlier_calls_statement, explain_plan
+from callbot.adapters.store_rows import earlier_calls_statement
+from callbot.adapters.store_sql import SqlTicketStore
 
 PG_URL = os.environ.get("CALLBOT_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 NOW = datetime(2026, 12, 7, tzinfo=UTC)

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from callbot.adapters.spool import Spool
+from callbot.adapters.store_engine import create_engine
 from callbot.adapters.store_migrate import upgrade_database
-from callbot.adapters.store_sql import SqlTicketStore, create_engine
+from callbot.adapters.store_sql import SqlTicketStore
 from callbot.adapters.ticket_summariser_openai import OpenAITicketSummariser
 from callbot.core.leases import REPLICA_LOST, LeasePolicy, LeaseState
 from callbot.core.record import CallRecord

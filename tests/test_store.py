@@ -18,9 +18,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
+from callbot.adapters.store_engine import create_engine
 from callbot.adapters.store_migrate import current_revision, head_revision, upgrade_database
 from callbot.adapters.store_models import metadata, tickets
-from callbot.adapters.store_sql import SqlTicketStore, create_engine
+from callbot.adapters.store_sql import SqlTicketStore
 from callbot.core.cost import DEFAULT_PRICE_TABLE, price_table
 from callbot.core.record import (
     CallInfo,

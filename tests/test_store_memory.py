@@ -9,8 +9,10 @@ import sqlalchemy as sa
 import test_store
 from test_store import BASE, make_record, summary
 
+from callbot.adapters.store_engine import create_engine, explain_plan
 from callbot.adapters.store_models import tickets
-from callbot.adapters.store_sql import SqlTicketStore, create_engine, earlier_calls_statement, explain_plan
+from callbot.adapters.store_rows import earlier_calls_statement
+from callbot.adapters.store_sql import SqlTicketStore
 from callbot.core.ticket import TicketStatus
 from callbot.core.ticket_views import TicketFilters
 

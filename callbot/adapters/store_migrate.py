@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, make_url
 
-from callbot.adapters.store_sql import create_engine
+from callbot.adapters.store_engine import create_engine
 from callbot.errors import StoreUnavailable
 
 if TYPE_CHECKING:

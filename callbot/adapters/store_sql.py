@@ -6,6 +6,9 @@ one exception and decide what a missing database means for them: spool, retry, o
 
 It never creates tables: the schema belongs to the Alembic migrations (`callbot db upgrade`),
 so two processes can never race to create a different table than the migration would.
+
+The engine is built in `store_engine`; the row mapping and the query pieces over the table that
+the store runs are plain functions in `store_rows`.
 """
 
 from __future__ import annotations
@@ -13,19 +16,28 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
-import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from callbot.adapters.store_engine import create_engine
 from callbot.adapters.store_models import replicas, tickets
+from callbot.adapters.store_rows import (
+    LIST_COLUMNS,
+    calls_of,
+    complete_values,
+    earlier_calls_statement,
+    lifecycle,
+    list_item,
+    record_values,
+    view,
+    where,
+    with_outcome,
+)
 from callbot.core.call_control import FINAL_CALL_STATUSES
 from callbot.core.call_lifecycle import (
     NO_MEDIA_STREAM,
@@ -37,27 +49,16 @@ from callbot.core.call_lifecycle import (
 )
 from callbot.core.leases import REPLICA_LOST
 from callbot.core.memory import EarlierCall, earlier_call
-from callbot.core.record import TRANSFERRED_PREFIX, CallInfo, CallRecord, UsageTotals
-from callbot.core.record_json import (
-    entry_from_json,
-    entry_to_json,
-    response_usage_to_json,
-    response_usages_from_json,
-    summary_event_from_json,
-    summary_event_to_json,
-    tool_call_from_json,
-    tool_call_to_json,
-)
+from callbot.core.record import CallInfo, CallRecord
 from callbot.core.ticket import (
     FINAL_STATUSES,
     STATUS_RANK,
     StructuredSummary,
     TicketStatus,
     summary_from_dict,
-    transcript_as_text,
 )
-from callbot.core.ticket_views import TicketFilters, TicketListItem, TicketPage, TicketView
-from callbot.errors import RecordJsonError, StoreUnavailable, TicketNotFound
+from callbot.core.ticket_views import TicketFilters, TicketPage, TicketView
+from callbot.errors import StoreUnavailable, TicketNotFound
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -158,7 +159,7 @@ class SqlTicketStore:
         status = TicketStatus(status)
         if status in FINAL_STATUSES:
             raise ValueError("upsert_call saves the call; use complete() to store the summary")
-        values = _record_values(record)
+        values = record_values(record)
         if self.replica_id is not None:
             values["owner_replica"] = self.replica_id
         now = _now()
@@ -192,7 +193,7 @@ class SqlTicketStore:
         agent handed the caller to a person); the first summary wins."""
         if not isinstance(summary, StructuredSummary):
             summary = summary_from_dict(summary)
-        values = _complete_values(summary)
+        values = complete_values(summary, _now())
         return (await self._update_unfinished(call_sid, values))[0]
 
     async def complete_first(
@@ -210,7 +211,7 @@ class SqlTicketStore:
         (`webhooks_due` hands it out again until `webhook_sent` clears it)."""
         if not isinstance(summary, StructuredSummary):
             summary = summary_from_dict(summary)
-        values = _complete_values(summary)
+        values = complete_values(summary, _now())
         if notify_after is not None:
             values["webhook_due_at"] = notify_after
         return await self._update_unfinished(call_sid, values)
@@ -286,7 +287,7 @@ class SqlTicketStore:
     async def create_placed_call(self, info: CallInfo, placed: PlacedCall, started_at: datetime) -> int:
         """The ticket of a call callbot has just placed, before it rings; its id (idempotent)."""
         record = CallRecord(info=info, started_at=started_at)
-        values = _record_values(record)
+        values = record_values(record)
         now = _now()
         extra = {
             "placement_id": placed.placement_id,
@@ -321,7 +322,7 @@ class SqlTicketStore:
         its media stream starts: a replica killed in between leaves the call behind, owned by it
         (claimed like any of its calls), instead of nothing. A call that has a ticket already
         (Twilio asked again, or its stream's first save came first) keeps it as it is."""
-        values = _record_values(CallRecord(info=info, started_at=arrived_at))
+        values = record_values(CallRecord(info=info, started_at=arrived_at))
         if self.replica_id is not None:
             values["owner_replica"] = self.replica_id
         now = _now()
@@ -496,7 +497,7 @@ class SqlTicketStore:
                     to_number=create.to_number,
                     direction=create.direction,
                 )
-                fresh = _record_values(CallRecord(info=info, started_at=now))
+                fresh = record_values(CallRecord(info=info, started_at=now))
                 insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
                 await conn.execute(
                     insert(tickets)
@@ -504,7 +505,7 @@ class SqlTicketStore:
                     .on_conflict_do_nothing(index_elements=[tickets.c.call_sid])
                 )
                 row = dict((await conn.execute(stmt)).mappings().one())
-            life = change(_lifecycle(row))
+            life = change(lifecycle(row))
             stream_started = bool(row["stream_sid"])
             outcome = call_outcome(life, stream_started=stream_started, stream_s=row["duration_s"])
             values: dict[str, Any] = {
@@ -525,7 +526,7 @@ class SqlTicketStore:
                     title=f"{row['direction'].capitalize()} call: {outcome}"[:300],
                 )
             if outcome is not None:
-                values["search_text"] = _with_outcome(row["search_text"], row["outcome"], outcome)
+                values["search_text"] = with_outcome(row["search_text"], row["outcome"], outcome)
             unchanged = [
                 tickets.c[name].is_(None) if row[name] is None else tickets.c[name] == row[name]
                 for name in _LIFECYCLE_GUARD
@@ -576,7 +577,7 @@ class SqlTicketStore:
         """Delete every ticket of calls from or placed to `number` (its whole history); how many."""
 
         async def work(conn: AsyncConnection) -> int:
-            result = await conn.execute(sa.delete(tickets).where(_calls_of(number)))
+            result = await conn.execute(sa.delete(tickets).where(calls_of(number)))
             return int(result.rowcount or 0)
 
         return await self._run(work)
@@ -585,7 +586,7 @@ class SqlTicketStore:
         """How many tickets `purge_number` would delete."""
 
         async def work(conn: AsyncConnection) -> int:
-            stmt = sa.select(sa.func.count()).select_from(tickets).where(_calls_of(number))
+            stmt = sa.select(sa.func.count()).select_from(tickets).where(calls_of(number))
             return int(await conn.scalar(stmt) or 0)
 
         return await self._run(work)
@@ -598,25 +599,25 @@ class SqlTicketStore:
     async def get_by_call_sid(self, call_sid: str) -> TicketView | None:
         return await self._get_one(tickets.c.call_sid == call_sid)
 
-    async def _get_one(self, where: sa.ColumnElement[bool]) -> TicketView | None:
+    async def _get_one(self, condition: sa.ColumnElement[bool]) -> TicketView | None:
         async def work(conn: AsyncConnection) -> Mapping[str, Any] | None:
-            row = (await conn.execute(sa.select(tickets).where(where))).mappings().first()
+            row = (await conn.execute(sa.select(tickets).where(condition))).mappings().first()
             return dict(row) if row is not None else None
 
         row = await self._run(work)
-        return _view(row) if row is not None else None
+        return view(row) if row is not None else None
 
     async def list(self, filters: TicketFilters, page: int = 1, page_size: int = 50) -> TicketPage:
         """One page of tickets, newest call first."""
         page = max(1, page)
         page_size = min(max(1, page_size), MAX_PAGE_SIZE)
-        where = _where(filters)
+        conditions = where(filters)
 
         async def work(conn: AsyncConnection) -> tuple[int, builtins.list[Mapping[str, Any]]]:
-            total = await conn.scalar(sa.select(sa.func.count()).select_from(tickets).where(*where))
+            total = await conn.scalar(sa.select(sa.func.count()).select_from(tickets).where(*conditions))
             stmt = (
-                sa.select(*_LIST_COLUMNS)
-                .where(*where)
+                sa.select(*LIST_COLUMNS)
+                .where(*conditions)
                 .order_by(tickets.c.started_at.desc(), tickets.c.id.desc())
                 .limit(page_size)
                 .offset((page - 1) * page_size)
@@ -625,23 +626,23 @@ class SqlTicketStore:
             return int(total or 0), [dict(r) for r in rows]
 
         total, rows = await self._run(work)
-        return TicketPage(items=[_list_item(r) for r in rows], total=total, page=page, page_size=page_size)
+        return TicketPage(items=[list_item(r) for r in rows], total=total, page=page, page_size=page_size)
 
     async def calls(self, filters: TicketFilters, limit: int = MAX_STATS_CALLS) -> builtins.list[TicketView]:
         """Whole tickets of the calls `filters` select, oldest first, for the dashboard's figures
         (computed in callbot.core.stats from these rows); at most `limit` of the newest."""
-        where = _where(filters)
+        conditions = where(filters)
 
         async def work(conn: AsyncConnection) -> builtins.list[Mapping[str, Any]]:
             stmt = (
                 sa.select(tickets)
-                .where(*where)
+                .where(*conditions)
                 .order_by(tickets.c.started_at.desc(), tickets.c.id.desc())
                 .limit(max(1, limit))
             )
             return [dict(r) for r in (await conn.execute(stmt)).mappings().all()]
 
-        return [_view(r) for r in reversed(await self._run(work))]
+        return [view(r) for r in reversed(await self._run(work))]
 
     async def pending_summaries(
         self, limit: int = 50, *, abandoned_after_s: float | None = ABANDONED_AFTER_S
@@ -664,7 +665,7 @@ class SqlTicketStore:
             stmt = sa.select(tickets).where(waiting).order_by(tickets.c.updated_at, tickets.c.id).limit(limit)
             return [dict(r) for r in (await conn.execute(stmt)).mappings().all()]
 
-        return [_view(r) for r in await self._run(work)]
+        return [view(r) for r in await self._run(work)]
 
     # ----- replica leases (callbot/core/leases.py holds the policy) -----
 
@@ -736,7 +737,7 @@ class SqlTicketStore:
             rows = await conn.execute(sa.select(tickets).where(tickets.c.id.in_(ids)).order_by(tickets.c.id))
             return [dict(r) for r in rows.mappings().all()]
 
-        return [_view(r) for r in await self._run(work)]
+        return [view(r) for r in await self._run(work)]
 
     async def forget_dead_replicas(self, expired_before: datetime) -> int:
         """Delete lease rows expired before `expired_before` that own no unfinished call."""
@@ -751,275 +752,3 @@ class SqlTicketStore:
             return int((await conn.execute(stmt)).rowcount or 0)
 
         return await self._run(work)
-
-
-# ----- engine -----
-
-
-def create_engine(database_url: str, *, connect_timeout_s: float = 5.0) -> AsyncEngine:
-    """An async engine with per-backend settings that keep a down database from hanging a call."""
-    url = make_url(database_url)
-    if url.get_backend_name() == "sqlite":
-        memory = url.database in (None, "", ":memory:")
-        engine = create_async_engine(
-            url,
-            connect_args={"timeout": 30},
-            **({"poolclass": StaticPool} if memory else {}),
-        )
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        return engine
-    if url.get_backend_name() == "postgresql":
-        return create_async_engine(
-            url,
-            pool_pre_ping=True,
-            pool_size=5,
-            max_overflow=10,
-            pool_timeout=connect_timeout_s,
-            connect_args={"timeout": connect_timeout_s},
-        )
-    raise ValueError(f"unsupported database URL {url.render_as_string(hide_password=True)!r}")
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets the review pages read while a call's ticket is written; busy_timeout makes
-    # concurrent writers wait for each other instead of failing with "database is locked".
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
-
-
-# ----- row mapping -----
-
-
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
-def _storable(value: Any) -> Any:
-    """`value` with NUL and lone surrogates in its text as U+FFFD: PostgreSQL keeps NUL in no text
-    or JSON, and a surrogate has no UTF-8 (a model's function call arguments, a tool's error or a
-    transcript may hold either); without this such a ticket could never be saved."""
-    if isinstance(value, str):
-        return _UNSTORABLE.sub("\ufffd", value) if _UNSTORABLE.search(value) else value
-    if isinstance(value, list):
-        return [_storable(v) for v in value]
-    if isinstance(value, dict):
-        return {_storable(k): _storable(v) for k, v in value.items()}
-    return value
-
-
-def _record_values(record: CallRecord) -> dict[str, Any]:
-    return {key: _storable(value) for key, value in _raw_record_values(record).items()}
-
-
-def _raw_record_values(record: CallRecord) -> dict[str, Any]:
-    info, usage = record.info, record.usage
-    return {
-        "call_sid": info.call_sid,
-        "stream_sid": info.stream_sid,
-        "account_sid": info.account_sid,
-        "from_number": info.from_number,
-        "to_number": info.to_number,
-        "direction": info.direction,
-        "started_at": record.started_at,
-        "ended_at": record.ended_at,
-        "duration_s": record.duration_s,
-        "end_reason": record.end_reason[:200],
-        "realtime_model": record.realtime_model,
-        "summary_model": record.summary_model,
-        "responses": usage.responses,
-        "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-        "total_tokens": usage.total_tokens,
-        "input_text_tokens": usage.input_text_tokens,
-        "input_audio_tokens": usage.input_audio_tokens,
-        "cached_tokens": usage.cached_tokens,
-        "output_text_tokens": usage.output_text_tokens,
-        "output_audio_tokens": usage.output_audio_tokens,
-        "last_context_tokens": usage.last_context_tokens,
-        "transcript": [entry_to_json(e) for e in record.transcript],
-        "in_call_summaries": [summary_event_to_json(s) for s in record.summaries],
-        "tool_calls": [tool_call_to_json(t) for t in record.tool_calls],
-        "memory_ticket_ids": list(record.memory_ticket_ids),
-        "response_usage": [response_usage_to_json(u) for u in record.response_usage],
-        "search_text": "\n".join(
-            [info.call_sid, info.from_number, info.to_number, transcript_as_text(record)]
-        ).lower(),
-    }
-
-
-def _calls_of(number: str) -> sa.ColumnElement[bool]:
-    """A phone number's calls: the ones it made (inbound, `From`) and the ones placed to it."""
-    return sa.or_(
-        sa.and_(tickets.c.from_number == number, tickets.c.direction != "outbound"),
-        sa.and_(tickets.c.to_number == number, tickets.c.direction == "outbound"),
-    )
-
-
-def earlier_calls_statement(number: str, since: datetime, limit: int) -> sa.Select[Any]:
-    """The select `SqlTicketStore.earlier_calls` issues (also what bench/memory_lookup.py explains).
-
-    The same tickets as `_calls_of(number)` with the memory filters, but as two index ranges
-    merged: the calls the number made walk `ix_tickets_from_number_started_at` and the calls
-    placed to it walk `ix_tickets_to_number_started_at`, each backwards from `limit` newest,
-    then the at most 2 * `limit` rows are merged and cut to `limit`. One `OR` of the two made
-    SQLite walk `ix_tickets_started_at` over every ticket of the window instead (63 ms at 100k
-    tickets, 147 ms at 300k). The two halves are disjoint (`direction` is outbound or not), so
-    UNION ALL never counts a ticket twice."""
-    remembered = (
-        tickets.c.started_at >= since,
-        tickets.c.status.in_([TicketStatus.COMPLETE.value, TicketStatus.TRANSFERRED.value]),
-        tickets.c.memory_excluded.is_(False),
-    )
-    columns = (tickets.c.id, tickets.c.started_at, tickets.c.summary)
-    newest = (tickets.c.started_at.desc(), tickets.c.id.desc())
-    made = (
-        sa.select(*columns)
-        .where(tickets.c.from_number == number, tickets.c.direction != "outbound", *remembered)
-        .order_by(*newest)
-        .limit(limit)
-        .subquery("made")
-    )
-    placed = (
-        sa.select(*columns)
-        .where(tickets.c.to_number == number, tickets.c.direction == "outbound", *remembered)
-        .order_by(*newest)
-        .limit(limit)
-        .subquery("placed")
-    )
-    both = sa.union_all(sa.select(made), sa.select(placed)).subquery("calls")
-    return sa.select(both).order_by(both.c.started_at.desc(), both.c.id.desc()).limit(limit)
-
-
-async def explain_plan(conn: AsyncConnection, stmt: sa.Select[Any]) -> builtins.list[str]:
-    """The planner's plan for `stmt` on this connection, one line per step (bench and plan test).
-
-    `EXPLAIN QUERY PLAN` on SQLite (the detail column), `EXPLAIN` on PostgreSQL."""
-    compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
-    params = tuple(compiled.params[name] for name in compiled.positiontup or ())
-    if conn.dialect.name == "sqlite":
-        rows = await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", params)
-        return [str(row[-1]) for row in rows]
-    rows = await conn.exec_driver_sql(f"EXPLAIN {compiled}", params)
-    return [str(row[0]).strip() for row in rows]
-
-
-def _complete_values(summary: StructuredSummary) -> dict[str, Any]:
-    """The columns a summary completes: `transferred` when the agent handed the caller to a person."""
-    return {
-        "status": sa.case(
-            (tickets.c.end_reason.startswith(TRANSFERRED_PREFIX), TicketStatus.TRANSFERRED.value),
-            else_=TicketStatus.COMPLETE.value,
-        ),
-        "summary": summary.to_dict(),
-        "title": summary.title[:300],
-        "category": summary.category[:32] or None,
-        "priority": summary.priority[:16] or None,
-        "sentiment": summary.sentiment[:16] or None,
-        "follow_up_needed": summary.follow_up_needed,
-        "summary_attempts": tickets.c.summary_attempts + 1,
-        "last_error": None,
-        "search_text": tickets.c.search_text + ("\n" + _summary_search_text(summary)),
-        "updated_at": _now(),
-    }
-
-
-def _summary_search_text(summary: StructuredSummary) -> str:
-    parts = [summary.title, summary.summary, summary.caller_request, summary.outcome]
-    parts += [f"{f.label} {f.value}" for f in summary.facts]
-    parts += [a.description for a in summary.action_items]
-    return "\n".join(parts).lower()
-
-
-def _where(filters: TicketFilters) -> builtins.list[sa.ColumnElement[bool]]:
-    where: builtins.list[sa.ColumnElement[bool]] = []
-    if filters.search:
-        # Every word must appear somewhere: title, summary, transcript or phone numbers.
-        for term in filters.search.lower().split()[:10]:
-            where.append(tickets.c.search_text.contains(term, autoescape=True))
-    if filters.status:
-        where.append(tickets.c.status == filters.status)
-    if filters.category:
-        where.append(tickets.c.category == filters.category)
-    if filters.priority:
-        where.append(tickets.c.priority == filters.priority)
-    if filters.since:
-        where.append(tickets.c.started_at >= filters.since)
-    if filters.until:
-        where.append(tickets.c.started_at < filters.until)
-    if filters.call_sid:
-        where.append(tickets.c.call_sid == filters.call_sid)
-    if filters.number:
-        where.append(sa.or_(tickets.c.from_number == filters.number, tickets.c.to_number == filters.number))
-    return where
-
-
-_LIST_COLUMNS = [
-    tickets.c[name]
-    for name in (
-        "id", "call_sid", "from_number", "to_number", "started_at", "ended_at", "duration_s", "status",
-        "title", "category", "priority", "sentiment", "follow_up_needed", "summary", "summary_attempts",
-        "last_error", "created_at", "updated_at", "memory_excluded",
-    )
-]  # fmt: skip
-
-
-def _list_item(row: Mapping[str, Any]) -> TicketListItem:
-    return TicketListItem(**{c.name: row[c.name] for c in _LIST_COLUMNS})
-
-
-def _view(row: Mapping[str, Any]) -> TicketView:
-    try:
-        transcript = tuple(entry_from_json(e) for e in row["transcript"] or [])
-        summaries = tuple(summary_event_from_json(s) for s in row["in_call_summaries"] or [])
-        tool_calls = tuple(tool_call_from_json(t) for t in row["tool_calls"] or [])
-        response_usage = response_usages_from_json(row.get("response_usage"))
-    except RecordJsonError as exc:
-        raise StoreUnavailable(f"ticket {row['id']} has an unreadable transcript: {exc}") from exc
-    return TicketView(
-        item=_list_item(row),
-        stream_sid=row["stream_sid"],
-        account_sid=row["account_sid"],
-        end_reason=row["end_reason"],
-        realtime_model=row["realtime_model"],
-        summary_model=row["summary_model"],
-        usage=UsageTotals(
-            responses=row["responses"],
-            input_tokens=row["input_tokens"],
-            output_tokens=row["output_tokens"],
-            input_text_tokens=row["input_text_tokens"],
-            input_audio_tokens=row["input_audio_tokens"],
-            cached_tokens=row["cached_tokens"],
-            output_text_tokens=row["output_text_tokens"],
-            output_audio_tokens=row["output_audio_tokens"],
-            last_context_tokens=row["last_context_tokens"],
-        ),
-        transcript=transcript,
-        summaries=summaries,
-        direction=row.get("direction") or "inbound",
-        lifecycle=_lifecycle(row),
-        outcome=row.get("outcome"),
-        instructions=row.get("instructions"),
-        context=row.get("call_context"),
-        tool_calls=tool_calls,
-        memory_ticket_ids=tuple(i for i in row["memory_ticket_ids"] or [] if isinstance(i, int)),
-        response_usage=response_usage,
-    )
-
-
-def _with_outcome(search_text: str, old: str | None, new: str) -> str:
-    """The search text with `outcome:<new>` in it (searchable: "voicemail_left"), and not the old one."""
-    if old and old != new:
-        search_text = search_text.replace(f"\noutcome:{old}", "")
-    marker = f"\noutcome:{new}"
-    return search_text if marker in search_text else search_text + marker
-
-
-def _lifecycle(row: Mapping[str, Any]) -> Lifecycle:
-    return Lifecycle(
-        twilio_status=row.get("twilio_status"),
-        sequence=row.get("twilio_sequence"),
-        duration_s=row.get("twilio_duration_s"),
-        answered_by=row.get("answered_by"),
-        voicemail_left=bool(row.get("voicemail_left")),
-    )
