@@ -91,7 +91,7 @@ def test_output_item_done_carries_a_function_call_item() -> None:
 
 def test_mcp_progress_events_are_ignored_and_a_failed_listing_names_its_item() -> None:
     """OpenAI runs MCP calls; the items say what happened, so their progress events are known
-    and ignored, except a failed tool listing, which the call logs."""
+    and ignored, except a failed tool listing, which the call logs, and a call's start."""
     at = {"output_index": 0}
     in_response = {**at, "response_id": "resp_1"}
     for event in (
@@ -99,12 +99,14 @@ def test_mcp_progress_events_are_ignored_and_a_failed_listing_names_its_item() -
         h.mcp_event("mcp_list_tools.completed", "item_l1"),
         h.mcp_event("response.mcp_call_arguments.delta", "item_m1", delta='{"q"', **in_response),
         h.mcp_event("response.mcp_call_arguments.done", "item_m1", arguments='{"q": 1}', **in_response),
-        h.mcp_event("response.mcp_call.in_progress", "item_m1", **at),
         h.mcp_event("response.mcp_call.completed", "item_m1", **at),
         h.mcp_event("response.mcp_call.failed", "item_m2", **at),
     ):
         assert rte.parse(event) == rte.Ignored(event["type"])
     assert rte.parse(h.mcp_event("mcp_list_tools.failed", "item_l2")) == rte.McpListFailed("item_l2")
+    started = h.mcp_event("response.mcp_call.in_progress", "item_m1", **at)
+    assert rte.parse(started) == rte.McpCallStarted("item_m1")  # the start of the call's duration
+    assert isinstance(rte.parse({"type": "response.mcp_call.in_progress"}), rte.Invalid)
     assert isinstance(rte.parse({"type": "mcp_list_tools.failed"}), rte.Invalid)
 
 

@@ -552,17 +552,17 @@ def _mcp_turn(
     out += call.realtime_in(
         h.mcp_event("response.mcp_call_arguments.done", mcp_id, arguments=final["arguments"], **in_response)
     )
-    out += call.realtime_in(h.mcp_event("response.mcp_call.in_progress", mcp_id, output_index=0))
+    out += call.realtime_in(h.mcp_event("response.mcp_call.in_progress", mcp_id, output_index=0), at + 4)
     ended = "response.mcp_call.failed" if final.get("error") else "response.mcp_call.completed"
-    out += call.realtime_in(h.mcp_event(ended, mcp_id, output_index=0), at + 4)
-    out += call.realtime_in(h.output_item_done(rid, final, 0), at + 5)
-    out += call.realtime_in(h.item_done(final, user["id"]), at + 5)
-    out += call.realtime_in(h.item_added(h.assistant_audio_item(answer_id), mcp_id), at + 6)
-    out += call.realtime_in(h.audio_delta(rid, answer_id, b"\x55" * 1600), at + 7)
+    out += call.realtime_in(h.mcp_event(ended, mcp_id, output_index=0), at + 704)  # the server took 700 ms
+    out += call.realtime_in(h.output_item_done(rid, final, 0), at + 705)
+    out += call.realtime_in(h.item_done(final, user["id"]), at + 705)
+    out += call.realtime_in(h.item_added(h.assistant_audio_item(answer_id), mcp_id), at + 706)
+    out += call.realtime_in(h.audio_delta(rid, answer_id, b"\x55" * 1600), at + 707)
     spoken = h.assistant_audio_item(answer_id, "Refunds take five days.", "completed")
-    out += call.realtime_in(h.transcript_done(rid, answer_id, "Refunds take five days."), at + 8)
-    out += call.realtime_in(h.item_done(spoken, mcp_id), at + 8)
-    out += call.realtime_in(h.response_done(rid, status), at + 9)
+    out += call.realtime_in(h.transcript_done(rid, answer_id, "Refunds take five days."), at + 708)
+    out += call.realtime_in(h.item_done(spoken, mcp_id), at + 708)
+    out += call.realtime_in(h.response_done(rid, status), at + 709)
     return out
 
 
@@ -590,7 +590,8 @@ def test_an_mcp_turn_is_only_known_events_callbot_answers_nothing_and_the_call_s
         "Refunds take 5 days.",
         "ok",
     )
-    assert (event.started_ms, event.ended_ms) == (1005, 1005)
+    # timed from OpenAI's start of the call to its finished item: the ticket's duration
+    assert (event.started_ms, event.ended_ms, event.duration_ms) == (1004, 1705, 701)
     record = CallRecord(
         info=CallInfo(call_sid="CA1", stream_sid="MZ1"),
         started_at=datetime(2026, 12, 7, 9, 0, tzinfo=UTC),

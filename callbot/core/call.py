@@ -240,6 +240,8 @@ class CallSession:
                 return call_realtime.on_response_done(self, event, now_ms)
             case ev.OutputItemDone(response_id, item):
                 self.tools.output_item_done(item, response_id, now_ms)
+            case ev.McpCallStarted(item_id):
+                self.tools.mcp_call_started(item_id, now_ms)
             case ev.McpListFailed(item_id):
                 label = self.tools.mcp_list_failed(item_id)
                 log.warning("listing the tools of MCP server %s failed: the agent cannot use it", label)

@@ -119,6 +119,14 @@ class McpListFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class McpCallStarted:
+    """`response.mcp_call.in_progress`: OpenAI has begun calling the MCP server, so the call's
+    duration on the ticket runs from here to its `mcp_call` item's `output_item.done`."""
+
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class AudioDelta:
     """`response.output_audio.delta`: `delta` is base64, decoded by the core only if it is used."""
 
@@ -200,6 +208,7 @@ RealtimeEvent = (
     | ResponseDone
     | OutputItemDone
     | McpListFailed
+    | McpCallStarted
     | AudioDelta
     | AudioDone
     | TranscriptDelta
@@ -234,7 +243,6 @@ IGNORED_TYPES = frozenset(
         "mcp_list_tools.completed",
         "response.mcp_call_arguments.delta",
         "response.mcp_call_arguments.done",
-        "response.mcp_call.in_progress",
         "response.mcp_call.completed",
         "response.mcp_call.failed",
     }
@@ -336,6 +344,11 @@ def _mcp_list_failed(kind: str, event: JsonObject) -> RealtimeEvent:
     return McpListFailed(item_id) if isinstance(item_id, str) else Invalid(kind, "no string item_id")
 
 
+def _mcp_call_started(kind: str, event: JsonObject) -> RealtimeEvent:
+    item_id = event.get("item_id")
+    return McpCallStarted(item_id) if isinstance(item_id, str) else Invalid(kind, "no string item_id")
+
+
 def _transcription_failed(kind: str, event: JsonObject) -> RealtimeEvent:
     item_id = event.get("item_id")
     if not isinstance(item_id, str):
@@ -405,6 +418,7 @@ _PARSERS: dict[str, _Parser] = {
     "response.done": _response,
     "response.output_item.done": _output_item_done,
     "mcp_list_tools.failed": _mcp_list_failed,
+    "response.mcp_call.in_progress": _mcp_call_started,
     "response.output_audio.done": _audio_done,
     "response.output_audio_transcript.delta": _item_id_and_text(TranscriptDelta, "delta"),
     "response.output_audio_transcript.done": _item_id_and_text(TranscriptDone, "transcript"),

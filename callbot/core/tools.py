@@ -87,6 +87,7 @@ class ToolCalls:
         self._speech_stopped_ms: int | None = None
         self._replies = 0
         self._mcp_lists: dict[str, str] = {}
+        self._mcp_started: dict[str, int] = {}  # MCP call item -> when OpenAI began calling the server
         """`mcp_list_tools` item id -> its server label (a failed listing names only the item)."""
 
     # ----- queries -----
@@ -137,6 +138,10 @@ class ToolCalls:
             self._mcp_lists[str(item.get("id"))] = str(item.get("server_label") or "?")
         elif kind == "mcp_approval_request":
             self._approval_request(item, now_ms)
+
+    def mcp_call_started(self, item_id: str, now_ms: int) -> None:
+        """`response.mcp_call.in_progress`: the MCP call's duration starts now (the first such event)."""
+        self._mcp_started.setdefault(item_id, now_ms)
 
     def mcp_list_failed(self, item_id: str) -> str:
         """`mcp_list_tools.failed`: the label of the server whose tools could not be listed."""
@@ -301,7 +306,7 @@ class ToolCalls:
             output=output if isinstance(output, str) else None,
             error=json.dumps(error) if error else None,
             outcome="error" if error else "ok",
-            started_ms=now_ms,
+            started_ms=self._mcp_started.pop(item_id, now_ms),  # without an in_progress: 0 ms
             ended_ms=now_ms,
             kind="mcp",
         )
