@@ -34,6 +34,12 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
+QUIET_LOGGERS = ("websockets",)
+"""Loggers kept at INFO or above whatever the level: websockets' DEBUG lines print each frame's
+head and tail, and the tail of the Realtime `session.update` is the MCP servers' `authorization`
+(the Twilio side's frames carry the stream's token and the caller's number)."""
+
+
 def setup_logging(level: str = "INFO", *, json_lines: bool = True) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_CallSidFilter())
@@ -46,3 +52,5 @@ def setup_logging(level: str = "INFO", *, json_lines: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(root.level, logging.INFO))

@@ -56,6 +56,36 @@ def test_json_log_lines_carry_the_call_sid(capsys: pytest.CaptureFixture[str]) -
     assert lines[1]["call_sid"] == "-"
 
 
+def test_debug_logs_never_print_websockets_frames_with_the_mcp_authorization(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """websockets logs each frame at DEBUG as its head and tail; a session.update's tail is the
+    MCP servers' `authorization`. At DEBUG callbot's own lines come out and those never do."""
+    import json
+    import logging
+
+    from websockets.frames import Frame, Opcode
+
+    from callbot.logs import setup_logging
+
+    tools = [{"type": "mcp", "server_label": "docs", "authorization": "sk-mcp-9"}]
+    update = {"type": "session.update", "session": {"instructions": "x" * 500, "tools": tools}}
+    frame = Frame(Opcode.TEXT, json.dumps(update).encode())
+    assert "sk-mcp-9" in str(frame)  # what websockets would print
+    setup_logging("DEBUG", json_lines=True)
+    try:
+        logging.getLogger("websockets.client").debug("> %s", frame)
+        logging.getLogger("callbot.bridge").debug("a debug line")
+        logging.getLogger("websockets.client").warning("a warning still shows")
+    finally:
+        logging.getLogger().handlers.clear()
+        logging.getLogger().setLevel(logging.WARNING)
+        logging.getLogger("websockets").setLevel(logging.NOTSET)
+    err = capsys.readouterr().err
+    assert "sk-mcp-9" not in err
+    assert [json.loads(line)["msg"] for line in err.splitlines()] == ["a debug line", "a warning still shows"]
+
+
 def _readme_settings_table() -> set[str]:
     """The names in README's settings table (section Settings).
 
