@@ -253,6 +253,8 @@ class Rig:
             server_args.append("--public-paths")  # the fallbacks of the fast paths (adapters/fastpaths.py)
         if o.server_lag_interval_ms is not None:
             server_args += ["--lag-interval-ms", str(o.server_lag_interval_ms)]
+        if o.prebuffer_ms is not None:
+            server_args += ["--prebuffer-ms", str(o.prebuffer_ms)]
         if getattr(o, "peer", None) is not None and not o.callbot_greeting:
             server_args.append("--no-greeting")  # side by side: the same script as the peer's
         if o.profiler == "cprofile" and getattr(self, "cprofile", None):
@@ -601,6 +603,7 @@ def analyse_level(
         "late_frames": late,
         "late_at_ms": late_at,
         "late_frames_in_reply_start": sum(1 for ms in late_at if ms < REPLY_START_MS),
+        "playback_prebuffer_ms": server["final"].get("playback_prebuffer_ms", 0),
         "frames_played": played,
         "frame_lateness_max_ms": max((c.get("frame_lateness_max_ms", 0) for c in calls), default=0),
         "frames_sent_by_callers": sum(c.get("frames_sent", 0) for c in calls),
@@ -1801,6 +1804,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--jitter-every", type=float, default=5.0, metavar="S", help="mean seconds between a caller's stalls"
     )
     jit.add_argument("--no-jitter", dest="jitter_ms", action="store_const", const=None)
+    jit.add_argument(
+        "--prebuffer-ms",
+        type=int,
+        default=None,
+        metavar="MS",
+        help="callbot holds a reply's first audio until this much is there (CALLBOT_PLAYBACK_PREBUFFER_MS)",
+    )
     p.add_argument("--workdir", default=None, help="keep raw data and logs here")
     p.add_argument("--keep-workdir", action="store_true", help="keep the raw timestamp files too")
     opts = p.parse_args(argv)

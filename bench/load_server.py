@@ -130,6 +130,7 @@ def bench_routes(monitor: lc.LagMonitor, observer: CountingObserver, gcwatch: Gc
                 "pacer_calls": _paced_calls(services.pacer),
                 "pacer_max_lag_ms": services.pacer.max_lag_ms,
                 "inbound_batch_frames": getattr(services.settings, "inbound_batch_frames", 1),
+                "playback_prebuffer_ms": getattr(services.settings, "playback_prebuffer_ms", 0),
                 "observer": {
                     "started": observer.started,
                     "progress": observer.progress,
@@ -210,6 +211,10 @@ def build_settings(args: argparse.Namespace) -> Settings:
     extra: dict[str, Any] = {"greeting": ""} if getattr(args, "no_greeting", False) else {}
     if getattr(args, "public_paths", False):
         extra["fast_paths"] = False  # only then: a callbot from before the setting (--server-src) lacks it
+    if getattr(args, "prebuffer_ms", None) is not None:
+        if "playback_prebuffer_ms" not in Settings.model_fields:
+            raise SystemExit("--prebuffer-ms: this callbot has no CALLBOT_PLAYBACK_PREBUFFER_MS")
+        extra["playback_prebuffer_ms"] = args.prebuffer_ms
     if "end_call_tool" in Settings.model_fields:
         # No Twilio REST here to hang up with: off, instead of the start-up warning that the
         # bench would count as an error of every level.
@@ -290,6 +295,12 @@ def main(argv: list[str] | None = None) -> None:
         "--public-paths",
         action="store_true",
         help="serve with the public paths only (CALLBOT_FAST_PATHS=false), as when the probes fail",
+    )
+    parser.add_argument(
+        "--prebuffer-ms",
+        type=int,
+        default=None,
+        help="hold each reply's first audio until this much is generated (CALLBOT_PLAYBACK_PREBUFFER_MS)",
     )
     parser.add_argument("--cprofile", type=Path, default=None, help="write a cProfile of the run here")
     args = parser.parse_args(argv)

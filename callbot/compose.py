@@ -132,6 +132,7 @@ def call_config(settings: Settings, tools: ToolsConfig | None = None) -> CallCon
         playback_lead_ms=settings.playback_lead_ms,
         mark_interval_ms=settings.mark_interval_ms,
         media_message_ms=settings.media_message_ms,
+        playback_prebuffer_ms=settings.playback_prebuffer_ms,
         session_ready_timeout_ms=int(settings.session_ready_timeout_s * 1000),
         inbound_batch_frames=settings.inbound_batch_frames,
         recovery=RecoveryPolicy(

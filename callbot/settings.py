@@ -140,6 +140,11 @@ class Settings(BaseSettings):
         multiple_of=20,
         description="Audio per Twilio media message (whole 20 ms frames).",
     )
+    playback_prebuffer_ms: int = Field(
+        default=0,
+        ge=0,
+        description="Hold a reply's start until this much audio is there, to ride out a stall; 0: at once.",
+    )
     mark_interval_ms: int = Field(
         default=200, ge=20, description="A Twilio mark at least every this much audio; ends a message."
     )
@@ -256,6 +261,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"CALLBOT_MEDIA_MESSAGE_MS ({self.media_message_ms}) must not exceed "
                 f"CALLBOT_PLAYBACK_LEAD_MS ({self.playback_lead_ms}): a message must fit under the lead"
+            )
+        if self.playback_prebuffer_ms > self.playback_lead_ms:
+            raise ValueError(
+                f"CALLBOT_PLAYBACK_PREBUFFER_MS ({self.playback_prebuffer_ms}) must not exceed "
+                f"CALLBOT_PLAYBACK_LEAD_MS ({self.playback_lead_ms}): what is held must fit under the lead"
             )
         return self
 

@@ -8,6 +8,7 @@ and produce the fields bench/load_bench.py reads.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import itertools
@@ -45,6 +46,19 @@ import lean_caller
 import lean_ws
 import load_callers
 import load_fake
+import load_server
+
+# --------------------------------------------------------------------------- load_server
+
+
+def test_the_bench_server_takes_the_prebuffer_and_keeps_end_call_off() -> None:
+    args = argparse.Namespace(fake_url="http://127.0.0.1:9/v1", mode="pcm24k", log_level="INFO")
+    args.prebuffer_ms = 340
+    settings = load_server.build_settings(args)
+    assert (settings.playback_prebuffer_ms, settings.end_call_tool) == (340, False)
+    args.prebuffer_ms = None
+    assert load_server.build_settings(args).playback_prebuffer_ms == 0  # the serving default
+
 
 # --------------------------------------------------------------------------- lean_ws
 

@@ -231,6 +231,120 @@ def test_a_100_ms_lead_does_not() -> None:
     assert reply_through_stall(PlaybackTracker(100, 60), 1000, 300) > 0
 
 
+def test_no_lead_rides_out_a_stall_in_the_first_moments_of_a_reply() -> None:
+    """Only what has been generated can be queued: 10-70 ms in, less than 300 ms is at Twilio."""
+    assert all(reply_through_stall(serve_tracker(), start, 300) > 0 for start in range(10, 80, 10))
+
+
+def prebuffered_tracker(prebuffer_ms: int = 300) -> PlaybackTracker:
+    return PlaybackTracker(LEAD, SERVE.mark_interval_ms, message_ms=MESSAGE, prebuffer_ms=prebuffer_ms)
+
+
+@pytest.mark.parametrize("stall_from", range(0, 2500, 35))
+def test_a_prebuffer_a_delta_over_a_stall_rides_it_out_from_the_first_frame_on(stall_from: int) -> None:
+    """Twilio's buffer dips by up to a delta's spacing (25 ms) between deltas, so 340 ms covers 300."""
+    assert reply_through_stall(prebuffered_tracker(340), stall_from, 300) == 0
+
+
+def test_a_prebuffer_just_the_stalls_length_can_fall_short_by_that_dip() -> None:
+    assert 0 < reply_through_stall(prebuffered_tracker(300), 65, 300) <= 25
+
+
+def test_the_prebuffer_holds_a_start_until_that_much_is_queued() -> None:
+    tracker = prebuffered_tracker()
+    tracker.enqueue("item_A", frames(5))  # 100 ms, generated at 4x real time
+    assert tracker.take_messages(0) == []
+    assert tracker.next_send_ms() == 300  # the longest it waits
+    tracker.enqueue("item_A", frames(5))
+    assert tracker.take_messages(25) == []
+    tracker.enqueue("item_A", frames(5))  # 300 ms queued at 50 ms
+    assert tracker.next_send_ms() is not None and tracker.next_send_ms() <= 50  # type: ignore[operator]
+    sent = tracker.take_messages(50)
+    assert [m.frames for m in sent] == [10, 5]  # all of it, in whole messages under the lead
+
+
+def test_the_prebuffer_waits_no_longer_than_its_length() -> None:
+    """Generation slower than real time: after 300 ms the start goes with what there is."""
+    tracker = prebuffered_tracker()
+    tracker.enqueue("item_A", frames(3))
+    assert tracker.take_messages(0) == [] and tracker.take_messages(299) == []
+    assert [m.frames for m in tracker.take_messages(300)] == [3]
+
+
+def test_the_end_of_an_items_audio_releases_a_held_start() -> None:
+    tracker = prebuffered_tracker()
+    tracker.enqueue("item_A", frames(4))  # a short reply: 80 ms in all
+    assert tracker.take_messages(0) == []
+    tracker.end_item("item_A")
+    assert tracker.next_send_ms() == 1 - LEAD + 3 * FRAME_MS  # due at once
+    assert [m.frames for m in tracker.take_messages(10)] == [4]
+
+
+def test_audio_that_joins_a_playing_buffer_is_not_held() -> None:
+    tracker = prebuffered_tracker()
+    tracker.enqueue("item_A", frames(15))
+    assert [m.frames for m in tracker.take_messages(0)] == [10, 5]  # 300 ms: plays until 300
+    tracker.end_item("item_A")
+    tracker.enqueue("item_B", frames(2))  # the next reply while Twilio still plays the last
+    assert [m.frames for m in tracker.take_messages(100)] == [2]
+    tracker.enqueue("item_C", frames(2))  # and one after Twilio ran dry: held again
+    assert tracker.take_messages(400) == [] and tracker.next_send_ms() == 700
+
+
+def test_a_barge_in_drops_a_held_start_and_the_next_reply_is_held_afresh() -> None:
+    tracker = prebuffered_tracker()
+    tracker.enqueue("item_A", frames(5))
+    assert tracker.take_messages(0) == []
+    cut = tracker.interrupt(40)
+    assert (cut.item_id, cut.heard_ms, cut.twilio_had_audio) == ("item_A", 0, False)
+    assert tracker.next_send_ms() is None
+    tracker.enqueue("item_B", frames(5))
+    assert tracker.take_messages(60) == [] and tracker.next_send_ms() == 360
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    prebuffer_ms=st.sampled_from([100, 300, 600]),
+    bursts=st.lists(
+        st.tuples(st.integers(0, 700), st.integers(1, 40), st.booleans(), st.booleans()),
+        min_size=1,
+        max_size=6,
+    ),
+)
+def test_a_pacer_sleeping_until_next_send_ms_misses_nothing_with_a_prebuffer(
+    prebuffer_ms: int, bursts: list[tuple[int, int, bool, bool]]
+) -> None:
+    """Nothing is ever sent before it is due, a held start costs at most one wake that sends
+    nothing, and no start waits longer than the prebuffer: everything is sent in the end."""
+    tracker = prebuffered_tracker(prebuffer_ms)
+    now, item, held_since = 0, 0, None
+    for gap, n, new_item, ends in [*bursts, (100_000, 0, False, True)]:
+        item += new_item
+        tracker.enqueue(f"item_{item}", frames(n))
+        if ends:
+            tracker.end_item(f"item_{item}")
+        for _ in range(gap):
+            due = tracker.next_send_ms()
+            if due is None:
+                break
+            sent = tracker.take_messages(now)
+            if due > now:
+                assert not sent, (now, due)
+            elif not sent:  # a start held: it wakes again no later than the prebuffer allows
+                assert held_since is None or now < held_since + prebuffer_ms
+                held_since = now if held_since is None else held_since
+                assert tracker.next_send_ms() is not None and tracker.next_send_ms() > now  # type: ignore[operator]
+            else:
+                held_since = None
+            now += 1
+    assert tracker.queued_frames == 0 and tracker.next_send_ms() is None
+
+
+def test_a_prebuffer_longer_than_the_lead_is_refused() -> None:
+    with pytest.raises(ValueError, match="PREBUFFER"):
+        Settings(_env_file=None, playback_lead_ms=200, media_message_ms=200, playback_prebuffer_ms=300)  # type: ignore[call-arg]
+
+
 # ----- the call: barge-in with larger messages ---------------------------------------------------
 
 
@@ -341,6 +455,41 @@ def test_barge_in_before_any_mark_came_back_truncates_at_zero() -> None:
     call.rt(h.speech_started("item_u2"), 90)
     (truncate,) = [e for e in call.realtime if e["type"] == "conversation.item.truncate"]
     assert truncate["audio_end_ms"] == 0
+
+
+def media_ms(call: ServeCall) -> int:
+    media = [m["media"]["payload"] for m in call.twilio_msgs if m["event"] == "media"]
+    return sum(len(base64.b64decode(payload)) for payload in media) // 8
+
+
+def test_with_a_prebuffer_each_reply_starts_once_that_much_is_generated_or_its_audio_ends() -> None:
+    call = ServeCall("pcmu", playback_prebuffer_ms=340)
+    call.rt(h.response_created("resp_1"), 0)
+    for k in range(3):  # 100 ms deltas at 4x real time: 300 ms by 50 ms
+        call.rt(h.audio_delta("resp_1", "item_a1", b"\x55" * 800), 25 * k)
+    assert call.twilio_msgs == []
+    call.rt(h.audio_delta("resp_1", "item_a1", b"\x55" * 800), 75)
+    assert media_ms(call) == 400  # 340 ms were there: all of it goes, under the 600 ms lead
+    call.rt(h.audio_done("resp_1", "item_a1"), 80)
+    call.run(100, 1000)  # played and echoed
+    call.twilio_msgs.clear()
+    call.rt(h.response_created("resp_2"), 1000)
+    call.rt(h.audio_delta("resp_2", "item_a2", b"\x55" * 800), 1000)  # a 100 ms reply
+    assert call.twilio_msgs == []
+    call.rt(h.audio_done("resp_2", "item_a2"), 1010)  # its audio ended: nothing more to wait for
+    assert media_ms(call) == 100
+
+
+def test_a_barge_in_during_a_held_start_truncates_at_zero_and_drops_the_held_audio() -> None:
+    call = ServeCall("pcmu", playback_prebuffer_ms=340)
+    call.rt(h.response_created("resp_1"), 0)
+    call.rt(h.audio_delta("resp_1", "item_a1", b"\x55" * 800), 0)
+    call.rt(h.speech_started("item_u2"), 20)
+    (truncate,) = [e for e in call.realtime if e["type"] == "conversation.item.truncate"]
+    assert truncate["audio_end_ms"] == 0
+    assert [m["event"] for m in call.twilio_msgs if m["event"] == "media"] == []
+    call.run(40, 1000)
+    assert media_ms(call) == 0  # the held audio was dropped, never sent
 
 
 # ----- inbound batches ---------------------------------------------------------------------------

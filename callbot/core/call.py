@@ -71,6 +71,7 @@ class CallSession:
             lead_ms=config.playback_lead_ms,
             mark_interval_ms=config.mark_interval_ms,
             message_ms=config.media_message_ms,
+            prebuffer_ms=config.playback_prebuffer_ms,
         )
         self.playback: PlaybackTracker = self.outbound.playback
         """The outbound tracker (which OutboundAudio never replaces), read on every Twilio frame."""

@@ -22,6 +22,8 @@ class CallConfig:
     media_message_ms: int = 20
     """Audio per Twilio media message (whole 20 ms frames); with `mark_interval_ms` equal to it,
     each message is followed by one mark."""
+    playback_prebuffer_ms: int = 0
+    """A reply's first audio waits until this much of it is queued (PlaybackTracker): 0 sends at once."""
     session_ready_timeout_ms: int = 10_000
     inbound_batch_frames: int = 1
     """Caller frames per input_audio_buffer.append: 1 for the lowest latency; 2-5 halve to fifth

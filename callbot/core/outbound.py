@@ -42,8 +42,11 @@ class OutboundAudio:
         lead_ms: int,
         mark_interval_ms: int,
         message_ms: int,
+        prebuffer_ms: int = 0,
     ) -> None:
-        self.playback = PlaybackTracker(lead_ms, mark_interval_ms, message_ms=message_ms)
+        self.playback = PlaybackTracker(
+            lead_ms, mark_interval_ms, message_ms=message_ms, prebuffer_ms=prebuffer_ms
+        )
         self._conversation = conversation
         self._converter = OutboundConverter(mode)
         self._framer = Framer(FRAME_BYTES)
@@ -77,6 +80,7 @@ class OutboundAudio:
         if last is not None:
             frames.append(last)
         self.playback.enqueue(current, frames)
+        self.playback.end_item(current)
         self._converter.reset()
         self._item = None
         return True

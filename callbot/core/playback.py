@@ -12,6 +12,11 @@ because `clear` empties Twilio's buffer. Audio leaves in media messages of up to
 followed by a mark when `mark_interval_ms` equals the message size: one message and one mark per
 100-200 ms of audio instead of one per 20 ms frame is most of the outbound per-message cost.
 A message is only sent once it fits under the lead, so the buffer is topped up in whole messages.
+
+A lead cannot cover a reply's first moments: only what has been generated can be queued. With
+`prebuffer_ms`, audio that would start into Twilio's empty buffer waits until that much of it is
+queued, its item's audio has ended, or it has waited that long: each reply then starts up to
+`prebuffer_ms` later, with that much at Twilio to ride out a stall from its first frame.
 """
 
 from __future__ import annotations
@@ -64,8 +69,11 @@ class PlaybackTracker:
         mark_interval_ms: int = 60,
         max_queued_ms: int = 300_000,
         message_ms: int = FRAME_MS,
+        prebuffer_ms: int = 0,
     ) -> None:
         self.lead_ms = lead_ms
+        self.prebuffer_ms = prebuffer_ms
+        self.prebuffer_frames = prebuffer_ms // FRAME_MS
         self.message_frames = max(1, message_ms // FRAME_MS)
         self.max_queued_frames = max(1, max_queued_ms // FRAME_MS)
         self.mark_interval_bytes = max(FRAME_BYTES, mark_interval_ms * BYTES_PER_MS)
@@ -81,6 +89,8 @@ class PlaybackTracker:
         self._last_item: str | None = None
         self._buffer_until_ms = 0  # when Twilio's buffer runs dry, by our estimate
         self._spans: dict[str, list[int]] = {}  # item -> [first frame plays, last frame ends]
+        self._hold_until: int | None = None  # a start held for the prebuffer waits at most until then
+        self._ended_item: str | None = None  # the latest item whose audio is all queued
         self.send_at: int | None = None
         """`next_send_ms()`, kept current by every change of the queue: read on each Twilio frame."""
         self.frames_sent = 0
@@ -97,6 +107,11 @@ class PlaybackTracker:
         if excess > 0:
             self.frames_dropped += excess
             self.frames_overflowed += excess
+        self._schedule()
+
+    def end_item(self, item_id: str) -> None:
+        """All of the item's audio is queued: a start held for the prebuffer need not wait for more."""
+        self._ended_item = item_id
         self._schedule()
 
     @property
@@ -126,6 +141,9 @@ class PlaybackTracker:
         """
         out: list[OutboundMessage] = []
         queue = self._queue
+        if self.prebuffer_frames and queue and self._buffer_until_ms <= now_ms and self._holds(now_ms):
+            self._schedule()
+            return out
         until = max(self._buffer_until_ms, now_ms)
         horizon = now_ms + self.lead_ms
         while queue:
@@ -156,6 +174,23 @@ class PlaybackTracker:
         self._schedule()
         return out
 
+    def _holds(self, now_ms: int) -> bool:
+        """Whether audio starting into Twilio's empty buffer still waits for the prebuffer."""
+        if not self._prebuffering():
+            self._hold_until = None
+            return False
+        if self._hold_until is None:
+            self._hold_until = now_ms + self.prebuffer_ms
+        elif now_ms >= self._hold_until:
+            self._hold_until = None  # waited long enough: generation is slower than the prebuffer
+            return False
+        return True
+
+    def _prebuffering(self) -> bool:
+        """Less than the prebuffer is queued and the head item's audio goes on."""
+        queue = self._queue
+        return len(queue) < self.prebuffer_frames and queue[0][0] != self._ended_item
+
     def next_send_ms(self) -> int | None:
         """The first `now_ms` at which `take_messages` sends something, or None with nothing queued.
 
@@ -168,6 +203,9 @@ class PlaybackTracker:
         """Set `send_at` after the queue or the buffer estimate changed."""
         if not self._queue:
             self.send_at = None
+            return
+        if self._hold_until is not None and self._prebuffering():
+            self.send_at = self._hold_until
             return
         self.send_at = self._buffer_until_ms + (self._head_message_frames() - 1) * FRAME_MS - self.lead_ms + 1
 
@@ -276,6 +314,7 @@ class PlaybackTracker:
         self._unmarked_bytes = 0
         self._buffer_until_ms = now_ms
         self._echo = None
+        self._hold_until = None
         self.send_at = None  # the queue is empty
         return Interruption(item_id, heard, twilio_had_audio)
 
