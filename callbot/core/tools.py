@@ -87,8 +87,9 @@ class ToolCalls:
         self._speech_stopped_ms: int | None = None
         self._replies = 0
         self._mcp_lists: dict[str, str] = {}
-        self._mcp_started: dict[str, int] = {}  # MCP call item -> when OpenAI began calling the server
         """`mcp_list_tools` item id -> its server label (a failed listing names only the item)."""
+        self._mcp_started: dict[str, int] = {}
+        """`mcp_call` item id -> when OpenAI began calling the server (`response.mcp_call.in_progress`)."""
 
     # ----- queries -----
     def events(self, now_ms: int | None = None) -> tuple[ToolCallEvent, ...]:
