@@ -100,11 +100,14 @@ def _serve(frames: list[bytes]) -> int:
     config.load()
     state = ServerState()
     protocol = ws_channel.ChannelWebSocketProtocol(config=config, server_state=state, app_state={})
-    transport = ws_channel._ProbeTransport()
+    # public since the channel tests share them; an older checkout (PYTHONPATH=...) has them private
+    probe_transport = getattr(ws_channel, "ProbeTransport", None) or ws_channel._ProbeTransport  # type: ignore[attr-defined]
+    handshake = getattr(ws_channel, "PROBE_HANDSHAKE", None) or ws_channel._PROBE_HANDSHAKE  # type: ignore[attr-defined]
+    transport = probe_transport()
 
     async def connect() -> None:
         protocol.connection_made(transport)
-        protocol.data_received(ws_channel._PROBE_HANDSHAKE)
+        protocol.data_received(handshake)
         for _ in range(50):
             if sockets:
                 return

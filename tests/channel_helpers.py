@@ -17,7 +17,7 @@ from uvicorn.config import Config
 from uvicorn.server import ServerState
 from websockets.frames import Frame, Opcode
 
-from callbot.adapters.ws_channel import _PROBE_HANDSHAKE, ChannelWebSocketProtocol, _ProbeTransport
+from callbot.adapters.ws_channel import PROBE_HANDSHAKE, ChannelWebSocketProtocol, ProbeTransport
 
 
 def masked_frame(text: str, opcode: Opcode = Opcode.TEXT, fin: bool = True) -> bytes:
@@ -25,7 +25,7 @@ def masked_frame(text: str, opcode: Opcode = Opcode.TEXT, fin: bool = True) -> b
     return Frame(opcode, text.encode(), fin=fin).serialize(mask=True, extensions=[])
 
 
-class MemoryTransport(_ProbeTransport):
+class MemoryTransport(ProbeTransport):
     """The probe's in-memory transport, keeping each write apart."""
 
     def __init__(self) -> None:
@@ -55,7 +55,7 @@ async def in_memory_websocket() -> AsyncIterator[tuple[WebSocket, ChannelWebSock
     protocol = ChannelWebSocketProtocol(config=config, server_state=state, app_state={})
     transport = MemoryTransport()
     protocol.connection_made(transport)
-    protocol.data_received(_PROBE_HANDSHAKE)
+    protocol.data_received(PROBE_HANDSHAKE)
     ws = await asyncio.wait_for(accepted, 5)
     transport.writes.clear()  # the 101 response
     try:

@@ -313,8 +313,9 @@ def open_channel(scope: Mapping[str, Any]) -> TextChannel | None:
 # ----- the capability probe -----
 
 
-class _ProbeTransport(asyncio.Transport):
-    """An in-memory transport: records writes, so the probe needs no socket."""
+class ProbeTransport(asyncio.Transport):
+    """An in-memory transport: records writes, so the probe needs no socket (the channel tests
+    run the protocol on it too, with `PROBE_HANDSHAKE` as the client's upgrade request)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -340,7 +341,7 @@ class _ProbeTransport(asyncio.Transport):
         return ("127.0.0.1", 9) if name in ("sockname", "peername") else default
 
 
-_PROBE_HANDSHAKE = (
+PROBE_HANDSHAKE = (
     b"GET /probe HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
 )
@@ -382,10 +383,10 @@ async def _self_test() -> str:
     lacking = [name for name in _STATE if not hasattr(protocol, name)]
     if lacking:
         return "uvicorn's WebSocketsSansIOProtocol lacks " + ", ".join(lacking)
-    transport = _ProbeTransport()
+    transport = ProbeTransport()
     protocol.connection_made(transport)
     try:
-        protocol.data_received(_PROBE_HANDSHAKE)
+        protocol.data_received(PROBE_HANDSHAKE)
         if not await _until(lambda: transport.written.startswith(b"HTTP/1.1 101")):
             return "the handshake did not complete"
         transport.written.clear()
