@@ -20,10 +20,10 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -47,6 +47,8 @@ from callbot.testing.fake_realtime import Script
 from callbot.testing.speech import synth_speech
 from tests.e2e_helpers import AUTH_TOKEN, PUBLIC_URL
 from tests.test_phone import ADMIN_PASSWORD, phone_rig, read_stereo, transcript_lines
+
+T = TypeVar("T")
 
 # ----- a fake sounddevice -----
 
@@ -462,10 +464,61 @@ async def pulse_server(root: Path) -> AsyncIterator[dict[str, str]]:
 
 @pytest.mark.skipif(_pulse_tools() is not None, reason=str(_pulse_tools()))
 async def test_live_call_through_portaudio_and_pulseaudio_null_sinks(tmp_path: Path) -> None:
+    speech = synth_speech(1400, 8000, seed=12)
+    # It once hung in CI until pytest-timeout, whose dump showed no coroutine: within its own limit
+    # a hang fails naming the await it was stuck in.
+    text, stderr, returncode, heard = await _within(120, _live_call(tmp_path, speech))
+    assert returncode == 0, text + stderr
+    assert "speaker: pulse" in text and "hanging up" in text and "(you hung up)" in text
+    lines = transcript_lines(text)
+    assert lines == ["assistant: Hello, how can I help?", "caller: It works through a sound server.",
+                     "assistant: Great."], text  # fmt: skip
+    assert re.search(r"ticket #\d+ \(complete\)", text)
+    audio = read_stereo(tmp_path / "live.wav")
+    assert len(speech_intervals(audio[:, 0], min_gap_ms=300)) >= 1  # the microphone reached the call
+    assert len(speech_intervals(audio[:, 1], min_gap_ms=300)) >= 2  # greeting and reply played
+    # ... and came out of the speaker device. (Only "some": in the container this was written in,
+    # PortAudio's ALSA -> PulseAudio path pulls at about half speed, so the speaker buffer drops
+    # audio to keep its delay bounded, and parec loses what it buffered when it is killed.)
+    assert len(speech_intervals(heard, min_gap_ms=300)) >= 1
+    assert re.search(r"audio: microphone \d+ underruns, .* speaker \d+ underruns", text)
+
+
+async def _within(seconds: float, work: Coroutine[Any, Any, T]) -> T:
+    """`work`'s result, or a failure after `seconds` that shows where it was waiting: the chain of
+    awaits it was stuck in, then the line each other pending task was at."""
+    task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        others = [t for t in asyncio.all_tasks() if t is not task and t is not asyncio.current_task()]
+        where = [_await_chain(task.get_coro())]
+        where += [f"{t.get_name()}: {_await_chain(t.get_coro())}" for t in others]
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(task, 10)
+        pytest.fail(f"no result after {seconds} s; it was waiting at:\n" + "\n".join(where))
+    return task.result()
+
+
+def _await_chain(coro: Any) -> str:
+    """file:line of each coroutine in the chain `coro` awaits through: the innermost first, and
+    after each `<-` the one that awaits it."""
+    steps = []
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+        if frame is not None:
+            steps.append(f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+    return " <- ".join(reversed(steps)) or repr(coro)
+
+
+async def _live_call(tmp_path: Path, speech: np.ndarray) -> tuple[str, str, int | None, np.ndarray]:
+    """A call from `callbot.phone` on PulseAudio null sinks: its stdout and stderr, its exit code,
+    and what came out of its speaker."""
     script = Script(greeting="Hello, how can I help?", user_transcripts=["It works through a sound server."],
                     replies=["Great."])  # fmt: skip
-    speech = synth_speech(1400, 8000, seed=12)
     raw_speech = resample_to(speech, 8000, 44100).astype("<i2").tobytes()
+    talk: asyncio.subprocess.Process | None = None
     async with pulse_server(tmp_path / "pulse") as env, phone_rig(tmp_path, script) as rig:
         env = {**env, "PULSE_SOURCE": "phone_mic.monitor", "PULSE_SINK": "phone_speaker"}
         listen = await asyncio.create_subprocess_exec(  # what comes out of the phone's speaker
@@ -494,27 +547,13 @@ async def test_live_call_through_portaudio_and_pulseaudio_null_sinks(tmp_path: P
             phone.send_signal(signal.SIGINT)  # Ctrl-C hangs up properly
             stdout, stderr = await asyncio.wait_for(phone.communicate(), 40)
         finally:
-            for process in (phone, listen):
-                if process.returncode is None:
+            for process in (phone, listen, talk):
+                if process is not None and process.returncode is None:
                     process.kill()
-                    await process.wait()
+                    await asyncio.wait_for(process.wait(), 10)
         assert listen.stdout is not None
         heard = np.frombuffer(await asyncio.wait_for(listen.stdout.read(), 10), dtype="<i2")
-    text = stdout.decode()
-    assert phone.returncode == 0, text + stderr.decode()
-    assert "speaker: pulse" in text and "hanging up" in text and "(you hung up)" in text
-    lines = transcript_lines(text)
-    assert lines == ["assistant: Hello, how can I help?", "caller: It works through a sound server.",
-                     "assistant: Great."], text  # fmt: skip
-    assert re.search(r"ticket #\d+ \(complete\)", text)
-    audio = read_stereo(tmp_path / "live.wav")
-    assert len(speech_intervals(audio[:, 0], min_gap_ms=300)) >= 1  # the microphone reached the call
-    assert len(speech_intervals(audio[:, 1], min_gap_ms=300)) >= 2  # greeting and reply played
-    # ... and came out of the speaker device. (Only "some": in the container this was written in,
-    # PortAudio's ALSA -> PulseAudio path pulls at about half speed, so the speaker buffer drops
-    # audio to keep its delay bounded, and parec loses what it buffered when it is killed.)
-    assert len(speech_intervals(heard, min_gap_ms=300)) >= 1
-    assert re.search(r"audio: microphone \d+ underruns, .* speaker \d+ underruns", text)
+    return stdout.decode(), stderr.decode(), phone.returncode, heard
 
 
 # ----- the caller-side extension points and the terminal -----
