@@ -150,8 +150,12 @@ def check_times_match_the_call(text: str) -> None:
         if who == "Caller":
             assert abs(float(start) - spoken[line]) < 0.5, (line, start, spoken[line])
     said = [float(start) for start, _, who, _ in turns if who == "Assistant"]
-    assert len(said) == len(assistant_starts)
-    for heard, logged in zip(said, assistant_starts, strict=True):
+    # The log starts a burst after 100 ms of silence at the caller, so on a loaded machine a dropout
+    # in a reply's first frames logs it twice (CI saw 20.9 and 20.9); the script's turns start
+    # seconds apart, so a start within a second of the one before continues that reply.
+    replies = [t for i, t in enumerate(assistant_starts) if i == 0 or t - assistant_starts[i - 1] >= 1.0]
+    assert len(said) == len(replies), (said, assistant_starts)
+    for heard, logged in zip(said, replies, strict=True):
         assert abs(heard - logged) < 0.5, (heard, logged)
 
 
