@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from types import ModuleType
@@ -465,16 +466,30 @@ async def pulse_server(root: Path) -> AsyncIterator[dict[str, str]]:
 @pytest.mark.skipif(_pulse_tools() is not None, reason=str(_pulse_tools()))
 async def test_live_call_through_portaudio_and_pulseaudio_null_sinks(tmp_path: Path) -> None:
     speech = synth_speech(1400, 8000, seed=12)
-    # It once hung in CI until pytest-timeout, whose dump showed no coroutine: within its own limit
-    # a hang fails naming the await it was stuck in.
-    text, stderr, returncode, heard = await _within(120, _live_call(tmp_path, speech))
+    # On a loaded CI machine this has hung now and then until pytest-timeout, whose dump showed no
+    # coroutine; the cause is not found. So a hang is cut off and named (a warning, which the run's
+    # summary shows even when it passes) and the call runs once more on a fresh sound server and
+    # app; a second hang fails the test with both places.
+    first = tmp_path / "first"
+    first.mkdir()
+    try:
+        attempt, result = first, await _within(90, _live_call(first, speech))
+    except Hung as hung:
+        warnings.warn(f"the live PulseAudio call hung; running it again. {hung}", stacklevel=1)
+        attempt = tmp_path / "second"
+        attempt.mkdir()
+        try:
+            result = await _within(75, _live_call(attempt, speech))
+        except Hung as again:
+            pytest.fail(f"the live PulseAudio call hung twice.\nfirst: {hung}\nsecond: {again}")
+    text, stderr, returncode, heard = result
     assert returncode == 0, text + stderr
     assert "speaker: pulse" in text and "hanging up" in text and "(you hung up)" in text
     lines = transcript_lines(text)
     assert lines == ["assistant: Hello, how can I help?", "caller: It works through a sound server.",
                      "assistant: Great."], text  # fmt: skip
     assert re.search(r"ticket #\d+ \(complete\)", text)
-    audio = read_stereo(tmp_path / "live.wav")
+    audio = read_stereo(attempt / "live.wav")
     assert len(speech_intervals(audio[:, 0], min_gap_ms=300)) >= 1  # the microphone reached the call
     assert len(speech_intervals(audio[:, 1], min_gap_ms=300)) >= 2  # greeting and reply played
     # ... and came out of the speaker device. (Only "some": in the container this was written in,
@@ -484,9 +499,13 @@ async def test_live_call_through_portaudio_and_pulseaudio_null_sinks(tmp_path: P
     assert re.search(r"audio: microphone \d+ underruns, .* speaker \d+ underruns", text)
 
 
+class Hung(Exception):
+    """`_within` gave up; the message says where the work was waiting."""
+
+
 async def _within(seconds: float, work: Coroutine[Any, Any, T]) -> T:
-    """`work`'s result, or a failure after `seconds` that shows where it was waiting: the chain of
-    awaits it was stuck in, then the line each other pending task was at."""
+    """`work`'s result, or `Hung` after `seconds`, saying where it was waiting: the chain of awaits
+    it was stuck in, then the line each other pending task was at."""
     task = asyncio.ensure_future(work)
     done, _ = await asyncio.wait({task}, timeout=seconds)
     if not done:
@@ -496,7 +515,7 @@ async def _within(seconds: float, work: Coroutine[Any, Any, T]) -> T:
         task.cancel()
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(task, 10)
-        pytest.fail(f"no result after {seconds} s; it was waiting at:\n" + "\n".join(where))
+        raise Hung(f"no result after {seconds} s; it was waiting at:\n" + "\n".join(where))
     return task.result()
 
 
