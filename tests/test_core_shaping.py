@@ -39,8 +39,8 @@ def frames(n: int, fill: int = 0x55) -> list[bytes]:
     return [bytes([fill]) * FRAME_BYTES for _ in range(n)]
 
 
-def serve_tracker() -> PlaybackTracker:
-    return PlaybackTracker(LEAD, SERVE.mark_interval_ms, message_ms=MESSAGE)
+def serve_tracker(prebuffer_ms: int = 0) -> PlaybackTracker:
+    return PlaybackTracker(LEAD, SERVE.mark_interval_ms, message_ms=MESSAGE, prebuffer_ms=prebuffer_ms)
 
 
 def send(tracker: PlaybackTracker, twilio: h.FakeTwilioPlayer, now_ms: int) -> list[OutboundMessage]:
@@ -236,22 +236,18 @@ def test_no_lead_rides_out_a_stall_in_the_first_moments_of_a_reply() -> None:
     assert all(reply_through_stall(serve_tracker(), start, 300) > 0 for start in range(10, 80, 10))
 
 
-def prebuffered_tracker(prebuffer_ms: int = 300) -> PlaybackTracker:
-    return PlaybackTracker(LEAD, SERVE.mark_interval_ms, message_ms=MESSAGE, prebuffer_ms=prebuffer_ms)
-
-
 @pytest.mark.parametrize("stall_from", range(0, 2500, 35))
 def test_a_prebuffer_a_delta_over_a_stall_rides_it_out_from_the_first_frame_on(stall_from: int) -> None:
     """Twilio's buffer dips by up to a delta's spacing (25 ms) between deltas, so 340 ms covers 300."""
-    assert reply_through_stall(prebuffered_tracker(340), stall_from, 300) == 0
+    assert reply_through_stall(serve_tracker(340), stall_from, 300) == 0
 
 
 def test_a_prebuffer_just_the_stalls_length_can_fall_short_by_that_dip() -> None:
-    assert 0 < reply_through_stall(prebuffered_tracker(300), 65, 300) <= 25
+    assert 0 < reply_through_stall(serve_tracker(300), 65, 300) <= 25
 
 
 def test_the_prebuffer_holds_a_start_until_that_much_is_queued() -> None:
-    tracker = prebuffered_tracker()
+    tracker = serve_tracker(300)
     tracker.enqueue("item_A", frames(5))  # 100 ms, generated at 4x real time
     assert tracker.take_messages(0) == []
     assert tracker.next_send_ms() == 300  # the longest it waits
@@ -265,14 +261,14 @@ def test_the_prebuffer_holds_a_start_until_that_much_is_queued() -> None:
 
 def test_the_prebuffer_waits_no_longer_than_its_length() -> None:
     """Generation slower than real time: after 300 ms the start goes with what there is."""
-    tracker = prebuffered_tracker()
+    tracker = serve_tracker(300)
     tracker.enqueue("item_A", frames(3))
     assert tracker.take_messages(0) == [] and tracker.take_messages(299) == []
     assert [m.frames for m in tracker.take_messages(300)] == [3]
 
 
 def test_the_end_of_an_items_audio_releases_a_held_start() -> None:
-    tracker = prebuffered_tracker()
+    tracker = serve_tracker(300)
     tracker.enqueue("item_A", frames(4))  # a short reply: 80 ms in all
     assert tracker.take_messages(0) == []
     tracker.end_item("item_A")
@@ -281,7 +277,7 @@ def test_the_end_of_an_items_audio_releases_a_held_start() -> None:
 
 
 def test_audio_that_joins_a_playing_buffer_is_not_held() -> None:
-    tracker = prebuffered_tracker()
+    tracker = serve_tracker(300)
     tracker.enqueue("item_A", frames(15))
     assert [m.frames for m in tracker.take_messages(0)] == [10, 5]  # 300 ms: plays until 300
     tracker.end_item("item_A")
@@ -292,7 +288,7 @@ def test_audio_that_joins_a_playing_buffer_is_not_held() -> None:
 
 
 def test_a_barge_in_drops_a_held_start_and_the_next_reply_is_held_afresh() -> None:
-    tracker = prebuffered_tracker()
+    tracker = serve_tracker(300)
     tracker.enqueue("item_A", frames(5))
     assert tracker.take_messages(0) == []
     cut = tracker.interrupt(40)
@@ -316,7 +312,7 @@ def test_a_pacer_sleeping_until_next_send_ms_misses_nothing_with_a_prebuffer(
 ) -> None:
     """Nothing is ever sent before it is due, a held start costs at most one wake that sends
     nothing, and no start waits longer than the prebuffer: everything is sent in the end."""
-    tracker = prebuffered_tracker(prebuffer_ms)
+    tracker = serve_tracker(prebuffer_ms)
     now, item, held_since = 0, 0, None
     for gap, n, new_item, ends in [*bursts, (100_000, 0, False, True)]:
         item += new_item
@@ -457,11 +453,6 @@ def test_barge_in_before_any_mark_came_back_truncates_at_zero() -> None:
     assert truncate["audio_end_ms"] == 0
 
 
-def media_ms(call: ServeCall) -> int:
-    media = [m["media"]["payload"] for m in call.twilio_msgs if m["event"] == "media"]
-    return sum(len(base64.b64decode(payload)) for payload in media) // 8
-
-
 def test_with_a_prebuffer_each_reply_starts_once_that_much_is_generated_or_its_audio_ends() -> None:
     call = ServeCall("pcmu", playback_prebuffer_ms=340)
     call.rt(h.response_created("resp_1"), 0)
@@ -469,15 +460,16 @@ def test_with_a_prebuffer_each_reply_starts_once_that_much_is_generated_or_its_a
         call.rt(h.audio_delta("resp_1", "item_a1", b"\x55" * 800), 25 * k)
     assert call.twilio_msgs == []
     call.rt(h.audio_delta("resp_1", "item_a1", b"\x55" * 800), 75)
-    assert media_ms(call) == 400  # 340 ms were there: all of it goes, under the 600 ms lead
+    assert call.twilio.received_bytes // 8 == 400  # 340 ms were there: all of it goes, under the 600 ms lead
     call.rt(h.audio_done("resp_1", "item_a1"), 80)
     call.run(100, 1000)  # played and echoed
     call.twilio_msgs.clear()
+    played = call.twilio.received_bytes
     call.rt(h.response_created("resp_2"), 1000)
     call.rt(h.audio_delta("resp_2", "item_a2", b"\x55" * 800), 1000)  # a 100 ms reply
     assert call.twilio_msgs == []
     call.rt(h.audio_done("resp_2", "item_a2"), 1010)  # its audio ended: nothing more to wait for
-    assert media_ms(call) == 100
+    assert (call.twilio.received_bytes - played) // 8 == 100
 
 
 def test_a_barge_in_during_a_held_start_truncates_at_zero_and_drops_the_held_audio() -> None:
@@ -489,7 +481,7 @@ def test_a_barge_in_during_a_held_start_truncates_at_zero_and_drops_the_held_aud
     assert truncate["audio_end_ms"] == 0
     assert [m["event"] for m in call.twilio_msgs if m["event"] == "media"] == []
     call.run(40, 1000)
-    assert media_ms(call) == 0  # the held audio was dropped, never sent
+    assert call.twilio.received_bytes == 0  # the held audio was dropped, never sent
 
 
 # ----- inbound batches ---------------------------------------------------------------------------
